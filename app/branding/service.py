@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.branding.models import Branding
+from app.branding.schemas import BrandingBody, EmailBranding
+
+
+async def get_branding(session: AsyncSession) -> Branding:
+    return await session.get(Branding, 1) or Branding(id=1)
+
+
+async def update_branding(session: AsyncSession, body: BrandingBody) -> Branding:
+    """Apply the fields the body names; a field set to null clears it."""
+    branding = await session.get(Branding, 1)
+    if branding is None:
+        branding = Branding(id=1)
+        session.add(branding)
+    given = body.emails.model_fields_set
+    if "sender_email" in given:
+        branding.sender_email = body.emails.sender_email
+    if "sender_name" in given:
+        branding.sender_name = body.emails.sender_name
+    await session.flush()
+    return branding
+
+
+def to_body(branding: Branding) -> BrandingBody:
+    return BrandingBody(
+        emails=EmailBranding(sender_email=branding.sender_email, sender_name=branding.sender_name)
+    )

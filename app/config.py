@@ -1,0 +1,78 @@
+"""Settings from the environment (prefix POSTROOM_). Built once by the entry point and injected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POSTROOM_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    """Holds the SQLite database, the key file and the built-in server's outbox."""
+    database_url: str | None = None
+    """sqlite+aiosqlite:///... or postgresql+asyncpg://...; default: SQLite in the data dir."""
+    secret_keys: str = ""
+    """Comma-separated Fernet keys: the first encrypts, all decrypt. Default: a key file."""
+
+    dispatcher: bool = True
+    """Run the dispatcher inside the API process (the embedded default)."""
+    dispatcher_concurrency: int = Field(16, ge=1, le=1000)
+    dispatcher_batch: int = Field(64, ge=1, le=10_000)
+    poll_interval: float = Field(1.0, gt=0)
+    lease_seconds: float = Field(900.0, gt=0)
+    """How long a claimed message stays reserved before it is swept back to the queue."""
+    attempt_timeout: float = Field(780.0, gt=0)
+    """The longest one delivery attempt may take (every SMTP transaction or API call of it): past
+    it the attempt is cut and retried. Start-up refuses a lease that is not longer than this."""
+
+    retry_base: float = Field(60.0, gt=0)
+    retry_max: float = Field(1800.0, gt=0)
+    max_message_age: float = Field(86_400.0, gt=0)
+
+    max_message_bytes: int = Field(10_240_000, gt=0)
+    max_visible_recipients: int = Field(100, gt=0)
+    max_group_recipients: int = Field(10_000, gt=0)
+    idempotency_ttl: float = Field(86_400.0, gt=0)
+
+    http_timeout: float = Field(30.0, gt=0)
+    egress_deny: str = "169.254.0.0/16,fe80::/10"
+    egress_allow: str = ""
+    egress_ports: str = ""
+    """Comma-separated ports SMTP may connect to; empty: any. (Provider APIs: any port.)"""
+
+    auth_cache_seconds: float = Field(60.0, ge=0)
+    login_failures_per_minute: int = Field(10, ge=1)
+    """Failed logins per client address per minute before 429."""
+    account_lockout_failures: int = Field(100, ge=1)
+    """Consecutive failed logins for one user name before that account is locked."""
+    account_lockout_seconds: float = Field(900.0, gt=0)
+    """How long a locked account answers 429 (credentials it accepted before still work)."""
+    test_sends_per_minute: int = Field(5, ge=1)
+    send_rate_per_minute: int = Field(0, ge=0)
+    """Per-user limit on POST /messages; 0 is no limit."""
+
+    admin_user: str = "admin"
+    """Name of the admin created on first start when there is no user."""
+    admin_password: str = ""
+    """That admin's password; empty: generate one and print it once."""
+    migrate_on_start: bool = True
+    """Upgrade the schema at start-up; with several replicas turn it off, run `postroom migrate`."""
+    log_level: str = "INFO"
+
+    @property
+    def url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'postroom.db').as_posix()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"

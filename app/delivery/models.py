@@ -1,0 +1,109 @@
+"""The outbox: messages, their recipients, and every attempt to deliver them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import ID, Base, new_id, utcnow
+
+MESSAGE_STATUSES = ("queued", "sending", "sent", "partially_sent", "failed")
+
+
+class Message(Base):
+    """One accepted message: what to send (`payload`), where it stands, and who asked for it.
+
+    The outbox columns: a message is due when `status` is queued and `next_attempt_at` has come;
+    a claim sets `sending`, bumps `attempts` and sets `lease_until`; finishing is fenced on
+    `attempts`, so a worker whose lease expired cannot overwrite the next one's result.
+    """
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_due", "status", "next_attempt_at"),
+        Index("ix_messages_created", "created_at", "id"),
+        UniqueConstraint("created_by", "idempotency_key", name="uq_messages_idempotency"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
+    message_id: Mapped[str] = mapped_column(String(255))
+    """The RFC 5322 Message-ID, fixed at enqueue and kept on every attempt."""
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    sender: Mapped[str] = mapped_column(String(320), index=True)
+    subject: Mapped[str] = mapped_column(String(1000), default="")
+    server: Mapped[str | None] = mapped_column(String(50), index=True)
+    """The profile the message asked for; null: the default at send time."""
+    template: Mapped[str | None] = mapped_column(String(50), index=True)
+    theme: Mapped[str | None] = mapped_column(String(50))
+    resource: Mapped[str | None] = mapped_column(String(500), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(50))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+    recipients: Mapped[list[Recipient]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="Recipient.id"
+    )
+    attempt_log: Mapped[list[Attempt]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="Attempt.id"
+    )
+
+
+class Recipient(Base):
+    """One envelope recipient and its own outcome."""
+
+    __tablename__ = "recipients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_pk: Mapped[str] = mapped_column(
+        ID, ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    kind: Mapped[str] = mapped_column(String(5))
+    """to, cc, bcc, or group (a member of a group that gets the same content privately)."""
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    """pending, then a transport status: sent, queued, rejected, invalid, failed, deferred."""
+    code: Mapped[int | None]
+    response: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Per-recipient template data: such a recipient gets a message of its own."""
+    updated_at: Mapped[datetime | None]
+
+    message: Mapped[Message] = relationship(back_populates="recipients")
+
+
+class Attempt(Base):
+    """One SMTP transaction or API call for a message (a group may need several per attempt)."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_pk: Mapped[str] = mapped_column(
+        ID, ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int]
+    server: Mapped[str] = mapped_column(String(50))
+    started_at: Mapped[datetime]
+    duration_ms: Mapped[float]
+    outcome: Mapped[str] = mapped_column(String(10))
+    """sent, partial, deferred or failed."""
+    recipients: Mapped[int]
+    tls_version: Mapped[str | None] = mapped_column(String(20))
+    reply_code: Mapped[int | None]
+    reply: Mapped[str | None] = mapped_column(Text)
+    provider_id: Mapped[str | None] = mapped_column(String(500))
+    error_code: Mapped[str | None] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(Text)
+    ambiguous: Mapped[bool] = mapped_column(default=False)
+
+    message: Mapped[Message] = relationship(back_populates="attempt_log")

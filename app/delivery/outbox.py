@@ -1,0 +1,117 @@
+"""The outbox protocol: claim due messages under a lease, finish them fenced, sweep lost leases.
+
+Claim is one short transaction that marks rows `sending`, bumps `attempts` and sets the lease
+(PostgreSQL: FOR UPDATE SKIP LOCKED, so workers never claim the same row; SQLite: the transaction
+is BEGIN IMMEDIATE). No transaction stays open while a transport talks to a server. Finishing
+updates the row only where `attempts` still has the claimed number and `status` is `sending`: a
+worker whose lease expired, and whose message another worker has claimed since, changes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import utcnow
+from app.delivery.models import Message, Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base: float
+    cap: float
+    max_age: float
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds before attempt `attempt + 1`: base doubling per attempt, capped, with ±25 %
+        jitter, and never sooner than the server asked (Retry-After)."""
+        backoff = min(self.cap, self.base * 2.0 ** max(attempt - 1, 0))
+        jittered = backoff * random.uniform(0.75, 1.25)
+        return max(jittered, retry_after or 0.0)
+
+    def expired(self, created_at: datetime, now: datetime) -> bool:
+        return now - created_at >= timedelta(seconds=self.max_age)
+
+
+async def claim(
+    session: AsyncSession, *, limit: int, lease: float, now: datetime | None = None
+) -> list[Claim]:
+    """Claim up to `limit` due messages; call inside a transaction of its own."""
+    now = now or utcnow()
+    due = (
+        select(Message.id)
+        .where(Message.status == "queued", Message.next_attempt_at <= now)
+        .order_by(Message.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(await session.scalars(due))
+    if not ids:
+        return []
+    rows = await session.execute(
+        update(Message)
+        .where(Message.id.in_(ids), Message.status == "queued")
+        .values(
+            status="sending",
+            attempts=Message.attempts + 1,
+            lease_until=now + timedelta(seconds=lease),
+        )
+        .returning(Message.id, Message.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    return [Claim(row.id, row.attempts) for row in rows]
+
+
+GAVE_UP = "gave up: the message outlived POSTROOM_MAX_MESSAGE_AGE with its attempt unfinished"
+
+
+async def sweep(
+    session: AsyncSession, now: datetime | None = None, *, max_age: float | None = None
+) -> int:
+    """Put messages whose lease expired back in the queue; returns how many.
+
+    With `max_age`, such a message older than that fails instead (its pending recipients too): a
+    message whose every attempt crashes the worker is not retried for ever.
+    """
+    now = now or utcnow()
+    lost = (Message.status == "sending", Message.lease_until < now)
+    if max_age is not None:
+        cutoff = now - timedelta(seconds=max_age)
+        old = list(
+            await session.scalars(select(Message.id).where(*lost, Message.created_at < cutoff))
+        )
+        if old:
+            await session.execute(
+                update(Message)
+                .where(Message.id.in_(old), *lost)
+                .values(status="failed", lease_until=None, last_error=GAVE_UP)
+                .execution_options(synchronize_session=False)
+            )
+            await session.execute(
+                update(Recipient)
+                .where(Recipient.message_pk.in_(old), Recipient.status.in_(("pending", "deferred")))
+                .values(status="failed", response=GAVE_UP, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    result = await session.execute(
+        update(Message)
+        .where(*lost)
+        .values(status="queued", lease_until=None, next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def fenced(claim: Claim) -> list[ColumnElement[bool]]:
+    """The WHERE clause that fences a finishing write on the claimed attempt."""
+    return [Message.id == claim.id, Message.attempts == claim.attempt, Message.status == "sending"]

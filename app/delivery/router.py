@@ -1,0 +1,49 @@
+"""POST /servers/{name}/test and /verify: try a profile now, with unsaved changes if given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from app.delivery import probe
+from app.delivery.probe import TestOutcome, VerifyOutcome
+from app.deps import AdminUser, RuntimeDep, SessionDep
+from app.errors import Invalid
+from app.schemas import CamelModel, EmailAddress
+
+router = APIRouter(prefix="/api/v1/servers", tags=["servers"])
+
+
+class ProbeBody(CamelModel):
+    changes: dict[str, Any] = Field(default_factory=dict)
+    """Unsaved changes, as a merge patch onto the stored profile (secrets it omits are kept)."""
+
+
+class TestBody(ProbeBody):
+    to: EmailAddress | None = None
+    """Default: the profile's sender."""
+
+
+@router.post("/{name}/test", response_model=TestOutcome)
+async def test_server(
+    name: str, body: TestBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+) -> TestOutcome:
+    """Send the test mail now, not queued; at most a few a minute per profile."""
+    found = await probe.candidate(session, runtime.profiles, name, body.changes)
+    to = body.to or (found.sender.email if found.sender else None)
+    if to is None:
+        raise Invalid("give `to`: the profile has no sender to default to", field="to")
+    runtime.test_sends.check(name)
+    runtime.test_sends.record(name)
+    return await probe.send_test(found, to, runtime.transport_context)
+
+
+@router.post("/{name}/verify", response_model=VerifyOutcome)
+async def verify_server(
+    name: str, body: ProbeBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+) -> VerifyOutcome:
+    """Connect, greet, EHLO, TLS, AUTH and quit (or check an API's credentials): nothing is sent."""
+    found = await probe.candidate(session, runtime.profiles, name, body.changes)
+    return await probe.verify(found, runtime.transport_context)

@@ -1,0 +1,97 @@
+"""What endpoints depend on, as Annotated aliases: the session, the settings, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.crypto import SecretBox
+from app.delivery.transports import TransportCache
+from app.egress import EgressPolicy
+from app.metrics import Metrics
+from app.security import Authenticator, Principal, RateLimit, require_role
+from app.servers.service import Profiles
+from app.transports.base import TransportContext
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything the running service shares, built once by the lifespan."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    box: SecretBox
+    egress: EgressPolicy
+    auth: Authenticator
+    http: httpx.AsyncClient
+    transport_context: TransportContext
+    transports: TransportCache
+    metrics: Metrics
+    test_sends: RateLimit
+    sends: RateLimit | None
+    """Per-user POST /messages limit, when configured."""
+    wake: Callable[[], None] = lambda: None
+    """Tells the in-process dispatcher that a message was queued."""
+
+    def queued(self) -> None:
+        self.wake()
+
+    @property
+    def profiles(self) -> Profiles:
+        return Profiles(self.box, self.egress)
+
+
+async def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    """The request's session: committed once when the endpoint returns, before the response is
+    sent; rolled back when it raises."""
+    async with runtime.sessions() as session, session.begin():
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def current_user(request: Request, runtime: RuntimeDep) -> Principal:
+    header = request.headers.get("authorization")
+    return await runtime.auth.authenticate(header, client_address(request))
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+async def admin_user(principal: CurrentUser) -> Principal:
+    return require_role(principal, "admin")
+
+
+async def sender_user(principal: CurrentUser) -> Principal:
+    return require_role(principal, "admin", "sender")
+
+
+AdminUser = Annotated[Principal, Depends(admin_user)]
+SenderUser = Annotated[Principal, Depends(sender_user)]

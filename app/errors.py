@@ -1,0 +1,298 @@
+"""The error tree of the service, and the one handler that renders every error as JSON.
+
+Every error answer has the shape {"error": {"code": str, "message": str, "details": [...]}};
+a detail names its field by the camelCase path of the request body ("settings.port").
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
+from sqlalchemy.exc import StatementError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("postroom")
+
+
+class AppError(Exception):
+    """Base of every error the API answers with; subclasses set the status and code."""
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Sequence[dict[str, Any]] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+        self.headers = headers
+
+
+class BadRequest(AppError):
+    pass
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Invalid(AppError):
+    """The request is well-formed but breaks a rule; `field` names what to fix."""
+
+    status_code = 422
+    code = "validation_error"
+
+    def __init__(self, message: str, *, field: str | None = None, **kwargs: Any) -> None:
+        if field is not None and "details" not in kwargs:
+            kwargs["details"] = [{"field": field, "message": message}]
+        super().__init__(message, **kwargs)
+
+
+class TooManyRequests(AppError):
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = retry_after
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+    type: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer, for the OpenAPI document."""
+
+    error: ErrorInfo
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in [
+        (400, "Malformed request"),
+        (401, "Missing or invalid credentials"),
+        (403, "The caller's role does not allow this"),
+        (404, "No such resource"),
+        (409, "Conflicts with the current state (a name taken, a profile in use, ...)"),
+        (413, "The request body is over POSTROOM_MAX_MESSAGE_BYTES"),
+        (422, "Validation error: each detail names its field"),
+        (429, "Too many requests (failed logins, sends, test mails): see Retry-After"),
+    ]
+}
+"""For FastAPI(responses=...): the error shape in the OpenAPI document (not HTTPValidationError)."""
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Sequence[dict[str, Any]] = (),
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+def error_body(code: str, message: str, details: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": list(details)}}
+
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """('body', 'settings', 'port') -> 'settings.port'; list indexes as [0]."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-after", "function-before", "function-wrap")):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class FieldsError(ValueError):
+    """Raised by a validator to name the fields at fault (camelCase, relative to its model), when
+    they are not the one pydantic would name: both fields of a conflicting pair, say."""
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors without their `input` (it may hold a password) or internals."""
+    details = []
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        tag = next((i for i, part in enumerate(loc[:2]) if part in _UNION_TAGS), None)
+        if tag is not None and len(loc) > tag + 1:
+            loc = loc[:tag] + loc[tag + 1 :]
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldsError) and cause.fields:
+            parent = loc[:-1] if loc and loc[-1] in cause.fields else loc
+            locs = [(*parent, name) for name in cause.fields]
+        else:
+            locs = [loc]
+        for where in locs:
+            field = field_path(where) or "body"
+            if err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+                field = f"{field}.type" if field != "body" else "type"
+            details.append({"field": field, "message": message, "type": err.get("type")})
+    return details
+
+
+_UNION_TAGS = frozenset({"smtp", "mandrill", "ses", "sendgrid", "mailgun", "msgraph"})
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(err.get("type") == "json_invalid" for err in errors):
+        return error_response(400, "malformed_json", "the request body is not valid JSON")
+    return _invalid(errors)
+
+
+async def _model_error(_: Request, exc: Exception) -> JSONResponse:
+    """A model validated by a service (a merged PATCH, say) rather than by FastAPI."""
+    assert isinstance(exc, ValidationError)
+    return _invalid(exc.errors())
+
+
+def _invalid(errors: Sequence[Any]) -> JSONResponse:
+    return JSONResponse(invalid_body(errors), status_code=422)
+
+
+def invalid_body(errors: Sequence[Any]) -> dict[str, Any]:
+    """The 422 body for pydantic errors."""
+    details = validation_details(errors)
+    fields = ", ".join(dict.fromkeys(d["field"] for d in details))
+    return error_body("validation_error", f"invalid request: {fields}", details)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str:
+    """The methods served at this path (Starlette's 405 names only the first route's).
+
+    Read from the OpenAPI document: when templates with fewer parameters match too
+    (`/messages/batch` and `/messages/{message_id}`), only theirs count, the literal path being
+    the resource the client named."""
+    path = request.url.path
+    candidates: list[tuple[int, set[str]]] = []
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            candidates.append((template.count("{"), {m.upper() for m in operations}))
+    fewest = min((count for count, _ in candidates), default=0)
+    methods = set().union(*(ops for count, ops in candidates if count == fewest))
+    return ", ".join(method for method in _METHODS if method in methods)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": allowed}
+    codes = {
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+    }
+    return error_response(
+        exc.status_code,
+        codes.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        headers=headers,
+    )
+
+
+def unstorable_text(exc: BaseException) -> bool:
+    """True when `exc` comes from text that is valid JSON but that no database keeps: an unpaired
+    surrogate (a "\\ud800" escape) anywhere, or a NUL character in PostgreSQL."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if "surrogates not allowed" in str(current):
+            return True
+        if getattr(current, "sqlstate", None) == "22021":  # character_not_in_repertoire
+            return True
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+    return False
+
+
+async def _unstorable(_: Request, exc: Exception) -> JSONResponse:
+    if not unstorable_text(exc):
+        raise exc
+    return error_response(
+        400,
+        "invalid_text",
+        "the request holds text that cannot be stored: a NUL character or an unpaired surrogate",
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ValidationError, _model_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for unstorable in (UnicodeEncodeError, StatementError, PydanticSerializationError):
+        app.add_exception_handler(unstorable, _unstorable)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import AfterValidator, BeforeValidator
+
+from app.deps import AdminUser, RuntimeDep, SenderUser, SessionDep, client_address
+from app.errors import BadRequest
+from app.messages import service
+from app.messages.schemas import (
+    Accepted,
+    BatchIn,
+    BatchOut,
+    MessageIn,
+    MessageOut,
+    MessagePage,
+    MessageStatus,
+    MessageSummary,
+)
+from app.messages.service import Caller, RecordFilter
+
+
+def _iso_8601(value: object) -> object:
+    """A query's date-time is ISO 8601 text, as the OpenAPI document says (pydantic alone would
+    also take a number as a Unix time)."""
+    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """A date-time without an offset is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
+
+router = APIRouter(prefix="/api/v1/messages", tags=["messages"])
+
+MAX_KEY_LENGTH = 255
+
+
+@router.post("", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)
+async def send_message(
+    body: MessageIn,
+    request: Request,
+    response: Response,
+    principal: SenderUser,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> Accepted:
+    """Queue one message. The 202 means it is stored: it will be delivered or its failure recorded.
+
+    With an `Idempotency-Key`, the same key and body answer the first answer again (for 24 h).
+    """
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY_LENGTH:
+        raise BadRequest(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+            details=[{"field": "Idempotency-Key", "message": "too long"}],
+        )
+    if runtime.sends is not None:
+        runtime.sends.check(principal.name)
+        runtime.sends.record(principal.name)
+    caller = Caller(principal, client_address(request))
+    accepted, replayed = await service.enqueue(
+        session, runtime.settings, caller, body, idempotency_key
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        runtime.queued()
+    return accepted
+
+
+@router.post("/batch", response_model=BatchOut)
+async def send_batch(
+    body: BatchIn,
+    request: Request,
+    principal: SenderUser,
+    session: SessionDep,
+    runtime: RuntimeDep,
+) -> BatchOut:
+    """Queue many messages in one request and one transaction. Each item is checked on its own:
+    its result is 202 with the id, or the 4xx error it would have had when posted alone."""
+    if runtime.sends is not None:
+        for _ in body.messages:
+            runtime.sends.check(principal.name)
+            runtime.sends.record(principal.name)
+    caller = Caller(principal, client_address(request))
+    results = await service.enqueue_batch(session, runtime.settings, caller, body.messages)
+    if any(item.status == 202 for item in results):
+        runtime.queued()
+    accepted = sum(item.status == 202 for item in results)
+    return BatchOut(accepted=accepted, rejected=len(results) - accepted, results=results)
+
+
+@router.get("", response_model=MessagePage)
+async def search_messages(
+    _: AdminUser,
+    session: SessionDep,
+    sender: str | None = None,
+    recipient: str | None = None,
+    template: str | None = None,
+    theme: str | None = None,
+    resource: str | None = None,
+    server: str | None = None,
+    status: MessageStatus | None = None,
+    created_from: Annotated[IsoDateTime | None, Query(alias="createdFrom")] = None,
+    created_to: Annotated[IsoDateTime | None, Query(alias="createdTo")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> MessagePage:
+    """The sending records, newest first; pass `nextCursor` back as `cursor` for the next page."""
+    where = RecordFilter(
+        sender=sender,
+        recipient=recipient,
+        template=template,
+        theme=theme,
+        resource=resource,
+        server=server,
+        status=status,
+        created_from=created_from,
+        created_to=created_to,
+    )
+    rows, next_cursor = await service.search(session, where, limit=limit, cursor=cursor)
+    items = [MessageSummary.model_validate(row, from_attributes=True) for row in rows]
+    return MessagePage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{message_id}", response_model=MessageOut)
+async def get_message(message_id: str, principal: SenderUser, session: SessionDep) -> MessageOut:
+    """A message's status, its recipients' results and every attempt."""
+    message = await service.get_message(session, message_id, principal)
+    return MessageOut.model_validate(message, from_attributes=True)

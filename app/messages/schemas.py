@@ -1,0 +1,223 @@
+"""POST /messages and the sending records, at the API's edge."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from app.errors import FieldsError
+from app.schemas import CamelModel, EmailAddress, SafeStr
+from app.servers.schemas import ProfileName
+
+LINE_BREAKS = frozenset("\r\n\0\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+"""CR, LF, NUL, and every other character str.splitlines() breaks at: Python's email package
+refuses a header value holding any of them, so such a message could never be composed."""
+
+
+def _one_line(value: str) -> str:
+    if any(ch in LINE_BREAKS for ch in value):
+        raise ValueError("must be one line: no CR, LF, NUL or other line separator")
+    return value
+
+
+HeaderText = Annotated[SafeStr, AfterValidator(_one_line)]
+"""Text that goes into a header: SafeStr, and no line separator of any kind."""
+
+RESERVED_HEADERS = frozenset(
+    {
+        "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version",
+        "content-type", "content-transfer-encoding", "reply-to", "sender", "return-path",
+        "received", "resent-bcc", "resent-to", "resent-cc", "resent-from",
+    }
+)  # fmt: skip
+
+
+class AddressIn(CamelModel):
+    email: EmailAddress
+    name: HeaderText | None = Field(None, max_length=200)
+
+
+def _address(value: Any) -> Any:
+    return {"email": value} if isinstance(value, str) else value
+
+
+class GroupRecipientIn(AddressIn):
+    data: dict[str, Any] | None = None
+    """Template data for this recipient alone: it then gets a message of its own."""
+
+
+class AttachmentIn(CamelModel):
+    filename: HeaderText = Field(min_length=1, max_length=255)
+    content_type: str = Field(
+        "application/octet-stream", max_length=255, pattern=r"^[\w.+-]+/[\w.+-]+$"
+    )
+    content: str
+    """Base64."""
+
+    @field_validator("content")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise ValueError("is not valid base64") from err
+        return value
+
+
+class MessageIn(CamelModel):
+    """A message to send: visible to/cc/bcc, or a `recipients` group that gets it privately."""
+
+    from_: AddressIn | None = Field(None, alias="from")
+    to: list[AddressIn] = Field(default_factory=list)
+    cc: list[AddressIn] = Field(default_factory=list)
+    bcc: list[AddressIn] = Field(default_factory=list)
+    recipients: list[GroupRecipientIn] | None = None
+    reply_to: list[AddressIn] = Field(default_factory=list, max_length=10)
+    subject: HeaderText | None = Field(None, max_length=998)
+    text: str | None = None
+    html: str | None = None
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
+    headers: dict[str, HeaderText] = Field(default_factory=dict, max_length=50)
+    template: ProfileName | None = None
+    data: dict[str, Any] | None = None
+    theme: ProfileName | None = None
+    """A theme other than the profile's; null sends without one."""
+    server: ProfileName | None = None
+    """A profile name; the default profile otherwise."""
+    resource: SafeStr | None = Field(None, max_length=500)
+    """What the mail is about, for the records."""
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _from(cls, value: Any) -> Any:
+        return _address(value)
+
+    @field_validator("to", "cc", "bcc", "reply_to", "recipients", mode="before")
+    @classmethod
+    def _addresses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        return [_address(item) for item in value] if isinstance(value, list) else value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not name or any(ord(ch) < 33 or ord(ch) > 126 or ch == ":" for ch in name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"{name} is set from the message's fields, not as a header")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        visible = self.to or self.cc or self.bcc
+        if self.recipients is not None and visible:
+            raise ValueError("give either to/cc/bcc or recipients, not both")
+        if not visible and not self.recipients:
+            raise ValueError("no recipient: give to, cc, bcc or recipients")
+        if self.text is None and self.html is None and self.template is None:
+            raise ValueError("no content: give text, html or a template")
+        if self.template is None:
+            if self.data is not None:
+                raise FieldsError("data is used only with a template", "data")
+            if any(r.data is not None for r in self.recipients or ()):
+                raise FieldsError("per-recipient data is used only with a template", "recipients")
+        return self
+
+    @property
+    def is_group(self) -> bool:
+        return self.recipients is not None
+
+
+class Accepted(CamelModel):
+    """The answer to POST /messages: the message is stored and will be delivered."""
+
+    id: str
+    status: str
+    message_id: str
+
+
+MAX_BATCH = 1000
+
+
+class BatchIn(CamelModel):
+    """Many messages in one request; each is checked and stored on its own."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH)
+    """Each item is a message as POST /api/v1/messages takes it."""
+
+
+class BatchItem(CamelModel):
+    """One message's outcome: 202 with its id, or the 4xx error it would have had alone."""
+
+    status: int
+    id: str | None = None
+    message_id: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchOut(CamelModel):
+    accepted: int
+    rejected: int
+    results: list[BatchItem]
+
+
+class RecipientOut(CamelModel):
+    email: str
+    kind: str
+    status: str
+    code: int | None
+    response: str | None
+
+
+class AttemptOut(CamelModel):
+    number: int
+    server: str
+    started_at: datetime
+    duration_ms: float
+    outcome: str
+    recipients: int
+    tls_version: str | None
+    reply_code: int | None
+    reply: str | None
+    provider_id: str | None
+    error_code: str | None
+    error: str | None
+    ambiguous: bool
+
+
+class MessageSummary(CamelModel):
+    id: str
+    message_id: str
+    status: str
+    sender: str
+    subject: str
+    server: str | None
+    template: str | None
+    theme: str | None
+    resource: str | None
+    created_by: str
+    client_ip: str | None
+    attempts: int
+    created_at: datetime
+    sent_at: datetime | None
+    next_attempt_at: datetime | None
+    last_error: str | None
+
+
+class MessageOut(MessageSummary):
+    recipients: list[RecipientOut]
+    attempt_log: list[AttemptOut]
+
+
+class MessagePage(CamelModel):
+    items: list[MessageSummary]
+    next_cursor: str | None
+
+
+MessageStatus = Literal["queued", "sending", "sent", "partially_sent", "failed"]

@@ -1,0 +1,395 @@
+"""The API face of sending: accept a message into the outbox, and read the sending records."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app.branding.service import get_branding
+from app.config import Settings
+from app.db import new_id, utcnow
+from app.delivery.compose import new_message_id
+from app.delivery.models import Message, Recipient
+from app.errors import (
+    AppError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    error_body,
+    invalid_body,
+)
+from app.messages.schemas import LINE_BREAKS, Accepted, BatchItem, MessageIn
+from app.security import Principal
+from app.servers.models import ServerProfile
+from app.servers.service import get_routing
+from app.themes import service as themes
+
+PERSONAL_FACTOR = 10
+"""Per-recipient rendering may store up to this many times the message size limit in all."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    principal: Principal
+    address: str | None
+
+
+def request_hash(body: MessageIn) -> str:
+    canonical = json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Lookups:
+    """The profiles and the branding the messages of one request resolve to, looked up once."""
+
+    session: AsyncSession
+    profiles: dict[str | None, ServerProfile | None] = field(default_factory=dict)
+    branding: tuple[str | None, str | None] | None = None
+
+    async def profile(self, name: str | None) -> ServerProfile | None:
+        if name not in self.profiles:
+            self.profiles[name] = await _profile_for(self.session, name)
+        return self.profiles[name]
+
+    async def branding_sender(self) -> tuple[str | None, str | None]:
+        if self.branding is None:
+            branding = await get_branding(self.session)
+            self.branding = (branding.sender_email, branding.sender_name)
+        return self.branding
+
+
+async def enqueue(
+    session: AsyncSession,
+    settings: Settings,
+    caller: Caller,
+    body: MessageIn,
+    idempotency_key: str | None = None,
+    lookups: Lookups | None = None,
+) -> tuple[Accepted, bool]:
+    """Store the message and its recipients; returns the answer and whether it is a replay."""
+    lookups = lookups or Lookups(session)
+    _check_limits(settings, body)
+    digest = request_hash(body) if idempotency_key is not None else None
+    if idempotency_key is not None:
+        replay = await _replay(session, settings, caller, idempotency_key, digest)
+        if replay is not None:
+            return replay, True
+    profile = await lookups.profile(body.server)
+    sender_email, sender_name = await _sender(lookups, body, profile)
+    if body.theme is not None:
+        await themes.find_theme(session, body.theme)
+    payload = body.model_dump(
+        mode="json",
+        by_alias=True,
+        exclude_none=True,
+        exclude={"from_", "recipients", "server", "resource", "template", "theme", "data"},
+    )
+    payload["from"] = {"email": sender_email, "name": sender_name or ""}
+    if body.recipients is not None:
+        payload["group"] = [{"email": r.email, "name": r.name or ""} for r in body.recipients]
+    if "theme" in body.model_fields_set:
+        payload["themeSet"] = True
+    recipients = _recipients(body)
+    if body.template is not None:
+        await _render(session, settings, body, payload, recipients)
+        _check_rendered_subjects(payload)
+    message = Message(
+        id=new_id(),
+        message_id=new_message_id(sender_email),
+        status="queued",
+        sender=sender_email,
+        subject=_record_subject(payload),
+        server=profile.name if profile is not None else None,
+        template=body.template,
+        theme=body.theme,
+        resource=body.resource,
+        payload=payload,
+        created_by=caller.principal.name,
+        client_ip=caller.address,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        next_attempt_at=utcnow(),
+        created_at=utcnow(),
+    )
+    message.recipients = recipients
+    session.add(message)
+    if idempotency_key is not None:
+        try:
+            async with session.begin_nested():
+                await session.flush()
+        except IntegrityError as err:
+            raise Conflict("a request with this Idempotency-Key is in progress; retry it") from err
+    return Accepted(id=message.id, status="queued", message_id=message.message_id), False
+
+
+MESSAGE_IN: TypeAdapter[MessageIn] = TypeAdapter(MessageIn)
+
+
+async def enqueue_batch(
+    session: AsyncSession, settings: Settings, caller: Caller, items: list[dict[str, Any]]
+) -> list[BatchItem]:
+    """Store each valid message; an invalid one gets the error it would have had alone."""
+    results: list[BatchItem] = []
+    lookups = Lookups(session)
+    for item in items:
+        try:
+            body = MESSAGE_IN.validate_python(item)
+            with session.no_autoflush:
+                accepted, _ = await enqueue(session, settings, caller, body, lookups=lookups)
+        except ValidationError as err:
+            results.append(BatchItem(status=422, error=invalid_body(err.errors())["error"]))
+        except AppError as err:
+            error = error_body(err.code, err.message, err.details)["error"]
+            results.append(BatchItem(status=err.status_code, error=error))
+        else:
+            results.append(BatchItem(status=202, id=accepted.id, message_id=accepted.message_id))
+    return results
+
+
+async def _render(
+    session: AsyncSession,
+    settings: Settings,
+    body: MessageIn,
+    payload: dict[str, Any],
+    recipients: list[Recipient],
+) -> None:
+    """Render the template into the payload now, so a missing variable is a 422 at POST.
+
+    The message's own subject/text/html win over the template's. A group recipient with `data` of
+    its own (merged over the message's) gets its parts rendered separately, stored under
+    payload["personal"][<its email as in its Recipient row>] = {"subject", "text", "html"};
+    compose uses them for that recipient's single-recipient batch.
+    """
+    assert body.template is not None
+    template = await themes.find_template(session, body.template)
+    own = {part: getattr(body, part) for part in themes.PARTS if getattr(body, part) is not None}
+    skip = frozenset(own)
+    data = body.data or {}
+    limit = settings.max_message_bytes
+    personal = [r for r in recipients if r.data]
+    if len(personal) < len(recipients):
+        payload |= themes.render_template(template, data, limit=limit, skip=skip)
+    if not personal:
+        return
+    position = {r.email.lower(): i for i, r in reversed(list(enumerate(body.recipients or ())))}
+    rendered: dict[str, dict[str, str]] = {}
+    total = 0
+    for row in personal:
+        field = f"recipients[{position[row.email.lower()]}].data"
+        parts = themes.render_template(
+            template, {**data, **(row.data or {})}, limit=limit, skip=skip, data_field=field
+        )
+        total += sum(len(value) for value in parts.values())
+        if total > limit * PERSONAL_FACTOR:
+            raise Invalid(
+                f"the personalised messages are over {limit * PERSONAL_FACTOR} characters in all",
+                field="recipients",
+            )
+        rendered[row.email] = parts | own
+    payload["personal"] = rendered
+
+
+def _check_rendered_subjects(payload: dict[str, Any]) -> None:
+    """A rendered subject goes into a header: no line separator of any kind (the template
+    renderer refuses CR, LF and NUL; Python's email refuses the others at send time)."""
+    subjects = [payload.get("subject") or ""]
+    subjects += [parts.get("subject") or "" for parts in payload.get("personal", {}).values()]
+    if any(ch in LINE_BREAKS for subject in subjects for ch in subject):
+        raise Invalid("the rendered subject has a line separator", field="data")
+
+
+def _record_subject(payload: dict[str, Any]) -> str:
+    """The subject for the records: the shared one, else the first personalised one."""
+    personal: dict[str, str] = next(iter(payload.get("personal", {}).values()), {})
+    return str(payload.get("subject") or personal.get("subject") or "")
+
+
+def _check_limits(settings: Settings, body: MessageIn) -> None:
+    visible = len(body.to) + len(body.cc) + len(body.bcc)
+    if visible > settings.max_visible_recipients:
+        raise Invalid(
+            f"at most {settings.max_visible_recipients} to/cc/bcc recipients; "
+            "use `recipients` for a larger group",
+            field="to",
+        )
+    if body.recipients is not None and len(body.recipients) > settings.max_group_recipients:
+        raise Invalid(
+            f"at most {settings.max_group_recipients} recipients in a group", field="recipients"
+        )
+    size = sum(len(a.content) * 3 // 4 for a in body.attachments)
+    if size > settings.max_message_bytes:
+        raise Invalid("the attachments are over the message size limit", field="attachments")
+
+
+def _recipients(body: MessageIn) -> list[Recipient]:
+    seen: set[str] = set()
+    rows: list[Recipient] = []
+    groups: list[tuple[str, list[Any]]] = [("to", body.to), ("cc", body.cc), ("bcc", body.bcc)]
+    if body.recipients is not None:
+        groups = [("group", body.recipients)]
+    for kind, addresses in groups:
+        for address in addresses:
+            key = address.email.lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            data = getattr(address, "data", None)
+            rows.append(Recipient(email=address.email, kind=kind, status="pending", data=data))
+    return rows
+
+
+async def _replay(
+    session: AsyncSession, settings: Settings, caller: Caller, key: str, digest: str | None
+) -> Accepted | None:
+    earlier = await session.scalar(
+        select(Message).where(
+            Message.created_by == caller.principal.name, Message.idempotency_key == key
+        )
+    )
+    if earlier is None:
+        return None
+    if earlier.created_at < utcnow() - timedelta(seconds=settings.idempotency_ttl):
+        earlier.idempotency_key = None
+        await session.flush()
+        return None
+    if earlier.request_hash != digest:
+        raise Invalid(
+            "this Idempotency-Key was used with a different body", field="Idempotency-Key"
+        )
+    return Accepted(id=earlier.id, status="queued", message_id=earlier.message_id)
+
+
+async def _profile_for(session: AsyncSession, name: str | None) -> ServerProfile | None:
+    """The profile a message goes through; None is the built-in server."""
+    if name is not None:
+        profile = await session.scalar(select(ServerProfile).where(ServerProfile.name == name))
+        if profile is None:
+            raise Invalid(f"no server profile {name!r}", field="server")
+        return profile
+    routing = await get_routing(session)
+    if routing.profile_id is not None:
+        return await session.get(ServerProfile, routing.profile_id)
+    if routing.builtin:
+        return None
+    raise Invalid(
+        "there is no default server profile: name one in `server`, or make a profile the default",
+        field="server",
+    )
+
+
+async def _sender(
+    lookups: Lookups, body: MessageIn, profile: ServerProfile | None
+) -> tuple[str, str | None]:
+    """message `from` > the profile's sender > branding."""
+    if body.from_ is not None:
+        return body.from_.email, body.from_.name
+    if profile is not None and profile.sender_email:
+        return profile.sender_email, profile.sender_name
+    email, name = await lookups.branding_sender()
+    if email:
+        return email, name
+    raise Invalid(
+        "no sender: give `from`, or set senderEmail on the profile or in /api/branding",
+        field="from",
+    )
+
+
+async def get_message(session: AsyncSession, message_id: str, principal: Principal) -> Message:
+    message = await session.scalar(
+        select(Message)
+        .where(Message.id == message_id)
+        .options(selectinload(Message.recipients), selectinload(Message.attempt_log))
+    )
+    if message is None:
+        raise NotFound(f"no message {message_id!r}")
+    if not principal.is_admin and message.created_by != principal.name:
+        raise Forbidden("a sender can read only the messages it sent")
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFilter:
+    sender: str | None = None
+    recipient: str | None = None
+    template: str | None = None
+    theme: str | None = None
+    resource: str | None = None
+    server: str | None = None
+    status: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+
+def encode_cursor(message: Message) -> str:
+    raw = f"{message.created_at.isoformat()}|{message.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None or "\0" in ident:
+            raise ValueError("not a cursor")
+        return when, ident
+    except (binascii.Error, ValueError, UnicodeDecodeError) as err:
+        raise BadRequest(
+            "invalid cursor", details=[{"field": "cursor", "message": "invalid"}]
+        ) from err
+
+
+async def search(
+    session: AsyncSession, where: RecordFilter, *, limit: int, cursor: str | None
+) -> tuple[list[Message], str | None]:
+    """Sending records, newest first, `limit` a page; the cursor continues after the last one."""
+    query = select(Message)
+    for column, value in (
+        (Message.sender, where.sender),
+        (Message.template, where.template),
+        (Message.theme, where.theme),
+        (Message.resource, where.resource),
+        (Message.server, where.server),
+        (Message.status, where.status),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if where.recipient is not None:
+        query = query.where(
+            exists().where(
+                and_(Recipient.message_pk == Message.id, Recipient.email == where.recipient)
+            )
+        )
+    if where.created_from is not None:
+        query = query.where(Message.created_at >= where.created_from)
+    if where.created_to is not None:
+        query = query.where(Message.created_at < where.created_to)
+    if cursor is not None:
+        created, ident = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Message.created_at < created,
+                and_(Message.created_at == created, Message.id < ident),
+            )
+        )
+    rows = list(
+        await session.scalars(
+            query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit + 1)
+        )
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1]) if more and rows else None

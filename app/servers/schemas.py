@@ -1,0 +1,123 @@
+"""Server profiles at the API's edge: a discriminated union on `type`, settings nested per type."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field
+
+from app.schemas import CamelModel, EmailAddress, SafeStr
+from app.transports.mailgun import MailgunConfig
+from app.transports.mandrill import MandrillConfig
+from app.transports.msgraph import MsgraphConfig
+from app.transports.sendgrid import SendgridConfig
+from app.transports.ses import SesConfig
+from app.transports.smtp import SmtpConfig
+
+ProfileName = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_]+$")]
+ProfileType = Literal["smtp", "mandrill", "ses", "sendgrid", "mailgun", "msgraph"]
+
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("must not contain NUL")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+"""Free text, line breaks allowed (PostgreSQL cannot store NUL)."""
+
+
+class ProfileFields(CamelModel):
+    """What every profile has, whatever its type."""
+
+    name: ProfileName | None = None
+    """Required when creating; when replacing, it must match the path if given."""
+    description: Text = Field("", max_length=1000)
+    is_default: bool = False
+    sender_email: EmailAddress | None = None
+    sender_name: SafeStr | None = Field(None, max_length=200)
+    signature: Text | None = Field(None, max_length=250)
+    max_recipients_per_message: int | None = Field(None, ge=1, le=10_000)
+    """How many recipients one BCC-group message carries; default 50."""
+    fallback: ProfileName | None = None
+    """Another profile to use when this one fails before any content was sent."""
+    theme: ProfileName | None = None
+    """The theme that wraps every message sent through this profile."""
+
+
+class SmtpProfile(ProfileFields):
+    type: Literal["smtp"]
+    settings: SmtpConfig = Field(default_factory=SmtpConfig)
+
+
+class MandrillProfile(ProfileFields):
+    type: Literal["mandrill"]
+    settings: MandrillConfig
+
+
+class SesProfile(ProfileFields):
+    type: Literal["ses"]
+    settings: SesConfig
+
+
+class SendgridProfile(ProfileFields):
+    type: Literal["sendgrid"]
+    settings: SendgridConfig
+
+
+class MailgunProfile(ProfileFields):
+    type: Literal["mailgun"]
+    settings: MailgunConfig
+
+
+class MsgraphProfile(ProfileFields):
+    type: Literal["msgraph"]
+    settings: MsgraphConfig
+
+
+ProfileBody = Annotated[
+    SmtpProfile | MandrillProfile | SesProfile | SendgridProfile | MailgunProfile | MsgraphProfile,
+    Field(discriminator="type"),
+]
+"""A whole profile, as POST /servers and PUT /servers/{name} take it."""
+
+
+class Health(CamelModel):
+    status: Literal["ok", "failing", "unknown"]
+    error: str | None = None
+    checked_at: datetime | None = None
+
+
+class ProfileOut(CamelModel):
+    name: str
+    type: str
+    description: str
+    is_default: bool
+    sender_email: str | None
+    sender_name: str | None
+    signature: str | None
+    max_recipients_per_message: int | None
+    fallback: str | None
+    theme: str | None
+    settings: dict[str, Any]
+    """The type's settings; each secret appears only as `<name>Set: true|false`."""
+    health: Health
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProfileList(CamelModel):
+    items: list[ProfileOut]
+    default: str | None
+    """The default profile's name; null when mail goes through the built-in server or nowhere."""
+    builtin_default: bool
+    """True when messages that name no server go through the built-in file server."""
+
+
+class DuplicateBody(CamelModel):
+    name: ProfileName | None = None
+    """The copy's name; default NAME_copied (NAME_copied2, ... when taken)."""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """The copy's secrets (for example {"pass": "..."}): secrets are never copied."""

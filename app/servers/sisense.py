@@ -1,0 +1,162 @@
+"""Sisense's REST contract, POST /settings/email_server (v1.0), mirrored onto one SMTP profile.
+
+The custom server is the profile named `custom`: created by the first POST and made the default;
+`enable: false` routes mail through the built-in server again, `enable: true` back through it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Conflict, Invalid, validation_details
+from app.schemas import CamelModel, SafeStr
+from app.servers import service
+from app.servers.models import ServerProfile
+from app.servers.service import Profiles
+from app.transports.smtp import SmtpConfig
+
+CUSTOM = "custom"
+SMTP_KEYS = (
+    "host",
+    "port",
+    "secure",
+    "ignoreTLS",
+    "requireTLS",
+    "connectionTimeout",
+    "greetingTimeout",
+    "socketTimeout",
+    "user",
+    "pass",
+    "logger",
+    "debug",
+)
+
+
+class EmailServerBody(CamelModel):
+    """The body of POST /settings/email_server; every field is optional (a partial update)."""
+
+    enable: bool | None = None
+    host: str | None = None
+    port: int | None = None
+    secure: bool | None = None
+    ignore_tls: bool | None = Field(None, alias="ignoreTLS")
+    require_tls: bool | None = Field(None, alias="requireTLS")
+    connection_timeout: int | None = None
+    greeting_timeout: int | None = None
+    socket_timeout: int | None = None
+    user: str | None = None
+    pass_: str | None = Field(None, alias="pass")
+    logger: bool | None = None
+    debug: bool | None = None
+    sender_email: str | None = None
+    sender_name: SafeStr | None = None
+
+
+class EmailServerOut(CamelModel):
+    """What GET /settings/email_server answers: the same shape, `pass` replaced by `passSet`."""
+
+    enable: bool
+    host: str
+    port: int
+    secure: bool
+    ignore_tls: bool = Field(alias="ignoreTLS")
+    require_tls: bool = Field(alias="requireTLS")
+    connection_timeout: int
+    greeting_timeout: int
+    socket_timeout: int
+    user: str | None
+    pass_set: bool
+    logger: bool
+    debug: bool
+    sender_email: str | None
+    sender_name: str | None
+
+
+async def _custom(session: AsyncSession) -> ServerProfile | None:
+    return await session.scalar(select(ServerProfile).where(ServerProfile.name == CUSTOM))
+
+
+async def read(session: AsyncSession, ctx: Profiles) -> EmailServerOut:
+    profile = await _custom(session)
+    if profile is not None and profile.type != "smtp":
+        profile = None  # made another type through /servers: there is no custom SMTP server
+    routing = await service.get_routing(session)
+    config = service.config_of(profile, ctx.box) if profile is not None else SmtpConfig()
+    assert isinstance(config, SmtpConfig)
+    return EmailServerOut(
+        enable=profile is not None and routing.profile_id == profile.id,
+        host=config.host,
+        port=config.effective_port,
+        secure=config.secure,
+        ignore_tls=config.ignore_tls,
+        require_tls=config.require_tls,
+        connection_timeout=config.connection_timeout,
+        greeting_timeout=config.greeting_timeout,
+        socket_timeout=config.socket_timeout,
+        user=config.user,
+        pass_set=config.pass_ is not None,
+        logger=config.logger,
+        debug=config.debug,
+        sender_email=profile.sender_email if profile else None,
+        sender_name=profile.sender_name if profile else None,
+    )
+
+
+async def write(session: AsyncSession, ctx: Profiles, body: EmailServerBody) -> EmailServerOut:
+    """Apply the fields the body names to the custom profile, then `enable`."""
+    try:
+        return await _write(session, ctx, body)
+    except ValidationError as err:
+        details = _unprefixed(validation_details(err.errors()))
+        fields = ", ".join(dict.fromkeys(detail["field"] for detail in details))
+        raise Invalid(f"invalid request: {fields}", details=details) from err
+    except Invalid as err:
+        err.details = _unprefixed(err.details)
+        raise
+
+
+def _unprefixed(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This endpoint's fields are the SMTP settings themselves: `port`, not `settings.port`."""
+    return [detail | {"field": detail["field"].removeprefix("settings.")} for detail in details]
+
+
+async def _write(session: AsyncSession, ctx: Profiles, body: EmailServerBody) -> EmailServerOut:
+    given: dict[str, Any] = body.model_dump(by_alias=True, exclude_unset=True)
+    enable = given.pop("enable", None)
+    settings = {key: given[key] for key in SMTP_KEYS if key in given}
+    profile_fields: dict[str, Any] = {
+        key: given[key] for key in ("senderEmail", "senderName") if key in given
+    }
+    profile = await _custom(session)
+    if profile is not None and profile.type != "smtp":
+        raise Conflict(
+            f"the profile {CUSTOM!r} is a {profile.type} profile: change it through "
+            f"/api/v1/servers/{CUSTOM}, or delete it to set an SMTP server here"
+        )
+    if profile is None:
+        created = service.PROFILE_BODY.validate_python(
+            {
+                "name": CUSTOM,
+                "type": "smtp",
+                "settings": settings,
+                **profile_fields,
+                "description": "The custom email server (settings/email_server)",
+                "isDefault": enable is not False,
+            }
+        )
+        await service.create_profile(session, ctx, created)
+        if enable is False:
+            await service.set_builtin_default(session)
+    else:
+        patch: dict[str, Any] = {"settings": settings, **profile_fields}
+        if enable is True:
+            patch["isDefault"] = True
+        await service.patch_profile(session, ctx, CUSTOM, patch)
+        routing = await service.get_routing(session)
+        if enable is False and routing.profile_id == profile.id:
+            await service.set_builtin_default(session)
+    return await read(session, ctx)

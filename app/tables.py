@@ -1,0 +1,10 @@
+"""Imports every domain's tables, so Base.metadata is whole (for Alembic and tests)."""
+
+from app.branding import models as branding
+from app.db import Base
+from app.delivery import models as delivery
+from app.servers import models as servers
+from app.themes import models as themes
+from app.users import models as users
+
+__all__ = ["Base", "branding", "delivery", "servers", "themes", "users"]

@@ -1,0 +1,258 @@
+"""What every HTTP provider transport shares: one request helper that maps httpx errors and HTTP
+statuses onto the transport error tree, Retry-After parsing, and the verify-step runner.
+
+A provider module describes its API once (an `Api`: how to read its error bodies, which of its error
+codes are temporary, credential or permanent, and which profile field to fix) and calls `request`.
+Anything that is not a 2xx answer leaves `request` as a TransportError, raised `from` the cause.
+
+Before data: an HTTP send is atomic, so the provider has accepted nothing unless it answered 2xx.
+`before_data` is True when we know it accepted nothing (no connection, or a 4xx answer), so moving
+to the profile's fallback is safe; it is False for 5xx answers and lost connections, where it may
+have. `ambiguous` is True when the whole request went out and the answer was lost (read errors and
+timeouts, 502/504 from a gateway): the provider may have accepted the message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, Literal
+
+import httpx
+
+from app.egress import EgressDenied
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
+from app.transports.errors import (
+    ConfigError,
+    CredentialsError,
+    PermanentError,
+    TemporaryError,
+    TransportError,
+    UnsupportedFeature,
+)
+
+Kind = Literal["temporary", "credentials", "permanent"]
+"""How a refusal is retried: later, later after an admin fixed the profile, or never."""
+
+_log = logging.getLogger(__name__)
+
+_REPLY_CHARS = 300
+_AMBIGUOUS_STATUSES = frozenset({502, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A provider's error answer, read from its body and headers."""
+
+    code: str | None
+    """The provider's error code or name (Mandrill `name`, SES error type, Graph `error.code`)."""
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a provider error code (or HTTP status) means for the send."""
+
+    kind: Kind
+    fix: str = ""
+    """What to do about it, in plain words naming the profile field to change."""
+    field: str | None = None
+    """The profile field at fault: the error becomes a ConfigError naming it (permanent only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """How one provider's API reports errors."""
+
+    provider: str
+    """The name used in error messages: "Mandrill", "Amazon SES", ..."""
+    parse_error: Callable[[httpx.Response], Refusal]
+    credentials_fix: str
+    """What to check when the provider refuses the credentials (401/403), e.g. "check apiKey"."""
+    url_setting: str
+    """The setting that holds the API's URL, blamed for redirects."""
+    rules: Mapping[str | int, Rule] = field(default_factory=dict)
+    """By provider error code first, then by HTTP status; the status class decides otherwise."""
+
+
+async def request(
+    http: httpx.AsyncClient,
+    api: Api,
+    method: str,
+    url: str,
+    *,
+    logger: logging.Logger = _log,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send one request without following redirects; return its 2xx answer or raise.
+
+    Only the method, URL, status and duration are logged: never headers or bodies, which carry
+    the credentials of most providers. An address the egress policy denies (checked by the
+    service's client on every new connection) is a ConfigError naming the URL setting.
+    """
+    started = time.perf_counter()
+    try:
+        response = await http.request(method, url, follow_redirects=False, **kwargs)
+    except EgressDenied as err:
+        raise ConfigError(
+            f"{api.provider}: {err.message}", field=api.url_setting, code="EPOLICY"
+        ) from err
+    except (httpx.ConnectTimeout, httpx.PoolTimeout) as err:
+        raise TemporaryError(
+            f"{api.provider}: timed out connecting to {url}", code="ETIMEDOUT", before_data=True
+        ) from err
+    except httpx.TimeoutException as err:
+        raise TemporaryError(
+            f"{api.provider}: timed out waiting for {url}",
+            code="ETIMEDOUT",
+            ambiguous=isinstance(err, httpx.ReadTimeout),
+        ) from err
+    except (httpx.ConnectError, httpx.ProxyError) as err:
+        raise TemporaryError(
+            f"{api.provider}: cannot connect to {url}: {err}", code="ECONNECTION", before_data=True
+        ) from err
+    except httpx.TransportError as err:
+        raise TemporaryError(
+            f"{api.provider}: connection to {url} failed: {err!r}",
+            code="ECONNECTION",
+            ambiguous=isinstance(err, httpx.ReadError | httpx.RemoteProtocolError),
+        ) from err
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    logger.debug("%s %s -> %d (%.0f ms)", method, url, response.status_code, elapsed_ms)
+    if not response.is_success:
+        raise refusal_error(api, response)
+    return response
+
+
+def refusal_error(api: Api, response: httpx.Response) -> TransportError:
+    """The TransportError for a provider's non-2xx answer."""
+    status = response.status_code
+    if response.is_redirect:
+        location = response.headers.get("location", "?")
+        return PermanentError(
+            f"{api.provider} answered {status} redirecting to {location}: check {api.url_setting}",
+            code="EAPI",
+            reply_code=status,
+            before_data=True,
+        )
+    refusal = api.parse_error(response)
+    rule = api.rules.get(refusal.code) if refusal.code is not None else None
+    rule = rule or api.rules.get(status)
+    kind = rule.kind if rule else kind_of_status(status)
+    fix = rule.fix if rule and rule.fix else ""
+    said = f"{refusal.code}: {refusal.message}" if refusal.code else refusal.message
+    reply = said[:_REPLY_CHARS]
+    options: dict[str, Any] = {
+        "reply_code": status,
+        "reply": reply,
+        "before_data": status < 500,
+        "ambiguous": status in _AMBIGUOUS_STATUSES,
+        "retry_after": retry_after(response, now=time.time()),
+    }
+    if kind == "credentials":
+        message = f"{api.provider} refused the credentials: {fix or api.credentials_fix}"
+        return CredentialsError(message, code="EAUTH", **options)
+    if kind == "temporary":
+        message = f"{api.provider} failed, retry later" + (f": {fix}" if fix else "")
+        return TemporaryError(message, code="EAPI", **options)
+    message = f"{api.provider} refused the request" + (f": {fix}" if fix else "")
+    if rule is not None and rule.field is not None:
+        return ConfigError(message, field=rule.field, reply_code=status, reply=reply)
+    return PermanentError(message, code="EAPI", **options)
+
+
+def kind_of_status(status: int) -> Kind:
+    """HTTP 408/429/5xx are retried, 401/403 are credentials, any other status is permanent."""
+    if status in (401, 403):
+        return "credentials"
+    if status in (408, 429) or status >= 500:
+        return "temporary"
+    return "permanent"
+
+
+def retry_after(response: httpx.Response, *, now: float) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or an HTTP date), else from `X-RateLimit-Reset`
+    (SendGrid: the Unix time the limit resets); None when the answer says neither."""
+    value = response.headers.get("retry-after", "").strip()
+    if value:
+        if value.isdigit():
+            return float(value)
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(when.timestamp() - now, 0.0) if when.tzinfo is not None else None
+    reset = response.headers.get("x-ratelimit-reset", "").strip()
+    if reset.isdigit():
+        return max(int(reset) - now, 0.0)
+    return None
+
+
+def json_body(response: httpx.Response) -> object:
+    """The decoded JSON body, or None when the body is not JSON."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def text_of(response: httpx.Response) -> str:
+    """A short, single-line excerpt of a body that is not the JSON we expected."""
+    return " ".join(response.text.split())[:_REPLY_CHARS] or response.reason_phrase
+
+
+def unexpected_answer(api: Api, response: httpx.Response, expected: str) -> TemporaryError:
+    """A 2xx answer without what the provider documents: it may have sent, so it is ambiguous."""
+    return TemporaryError(
+        f"{api.provider} answered {response.status_code} without {expected}",
+        code="EPROTOCOL",
+        reply_code=response.status_code,
+        reply=text_of(response),
+        ambiguous=True,
+    )
+
+
+class HttpTransport:
+    """The base of provider transports: the shared client, the API description, no own state.
+
+    Subclasses set `api` and implement `send` and `verify`.
+    """
+
+    api: ClassVar[Api]
+
+    def __init__(self, name: str, context: TransportContext) -> None:
+        self.name = name
+        self._http = context.http
+        self._log = context.logger
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return await request(self._http, self.api, method, url, logger=self._log, **kwargs)
+
+    def _check_options(self, message: OutgoingMessage) -> None:
+        """Refuse provider options (`OutgoingMessage.extra`) instead of dropping them: no HTTP
+        transport takes any yet."""
+        if message.extra:
+            names = ", ".join(repr(key) for key in sorted(message.extra))
+            plural = "s" if len(message.extra) > 1 else ""
+            raise UnsupportedFeature(f"the option{plural} {names}", self.api.provider)
+
+    async def aclose(self) -> None:
+        """Nothing to release: the HTTP client is the service's, shared by every transport."""
+
+
+async def probe(report: VerifyReport, name: str, check: Callable[[], Awaitable[str]]) -> bool:
+    """Run one verify step: `check` returns a detail or raises; the outcome goes in `report`."""
+    started = time.perf_counter()
+    try:
+        detail = await check()
+    except TransportError as err:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        report.steps.append(VerifyStep(name, False, elapsed_ms, str(err)))
+        report.error_code = err.code
+        return False
+    report.steps.append(VerifyStep(name, True, (time.perf_counter() - started) * 1000, detail))
+    return True

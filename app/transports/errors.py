@@ -1,0 +1,89 @@
+"""Errors a transport raises when a whole send fails.
+
+    TransportError                 code: nodemailer's words (ECONNECTION, ETIMEDOUT, EAUTH, ...)
+    ├── TemporaryError             retry later (SMTP 4xx, timeouts, HTTP 408/429/5xx, ...)
+    │   └── CredentialsError       credentials refused (SMTP 535, HTTP 401/403): an admin can fix it
+    └── PermanentError             do not retry (SMTP 5xx on MAIL or DATA, other HTTP 4xx)
+        ├── UnsupportedFeature     the transport cannot carry something the message asks for
+        └── ConfigError            the profile cannot work as configured (names the field)
+
+Partial failure (one recipient refused) is not an error: it is data in the SendResult.
+"""
+
+from __future__ import annotations
+
+ErrorCode = str
+"""ECONNECTION, ETIMEDOUT, EDNS, ETLS, EAUTH, EENVELOPE, EMESSAGE, EPROTOCOL, ECONFIG, EUNSUPPORTED,
+EPOLICY, EAPI."""
+
+
+class TransportError(Exception):
+    """A send failed as a whole."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode,
+        reply_code: int | None = None,
+        reply: str | None = None,
+        before_data: bool = False,
+        ambiguous: bool = False,
+        retry_after: float | None = None,
+        tls_version: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.reply_code = reply_code
+        """The SMTP reply code or HTTP status, when the server answered."""
+        self.reply = reply
+        """The server's reply text, when it answered."""
+        self.before_data = before_data
+        """True when it failed before any content was sent: failing over is safe."""
+        self.ambiguous = ambiguous
+        """True when the server may have taken the message (lost after the final '.')."""
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait, if it said."""
+        self.tls_version = tls_version
+
+    def __str__(self) -> str:
+        if self.reply_code is not None:
+            return f"{self.code}: {self.message} ({self.reply_code} {self.reply or ''})".rstrip()
+        return f"{self.code}: {self.message}"
+
+
+class TemporaryError(TransportError):
+    """Retry later: the same send may succeed."""
+
+
+class CredentialsError(TemporaryError):
+    """The server refused the credentials. Retried, and shown on the profile's health."""
+
+
+class PermanentError(TransportError):
+    """Do not retry: the same send will fail again."""
+
+
+class UnsupportedFeature(PermanentError):
+    """The transport cannot carry a feature the message uses; it is never dropped silently."""
+
+    def __init__(self, feature: str, transport: str) -> None:
+        super().__init__(f"{transport} cannot send {feature}", code="EUNSUPPORTED")
+        self.feature = feature
+
+
+class ConfigError(PermanentError):
+    """The profile cannot work as configured; `field` names the setting to fix."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str,
+        code: ErrorCode = "ECONFIG",
+        reply_code: int | None = None,
+        reply: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, before_data=True, reply_code=reply_code, reply=reply)
+        self.field = field

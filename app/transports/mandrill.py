@@ -1,0 +1,156 @@
+"""Mandrill (Mailchimp Transactional): messages/send-raw with an explicit envelope.
+
+The MIME goes as a JSON string with the envelope recipients in `to`, so Bcc recipients (absent from
+the headers) are delivered. `from_email` overrides the From header's address, so it is that very
+address: Mandrill bounces to its own Return-Path whatever the envelope sender says.
+
+Mandrill answers 200 with one status per recipient, rejections included. Errors are classified by
+their `name`, since legacy answers put every error under HTTP 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import Field, SecretStr
+
+from app.schemas import CamelModel
+from app.transports._http import (
+    Api,
+    HttpTransport,
+    Refusal,
+    Rule,
+    json_body,
+    probe,
+    text_of,
+    unexpected_answer,
+)
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport
+from app.transports.errors import UnsupportedFeature
+from app.transports.result import RecipientResult, RecipientStatus, SendResult
+
+
+class MandrillConfig(CamelModel):
+    api_key: SecretStr = Field(min_length=1, max_length=500)
+    base_url: str = Field("https://mandrillapp.com/api/1.0", pattern=r"^https?://\S+$")
+
+
+_STATUSES: dict[str, RecipientStatus] = {
+    "sent": "sent",
+    "queued": "queued",
+    "scheduled": "queued",
+    "rejected": "rejected",
+    "invalid": "invalid",
+}
+
+
+def _refusal(response: httpx.Response) -> Refusal:
+    """{"status": "error", "code": int, "name": str, "message": str}."""
+    body = json_body(response)
+    if isinstance(body, dict) and isinstance(body.get("name"), str):
+        return Refusal(body["name"], str(body.get("message", "")))
+    return Refusal(None, text_of(response))
+
+
+API = Api(
+    provider="Mandrill",
+    parse_error=_refusal,
+    credentials_fix="check apiKey",
+    url_setting="baseUrl",
+    rules={
+        "Invalid_Key": Rule("credentials"),
+        "PaymentRequired": Rule("permanent", "the Mandrill account needs a positive balance"),
+        "Unknown_Subaccount": Rule("permanent"),
+        "ValidationError": Rule("permanent"),
+        "RequestLimitExceeded": Rule("temporary"),
+        "GeneralError": Rule("temporary"),
+        "ServiceUnavailable": Rule("temporary"),
+    },
+)
+
+
+class MandrillTransport(HttpTransport):
+    api = API
+
+    def __init__(self, name: str, config: MandrillConfig, context: TransportContext) -> None:
+        super().__init__(name, context)
+        self._key = config.api_key
+        self._base = config.base_url.rstrip("/")
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        self._check_options(message)
+        try:
+            raw = message.mime.decode()
+        except UnicodeDecodeError as err:
+            raise UnsupportedFeature("MIME that is not UTF-8 text", API.provider) from err
+        payload = {
+            "key": self._key.get_secret_value(),
+            "raw_message": raw,
+            "from_email": message.content.sender.email,
+            "to": list(message.recipients),
+        }
+        response = await self._request("POST", f"{self._base}/messages/send-raw.json", json=payload)
+        return _result(message, response)
+
+    async def verify(self) -> VerifyReport:
+        report = VerifyReport(
+            unchecked=[
+                "whether the sender's domain is verified in Mandrill",
+                "whether the recipients are on Mandrill's rejection list",
+            ]
+        )
+
+        async def ping() -> str:
+            response = await self._request(
+                "POST", f"{self._base}/users/ping2.json", json={"key": self._key.get_secret_value()}
+            )
+            return f"API key accepted ({text_of(response)})"
+
+        await probe(report, "credentials", ping)
+        return report
+
+
+def _result(message: OutgoingMessage, response: httpx.Response) -> SendResult:
+    """One RecipientResult per envelope recipient from Mandrill's per-recipient array.
+
+    A recipient Mandrill does not list is deferred, so it is retried: a duplicate beats a loss; an
+    unknown status counts as queued, since Mandrill accepted the message. Mandrill gives each
+    recipient its own id: `provider_id` is the first, `extra["ids"]` lists them all.
+    """
+    body = json_body(response)
+    answers: dict[str, dict[str, Any]] = {}
+    if isinstance(body, list):
+        answers = {
+            item["email"].lower(): item
+            for item in body
+            if isinstance(item, dict) and isinstance(item.get("email"), str)
+        }
+    if not answers:
+        raise unexpected_answer(API, response, "a per-recipient array")
+    recipients: dict[str, RecipientResult] = {}
+    ids: list[str] = []
+    for rcpt in message.recipients:
+        answer = answers.get(rcpt.lower())
+        if answer is None:
+            recipients[rcpt] = RecipientResult("deferred", message="missing from Mandrill's answer")
+            continue
+        status = str(answer.get("status"))
+        reason = answer.get("reject_reason") or answer.get("queued_reason") or ""
+        if status not in _STATUSES:
+            reason = f"Mandrill status {status!r}"
+        recipients[rcpt] = RecipientResult(
+            _STATUSES.get(status, "queued"), response.status_code, str(reason)
+        )
+        if isinstance(answer.get("_id"), str):
+            ids.append(answer["_id"])
+    return SendResult(
+        recipients,
+        provider_id=ids[0] if ids else None,
+        reply_code=response.status_code,
+        extra={"ids": ",".join(ids)} if len(ids) > 1 else {},
+    )
+
+
+def create(name: str, config: MandrillConfig, context: TransportContext) -> MandrillTransport:
+    return MandrillTransport(name, config, context)

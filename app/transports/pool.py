@@ -1,0 +1,166 @@
+"""A small connection pool with nodemailer's limits: connections open at once, uses per connection.
+
+The pool knows nothing about SMTP: it opens connections with the factory it is given, lends one
+per `lease()`, reuses it while it is alive and under `max_uses`, closes it after `idle_timeout`
+seconds without work, and discards it when the work done with it raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+
+class PooledConnection(Protocol):
+    """What the pool needs from a connection."""
+
+    @property
+    def alive(self) -> bool:
+        """False once the peer or an error closed it: it must not be lent again."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close politely (SMTP: QUIT); never raises."""
+        ...
+
+    def abort(self) -> None:
+        """Close at once, without talking to the peer."""
+        ...
+
+
+C = TypeVar("C", bound=PooledConnection)
+
+
+class PoolClosed(RuntimeError):
+    """The pool was closed: it lends nothing any more."""
+
+
+@dataclass(eq=False, slots=True)
+class _Entry(Generic[C]):
+    connection: C
+    uses: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class ConnectionPool(Generic[C]):
+    """Up to `max_connections` open connections, each lent for at most `max_uses` leases.
+
+    A lease waits while every connection is busy and the limit is reached. Counting includes
+    connections being opened and being closed, so the peer never sees more than the limit.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[C]],
+        *,
+        max_connections: int,
+        max_uses: int,
+        idle_timeout: float,
+    ) -> None:
+        if max_connections < 1 or max_uses < 1:
+            raise ValueError("max_connections and max_uses must be at least 1")
+        self._connect = connect
+        self._max_connections = max_connections
+        self._max_uses = max_uses
+        self._idle_timeout = idle_timeout
+        self._idle: list[_Entry[C]] = []
+        self._open = 0
+        self._closed = False
+        self._changed = asyncio.Condition()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open, being opened or being closed."""
+        return self._open
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[C]:
+        """Lend a connection for one unit of work (one message).
+
+        The connection goes back to the pool when the block ends normally; it is closed when the
+        block raises, when it reached `max_uses`, or when the pool was closed meanwhile.
+        """
+        entry = await self._acquire()
+        try:
+            yield entry.connection
+        except Exception:
+            await self._retire(entry)
+            raise
+        except BaseException:
+            entry.connection.abort()
+            await self._release_slot()
+            raise
+        entry.uses += 1
+        if self._closed or entry.uses >= self._max_uses or not entry.connection.alive:
+            await self._retire(entry)
+        else:
+            async with self._changed:
+                entry.timer = asyncio.get_running_loop().call_later(
+                    self._idle_timeout, self._expire, entry
+                )
+                self._idle.append(entry)
+                self._changed.notify()
+
+    async def aclose(self) -> None:
+        """Close the idle connections now and the busy ones when their lease ends."""
+        async with self._changed:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._changed.notify_all()
+        for entry in idle:
+            if entry.timer is not None:
+                entry.timer.cancel()
+        await asyncio.gather(*(self._retire(entry) for entry in idle))
+        while self._closing:
+            await asyncio.gather(*self._closing)
+
+    async def _acquire(self) -> _Entry[C]:
+        async with self._changed:
+            while True:
+                if self._closed:
+                    raise PoolClosed("the connection pool is closed")
+                while self._idle:
+                    entry = self._idle.pop()
+                    if entry.timer is not None:
+                        entry.timer.cancel()
+                        entry.timer = None
+                    if entry.connection.alive:
+                        return entry
+                    entry.connection.abort()
+                    self._open -= 1
+                if self._open < self._max_connections:
+                    self._open += 1
+                    break
+                await self._changed.wait()
+        try:
+            return _Entry(await self._connect())
+        except BaseException:
+            await self._release_slot()
+            raise
+
+    def _expire(self, entry: _Entry[C]) -> None:
+        if entry in self._idle:
+            self._idle.remove(entry)
+            entry.timer = None
+            task = asyncio.get_running_loop().create_task(self._retire(entry))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _retire(self, entry: _Entry[C]) -> None:
+        try:
+            await entry.connection.aclose()
+        finally:
+            await self._release_slot()
+
+    async def _release_slot(self) -> None:
+        async with self._changed:
+            self._open -= 1
+            self._changed.notify()

@@ -1,0 +1,939 @@
+"""SMTP through aiosmtplib, with nodemailer's options and meaning.
+
+A connection is opened by hand: the host is resolved through the egress policy, the TCP socket (or
+the proxy's) is connected to a checked address under `connectionTimeout`, and aiosmtplib gets that
+socket for the greeting (`greetingTimeout`), TLS, AUTH and the transaction (`socketTimeout` per
+command). Every library error becomes a TransportError in `_translate`, the one place mapping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Literal, Self
+from urllib.parse import unquote, urlsplit
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPAuthenticationError,
+    SMTPConnectError,
+    SMTPDataError,
+    SMTPException,
+    SMTPRecipientRefused,
+    SMTPResponse,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+)
+from aiosmtplib.typing import Default
+from pydantic import Field, SecretStr, field_validator, model_validator
+from python_socks import ProxyError, ProxyType
+from python_socks.async_.asyncio import Proxy
+
+from app.egress import EgressDenied
+from app.errors import FieldsError
+from app.schemas import CamelModel, SafeStr
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
+from app.transports.errors import (
+    ConfigError,
+    CredentialsError,
+    PermanentError,
+    TemporaryError,
+    TransportError,
+    UnsupportedFeature,
+)
+from app.transports.oauth import TokenCache, TokenRequest
+from app.transports.pool import ConnectionPool, PoolClosed
+from app.transports.result import RecipientResult, RecipientStatus, SendResult
+
+SecurityMode = Literal["none", "starttls", "starttls_required", "tls"]
+"""Sage X3's four modes: no TLS / STARTTLS when available / STARTTLS required / implicit TLS."""
+
+_SECURITY_FLAGS: dict[str, tuple[bool, bool, bool]] = {
+    "none": (False, True, False),
+    "starttls": (False, False, False),
+    "starttls_required": (False, False, True),
+    "tls": (True, False, False),
+}
+
+
+class OAuth2Settings(CamelModel):
+    """Where XOAUTH2 gets its access token: a refresh token, or the client-credentials grant."""
+
+    token_url: str = Field(max_length=2000, pattern=r"^https?://\S+$")
+    client_id: str = Field(min_length=1, max_length=500)
+    client_secret: SecretStr | None = None
+    refresh_token: SecretStr | None = None
+    scope: str | None = Field(None, max_length=1000)
+    """Office 365 app-only: https://outlook.office365.com/.default; Gmail: https://mail.google.com/"""
+    user: SafeStr | None = Field(None, max_length=320)
+    """The mailbox to authenticate as; defaults to the profile's `user`."""
+
+
+class SmtpConfig(CamelModel):
+    """An SMTP server, with nodemailer's option names and defaults (timeouts in milliseconds)."""
+
+    host: SafeStr = Field("localhost", min_length=1, max_length=253, pattern=r"^[^\s/]+$")
+    port: int | None = Field(None, ge=1, le=65535)
+    """Defaults to 465 when `secure`, else 25."""
+    secure: bool = False
+    ignore_tls: bool = Field(False, alias="ignoreTLS")
+    require_tls: bool = Field(False, alias="requireTLS")
+    connection_timeout: int = Field(120_000, gt=0, le=3_600_000)
+    greeting_timeout: int = Field(30_000, gt=0, le=3_600_000)
+    socket_timeout: int = Field(600_000, gt=0, le=3_600_000)
+    user: SafeStr | None = Field(None, max_length=320)
+    pass_: SecretStr | None = Field(None, alias="pass", max_length=1000)
+    auth_method: Literal["plain", "login", "cram-md5", "xoauth2"] | None = None
+    """None: the first the server offers of PLAIN, LOGIN, CRAM-MD5 (nodemailer's order)."""
+    oauth2: OAuth2Settings | None = None
+    name: SafeStr | None = Field(None, max_length=253, pattern=r"^[^\s]+$")
+    """The EHLO host name; defaults to this machine's name."""
+    ca_certificates: str | None = Field(None, max_length=200_000)
+    client_certificate: str | None = Field(None, max_length=200_000)
+    client_key: SecretStr | None = Field(None, max_length=200_000)
+    proxy: str | None = Field(None, max_length=2000, pattern=r"^(socks5h?|socks4a?|http)://\S+$")
+    pool: bool = False
+    max_connections: int = Field(5, ge=1, le=100)
+    max_messages: int = Field(100, ge=1, le=100_000)
+    logger: bool = False
+    debug: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _security_mode(cls, data: object) -> object:
+        if isinstance(data, dict) and "security" in data:
+            data = dict(data)
+            mode = data.pop("security")
+            if mode not in _SECURITY_FLAGS:
+                raise FieldsError(
+                    f"security must be one of {', '.join(_SECURITY_FLAGS)}", "security"
+                )
+            data["secure"], data["ignoreTLS"], data["requireTLS"] = _SECURITY_FLAGS[mode]
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.ignore_tls and self.require_tls:
+            raise FieldsError(
+                "ignoreTLS and requireTLS cannot both be true", "ignoreTLS", "requireTLS"
+            )
+        if self.auth_method == "xoauth2" and self.oauth2 is None:
+            raise ValueError("authMethod xoauth2 needs oauth2 settings")
+        if (
+            self.auth_method == "xoauth2"
+            and not (self.oauth2 and self.oauth2.user)
+            and not self.user
+        ):
+            raise ValueError("authMethod xoauth2 needs a user (oauth2.user or user)")
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ValueError("clientCertificate and clientKey go together")
+        return self
+
+    @field_validator("ca_certificates", "client_certificate")
+    @classmethod
+    def _pem(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cadata=value)
+            except (ssl.SSLError, ValueError) as err:
+                raise ValueError("is not a valid PEM certificate") from err
+        return value
+
+    @property
+    def effective_port(self) -> int:
+        """`port`, or the default for the mode: 465 with implicit TLS, else 25."""
+        return self.port if self.port is not None else default_port(self.secure)
+
+
+def default_port(secure: bool) -> int:
+    return 465 if secure else 25
+
+
+Phase = Literal[
+    "dns",
+    "connect",
+    "greeting",
+    "ehlo",
+    "tls",
+    "auth",
+    "mail",
+    "rcpt",
+    "data",
+    "body",
+    "end-of-data",
+    "quit",
+]
+"""The steps of an SMTP session; `verify` reports those from `dns` to `auth`, then `quit`."""
+
+_PHASE_TEXT: dict[Phase, str] = {
+    "dns": "resolving the host name",
+    "connect": "connecting",
+    "greeting": "waiting for the greeting",
+    "ehlo": "EHLO",
+    "tls": "TLS",
+    "auth": "AUTH",
+    "mail": "MAIL FROM",
+    "rcpt": "RCPT TO",
+    "data": "DATA",
+    "body": "sending the message content",
+    "end-of-data": "waiting for the reply to the final '.'",
+    "quit": "QUIT",
+}
+_AFTER_DATA: frozenset[Phase] = frozenset({"body", "end-of-data"})
+_PERMANENT_ON_5XX: frozenset[Phase] = frozenset({"mail", "data", "end-of-data"})
+_REPLY_ERROR_CODES: dict[Phase, str] = {
+    "mail": "EENVELOPE",
+    "rcpt": "EENVELOPE",
+    "data": "EMESSAGE",
+    "end-of-data": "EMESSAGE",
+}
+_AUTO_AUTH_ORDER = ("plain", "login", "cram-md5")
+_PROXY_SCHEMES: dict[str, tuple[ProxyType, bool, int]] = {
+    "socks5": (ProxyType.SOCKS5, False, 1080),
+    "socks5h": (ProxyType.SOCKS5, True, 1080),
+    "socks4": (ProxyType.SOCKS4, False, 1080),
+    "socks4a": (ProxyType.SOCKS4, True, 1080),
+    "http": (ProxyType.HTTP, True, 8080),
+}
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_CHUNK_BYTES = 64 * 1024
+_MAX_IDLE_SECONDS = 30.0
+_QUIT_TIMEOUT_SECONDS = 5.0
+
+REDACTED = "[REDACTED]"
+"""What the debug transcript shows instead of a credential."""
+
+
+def create(name: str, config: SmtpConfig, context: TransportContext) -> SmtpTransport:
+    """Build the SMTP transport of one server profile."""
+    return SmtpTransport(name, config, context)
+
+
+class SmtpTransport:
+    """Sends through one SMTP server, with nodemailer's options (see SmtpConfig).
+
+    Without `pool` every send opens a connection, sends and QUITs. With `pool`, up to
+    `maxConnections` connections stay open, each for at most `maxMessages` messages, closed after
+    min(30 s, socketTimeout) idle and on `aclose`.
+
+    Timeouts: `connectionTimeout` bounds DNS and TCP (or the proxy's handshake); `greetingTimeout`
+    the 220, and with `secure` also the TLS handshake (aiosmtplib runs both under one timeout);
+    `socketTimeout` every later reply and each write of the content.
+    """
+
+    def __init__(self, name: str, config: SmtpConfig, context: TransportContext) -> None:
+        self.name = name
+        self.config = config
+        self._context = context
+        self._events = context.logger if config.logger else None
+        self._ehlo_name = config.name
+        self._tls: ssl.SSLContext | None = None
+        self._sessions = 0
+        self.tokens: TokenCache | None = None
+        if config.oauth2 is not None:
+            oauth2 = config.oauth2
+            self.tokens = TokenCache(
+                context.http,
+                TokenRequest(
+                    token_url=oauth2.token_url,
+                    client_id=oauth2.client_id,
+                    client_secret=_secret(oauth2.client_secret),
+                    scope=oauth2.scope,
+                    refresh_token=_secret(oauth2.refresh_token),
+                ),
+            )
+        self._pool: ConnectionPool[_Connection] | None = None
+        if config.pool:
+            self._pool = ConnectionPool(
+                self._connect,
+                max_connections=config.max_connections,
+                max_uses=config.max_messages,
+                idle_timeout=min(_MAX_IDLE_SECONDS, self.socket_timeout),
+            )
+
+    @property
+    def socket_timeout(self) -> float:
+        """socketTimeout in seconds: the longest wait for any reply once greeted."""
+        return self.config.socket_timeout / 1000
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """Send one message; a status per recipient, or a TransportError if it failed as a whole."""
+        _check_envelope(message)
+        if self._pool is None:
+            connection = await self._connect()
+            try:
+                return await connection.deliver(message)
+            finally:
+                await connection.aclose()
+        try:
+            async with self._pool.lease() as connection:
+                result = await connection.deliver(message)
+        except PoolClosed as err:
+            raise TemporaryError(
+                f"transport {self.name} is closed", code="ECONNECTION", before_data=True
+            ) from err
+        return result
+
+    async def verify(self) -> VerifyReport:
+        """Resolve, connect, greet, EHLO, TLS, AUTH and QUIT, one step each; nothing is sent."""
+        report = VerifyReport(
+            unchecked=["whether the server accepts the sender and the recipients"]
+        )
+        tracker = _Tracker(report, field="proxy" if self.config.proxy else "host")
+        try:
+            connection = await self._connect(tracker)
+        except TransportError:
+            return report
+        with suppress(TransportError), tracker.phase("quit") as step:
+            step.detail = str(await connection.quit())
+        return report
+
+    async def aclose(self) -> None:
+        """Close the pooled connections (QUIT); sends after this fail."""
+        if self._pool is not None:
+            await self._pool.aclose()
+
+    def event(self, message: str, *args: object) -> None:
+        """Log a connection event at INFO when the profile's `logger` is on."""
+        if self._events is not None:
+            self._events.info("smtp %s: " + message, self.name, *args)
+
+    async def tls_context(self) -> ssl.SSLContext:
+        """The client TLS context, built once (it reads the CA store)."""
+        if self._tls is None:
+            self._tls = await asyncio.to_thread(_tls_context, self.config)
+        return self._tls
+
+    def auth_plan(self, client: aiosmtplib.SMTP) -> tuple[str, str] | None:
+        """(method, user) to authenticate with, or None when no user is configured."""
+        config = self.config
+        method: str | None = config.auth_method
+        if method is None and config.oauth2 is not None and config.pass_ is None:
+            method = "xoauth2"
+        if method == "xoauth2":
+            user = (config.oauth2.user if config.oauth2 else None) or config.user
+            return (method, user) if user else None
+        if config.user is None:
+            return None
+        if method is None:
+            offered = client.server_auth_methods
+            method = next((name for name in _AUTO_AUTH_ORDER if name in offered), "plain")
+        return method, config.user
+
+    async def _connect(self, tracker: _Tracker | None = None) -> _Connection:
+        config = self.config
+        if tracker is None:
+            tracker = _Tracker(field="proxy" if config.proxy else "host")
+        sock = await self._open_socket(tracker)
+        connection: _Connection | None = None
+        try:
+            if self._ehlo_name is None:
+                self._ehlo_name = await asyncio.to_thread(socket.getfqdn)
+            client = _Client(
+                hostname=config.host,
+                sock=sock,
+                use_tls=config.secure,
+                start_tls=False,
+                local_hostname=self._ehlo_name,
+                timeout=self.socket_timeout,
+            )
+            self._sessions += 1
+            if config.debug:
+                label = f"smtp {self.name} #{self._sessions}"
+                client.transcript = _Transcript(self._context.logger, label)
+            connection = _Connection(self, client, tracker)
+            await connection.handshake()
+        except Exception:
+            if connection is not None:
+                await connection.aclose()
+            sock.close()
+            raise
+        except BaseException:
+            if connection is not None:
+                connection.abort()
+            sock.close()
+            raise
+        return connection
+
+    async def _open_socket(self, tracker: _Tracker) -> socket.socket:
+        config = self.config
+        port = config.effective_port
+        deadline = asyncio.get_running_loop().time() + config.connection_timeout / 1000
+        with tracker.phase("dns") as step:
+            proxy = _ProxyUrl.parse(config.proxy) if config.proxy else None
+            host, host_port = (proxy.host, proxy.port) if proxy else (config.host, port)
+            async with asyncio.timeout_at(deadline):
+                addresses = await self._context.egress.resolve(host, host_port)
+            step.detail = f"{host}: {', '.join(addresses)}"
+            step.data["addresses"] = addresses
+            if proxy is not None:
+                step.data["proxy"] = proxy.display
+        with tracker.phase("connect") as step:
+            async with asyncio.timeout_at(deadline):
+                if proxy is None:
+                    sock = await _tcp_connect(addresses, port)
+                else:
+                    sock = await proxy.connect(addresses, config.host, port)
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                sock.close()
+                raise
+            step.detail = f"{peer[0]} port {peer[1]}"
+            if proxy is not None:
+                step.detail = f"{config.host} port {port} through {proxy.display} ({step.detail})"
+        return sock
+
+
+class _Connection:
+    """One SMTP session: greeted, TLS and AUTH done, then one transaction per send."""
+
+    def __init__(self, transport: SmtpTransport, client: _Client, tracker: _Tracker) -> None:
+        self._transport = transport
+        self._client = client
+        self._tracker = tracker
+        self._address = f"{transport.config.host}:{transport.config.effective_port}"
+        self._wire: asyncio.BaseTransport | None = None
+        self._closed = False
+
+    @property
+    def alive(self) -> bool:
+        return self._client.is_connected
+
+    @property
+    def tls_version(self) -> str | None:
+        return self._tracker.tls_version
+
+    async def handshake(self) -> None:
+        """Greeting, EHLO, STARTTLS as configured, EHLO again, AUTH."""
+        transport, config, client = self._transport, self._transport.config, self._client
+        phase = self._tracker.phase
+        with phase("greeting") as step:
+            context = await transport.tls_context() if config.secure else None
+            greeting = await client.connect(
+                timeout=config.greeting_timeout / 1000, tls_context=context
+            )
+            self._wire = client.transport
+            step.detail = str(greeting)
+            if client.transcript is not None:
+                client.transcript.server(greeting)
+        transport.event("connected to %s", self._address)
+        if config.secure:
+            with phase("tls") as step:
+                self._tls_established(step)
+                step.detail += " (implicit TLS, negotiated while connecting)"
+        with phase("ehlo") as step:
+            await self._ehlo(step)
+        if not config.secure and not config.ignore_tls:
+            if client.supports_extension("starttls"):
+                with phase("tls") as step:
+                    context = await transport.tls_context()
+                    if client.transcript is not None:
+                        client.transcript.client(b"STARTTLS")
+                    reply = await client.starttls(tls_context=context)
+                    self._wire = client.transport
+                    if client.transcript is not None:
+                        client.transcript.server(reply)
+                    self._tls_established(step)
+                with phase("ehlo") as step:
+                    await self._ehlo(step)
+            elif config.require_tls:
+                with phase("tls"):
+                    raise TemporaryError(
+                        "TLS: requireTLS is set and the server does not offer STARTTLS",
+                        code="ETLS",
+                        before_data=True,
+                    )
+        plan = transport.auth_plan(client)
+        if plan is not None:
+            method, user = plan
+            with phase("auth") as step:
+                await self._authenticate(method, user)
+                step.detail = f"{user} with {method.upper()}"
+            transport.event("authenticated as %s with %s", user, method.upper())
+
+    async def deliver(self, message: OutgoingMessage) -> SendResult:
+        """MAIL, RCPT for each recipient, DATA: a status per recipient."""
+        client, phase = self._client, self._tracker.phase
+        recipients = list(dict.fromkeys(message.recipients))
+        content = _LINE_ENDINGS.sub(b"\r\n", message.mime)
+        if not content.endswith(b"\r\n"):
+            content += b"\r\n"
+        with phase("mail"):
+            options = self._mail_options(message, content)
+            encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+            await client.mail(message.envelope_from, options=options, encoding=encoding)
+        refused: dict[str, RecipientResult] = {}
+        for recipient in recipients:
+            with phase("rcpt"):
+                try:
+                    await client.rcpt(recipient, encoding=encoding)
+                except SMTPRecipientRefused as err:
+                    if err.code == 421 or not client.is_connected:
+                        raise
+                    status: RecipientStatus = "rejected" if err.code >= 500 else "deferred"
+                    refused[recipient] = RecipientResult(status, err.code, err.message)
+        if len(refused) == len(recipients):
+            await self._reset()
+            return SendResult(recipients=refused, tls_version=self.tls_version)
+        reply = await self._data(_LEADING_DOT.sub(b"..", content))
+        sent = RecipientResult("sent", reply.code, reply.message)
+        self._transport.event(
+            "message %s accepted for %d of %d recipients: %s",
+            message.message_id,
+            len(recipients) - len(refused),
+            len(recipients),
+            reply,
+        )
+        return SendResult(
+            recipients={recipient: refused.get(recipient, sent) for recipient in recipients},
+            provider_id=reply.message,
+            reply_code=reply.code,
+            tls_version=self.tls_version,
+        )
+
+    async def quit(self) -> SMTPResponse:
+        """Send QUIT and close."""
+        timeout = min(self._transport.socket_timeout, _QUIT_TIMEOUT_SECONDS)
+        try:
+            return await self._client.quit(timeout=timeout)
+        finally:
+            self.abort()
+
+    async def aclose(self) -> None:
+        """QUIT if the connection is still up, then close; never raises."""
+        if self._client.is_connected:
+            with suppress(SMTPException, OSError):
+                await self.quit()
+        self.abort()
+
+    def abort(self) -> None:
+        """Close at once: no QUIT, and no wait for the server's TLS close_notify."""
+        self._client.close()
+        if isinstance(self._wire, asyncio.WriteTransport):
+            self._wire.abort()
+        if not self._closed:
+            self._closed = True
+            self._transport.event("connection to %s closed", self._address)
+
+    async def _ehlo(self, step: VerifyStep) -> None:
+        client = self._client
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError as err:
+            if err.code < 500 or not client.is_connected:
+                raise
+            await client.helo()
+        extensions = [
+            f"{key.upper()} {value}".strip() for key, value in client.esmtp_extensions.items()
+        ]
+        step.data["capabilities"] = extensions
+        step.detail = ", ".join(extensions) or "no extensions (HELO)"
+
+    def _tls_established(self, step: VerifyStep) -> None:
+        ssl_object = self._client.get_transport_info("ssl_object")
+        version: str = ssl_object.version()
+        cipher = ssl_object.cipher()
+        certificate = ssl_object.getpeercert() or {}
+        self._tracker.tls_version = version
+        step.detail = f"{version} {cipher[0]}" if cipher else version
+        step.data.update(
+            protocol=version,
+            cipher=cipher[0] if cipher else None,
+            subject=_distinguished_name(certificate.get("subject")),
+            issuer=_distinguished_name(certificate.get("issuer")),
+            notAfter=certificate.get("notAfter"),
+        )
+        self._transport.event("TLS %s with %s", step.detail, step.data["subject"])
+
+    async def _authenticate(self, method: str, user: str) -> None:
+        client, config = self._client, self._transport.config
+        if method == "xoauth2":
+            tokens = self._transport.tokens
+            if tokens is None:
+                raise ConfigError("XOAUTH2 needs oauth2 settings", field="oauth2")
+            try:
+                await client.auth_xoauth2(user, await tokens.get())
+            except SMTPAuthenticationError as err:
+                if err.code != 535:
+                    raise
+                tokens.invalidate()
+                await client.auth_xoauth2(user, await tokens.get())
+            return
+        password = _secret(config.pass_) or ""
+        if method == "plain":
+            await client.auth_plain(user, password)
+        elif method == "login":
+            await client.auth_login(user, password)
+        else:
+            await client.auth_crammd5(user, password)
+
+    def _mail_options(self, message: OutgoingMessage, content: bytes) -> list[str]:
+        client = self._client
+        options = [f"SIZE={len(content)}"] if client.supports_extension("size") else []
+        if not all(address.isascii() for address in (message.envelope_from, *message.recipients)):
+            if not client.supports_extension("smtputf8"):
+                raise UnsupportedFeature(
+                    "non-ASCII addresses (the server does not offer SMTPUTF8)",
+                    self._transport.name,
+                )
+            options.append("SMTPUTF8")
+        if not content.isascii() and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        return options
+
+    async def _reset(self) -> None:
+        try:
+            await self._client.rset()
+        except (SMTPException, OSError):
+            self.abort()
+
+    async def _data(self, content: bytes) -> SMTPResponse:
+        client, phase = self._client, self._tracker.phase
+        timeout = self._transport.socket_timeout
+        with phase("data"):
+            reply = await client.execute_command(b"DATA")
+            if reply.code != 354:
+                raise SMTPDataError(reply.code, reply.message)
+        try:
+            with phase("body"):
+                protocol = client.protocol
+                if protocol is None:
+                    raise SMTPServerDisconnected("Connection lost")
+                # Written chunk by chunk, each drained, so that a connection lost during the
+                # content is told apart from one lost after the final "." (the ambiguous case);
+                # a reply that comes early (a 5xx mid-content) is kept for read_response.
+                protocol._response_pending = True
+                for start in range(0, len(content), _CHUNK_BYTES):
+                    protocol.write(content[start : start + _CHUNK_BYTES])
+                    async with asyncio.timeout(timeout):
+                        await protocol._drain_helper()
+                protocol.write(b".\r\n")
+                if client.transcript is not None:
+                    client.transcript.note(f"<message content, {len(content)} bytes>")
+                    client.transcript.client(b".")
+            with phase("end-of-data"):
+                reply = await protocol.read_response(timeout=timeout)
+                if client.transcript is not None:
+                    client.transcript.server(reply)
+                if reply.code != 250:
+                    raise SMTPDataError(reply.code, reply.message)
+        except TransportError as err:
+            if err.reply_code is None:
+                self.abort()
+            raise
+        except BaseException:
+            self.abort()
+            raise
+        return reply
+
+
+class _Client(aiosmtplib.SMTP):
+    """aiosmtplib's client, telling the transcript (when debugging) each command and reply."""
+
+    transcript: _Transcript | None = None
+
+    async def execute_command(
+        self,
+        *args: bytes,
+        timeout: float | Literal[Default.token] | None = Default.token,  # noqa: ASYNC109 (aiosmtplib's signature)
+    ) -> SMTPResponse:
+        if self.transcript is not None:
+            self.transcript.client(*args)
+        response = await super().execute_command(*args, timeout=timeout)
+        if self.transcript is not None:
+            self.transcript.server(response)
+        return response
+
+
+class _Transcript:
+    """The SMTP conversation at DEBUG, every credential replaced by REDACTED.
+
+    An AUTH command keeps its mechanism and loses its initial response; a line sent in answer to a
+    334 challenge (LOGIN's user and password, CRAM-MD5's digest, XOAUTH2's error reply) is hidden.
+    """
+
+    def __init__(self, logger: logging.Logger, label: str) -> None:
+        self._logger = logger
+        self._label = label
+        self._challenged = False
+
+    def client(self, *args: bytes) -> None:
+        if self._challenged:
+            line = REDACTED
+        elif args and args[0].upper() == b"AUTH":
+            line = " ".join(arg.decode("ascii", "replace") for arg in args[:2])
+            if len(args) > 2:
+                line += " " + REDACTED
+        else:
+            line = b" ".join(args).decode("utf-8", "replace")
+        self._logger.debug("%s C: %s", self._label, line)
+
+    def server(self, response: SMTPResponse) -> None:
+        self._challenged = response.code == 334
+        *first, last = response.message.split("\n")
+        lines = [f"{response.code}-{line}" for line in first] + [f"{response.code} {last}"]
+        self._logger.debug("%s S: %s", self._label, "\n".join(lines))
+
+    def note(self, text: str) -> None:
+        self._logger.debug("%s C: %s", self._label, text)
+
+
+class _Tracker:
+    """Runs each phase of a session: maps its errors (`_translate`) and, in verify, records it."""
+
+    def __init__(self, report: VerifyReport | None = None, *, field: str) -> None:
+        self.report = report
+        self.field = field
+        """The setting an egress denial points at: `host`, or `proxy` when one is used."""
+        self.tls_version: str | None = None
+
+    @contextmanager
+    def phase(self, phase: Phase) -> Iterator[VerifyStep]:
+        step = VerifyStep(phase, ok=True, duration_ms=0.0)
+        started = time.perf_counter()
+        try:
+            yield step
+        except TransportError as err:
+            self._failed(step, err)
+            raise
+        except (SMTPException, OSError, ProxyError, EgressDenied, ValueError) as err:
+            mapped = _translate(err, phase, tls_version=self.tls_version, field=self.field)
+            if mapped is None:
+                raise
+            self._failed(step, mapped)
+            raise mapped from err
+        finally:
+            step.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            if self.report is not None:
+                self.report.steps.append(step)
+
+    def _failed(self, step: VerifyStep, err: TransportError) -> None:
+        step.ok = False
+        step.detail = str(err)
+        if self.report is not None:
+            self.report.error_code = err.code
+
+
+def _translate(
+    err: Exception, phase: Phase, *, tls_version: str | None, field: str
+) -> TransportError | None:
+    """The one mapping of aiosmtplib, socket, ssl, proxy and egress errors to TransportError.
+
+    None for an error that is not one of these (a bug): it propagates unchanged.
+    """
+    where = _PHASE_TEXT[phase]
+    before_data = phase not in _AFTER_DATA
+    ambiguous = phase == "end-of-data"
+    reply_code = err.code if isinstance(err, SMTPResponseException) and err.code > 0 else None
+    reply = err.message if isinstance(err, SMTPResponseException) else None
+    if isinstance(err, EgressDenied):
+        return ConfigError(err.message, field=field, code="EPOLICY")
+    if isinstance(err, socket.gaierror):
+        return TemporaryError(f"{where}: {err.strerror or err}", code="EDNS", before_data=True)
+    tls_error = _ssl_cause(err)
+    if tls_error is not None or (phase == "tls" and not isinstance(err, TimeoutError)):
+        detail = str(tls_error) if tls_error is not None else (reply or str(err))
+        return TemporaryError(
+            f"TLS: {detail}",
+            code="ETLS",
+            reply_code=reply_code,
+            reply=reply,
+            before_data=before_data,
+            tls_version=tls_version,
+        )
+    if isinstance(err, TimeoutError):
+        return TemporaryError(
+            f"{where}: timed out",
+            code="ETIMEDOUT",
+            before_data=before_data,
+            ambiguous=ambiguous,
+            tls_version=tls_version,
+        )
+    if phase == "auth" and isinstance(err, SMTPException) and not isinstance(err, OSError):
+        return CredentialsError(
+            f"{where}: the server refused the credentials",
+            code="EAUTH",
+            reply_code=reply_code,
+            reply=reply,
+            before_data=True,
+            tls_version=tls_version,
+        )
+    if isinstance(err, SMTPResponseException):
+        permanent = reply_code is not None and reply_code >= 500 and phase in _PERMANENT_ON_5XX
+        return (PermanentError if permanent else TemporaryError)(
+            f"{where}: refused" if reply_code is not None else f"{where}: {err.message}",
+            code=_REPLY_ERROR_CODES.get(phase, "EPROTOCOL"),
+            reply_code=reply_code,
+            reply=reply,
+            before_data=before_data,
+            ambiguous=ambiguous and reply_code is None,
+            tls_version=tls_version,
+        )
+    if isinstance(err, OSError | ProxyError):
+        cause = err.__cause__ if isinstance(err, SMTPConnectError) else None
+        return TemporaryError(
+            f"{where}: {cause or err}",
+            code="ECONNECTION",
+            before_data=before_data,
+            ambiguous=ambiguous,
+            tls_version=tls_version,
+        )
+    if isinstance(err, SMTPException):
+        return TemporaryError(
+            f"{where}: {err.message}",
+            code="EPROTOCOL",
+            before_data=before_data,
+            tls_version=tls_version,
+        )
+    if isinstance(err, ValueError) and phase in ("mail", "rcpt"):
+        return PermanentError(f"{where}: {err}", code="EENVELOPE", before_data=True)
+    return None
+
+
+def _ssl_cause(err: BaseException) -> ssl.SSLError | None:
+    current: BaseException | None = err
+    for _ in range(10):
+        if current is None or isinstance(current, ssl.SSLError):
+            return current
+        current = current.__cause__
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _ProxyUrl:
+    scheme: str
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> _ProxyUrl:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _PROXY_SCHEMES or not parts.hostname:
+            raise ConfigError(
+                "proxy must be socks5://, socks4:// or http://host:port", field="proxy"
+            )
+        try:
+            port = parts.port or _PROXY_SCHEMES[scheme][2]
+        except ValueError as err:
+            raise ConfigError("proxy has an invalid port", field="proxy") from err
+        return cls(
+            scheme,
+            parts.hostname,
+            port,
+            unquote(parts.username) if parts.username is not None else None,
+            unquote(parts.password) if parts.password is not None else None,
+        )
+
+    @property
+    def display(self) -> str:
+        """The URL without credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    async def connect(self, addresses: list[str], host: str, port: int) -> socket.socket:
+        """A socket tunnelled to host:port through the proxy at the first address that answers."""
+        proxy_type, remote_dns, _ = _PROXY_SCHEMES[self.scheme]
+        error: OSError = OSError(f"no address for the proxy {self.display}")
+        for address in addresses:
+            proxy = Proxy(
+                proxy_type, address, self.port, self.username, self.password, rdns=remote_dns
+            )
+            try:
+                sock: socket.socket = await proxy.connect(host, port)
+            except OSError as err:
+                error = err
+            else:
+                return sock
+        raise error
+
+
+async def _tcp_connect(addresses: list[str], port: int) -> socket.socket:
+    """A TCP socket connected to the first of `addresses` that accepts."""
+    loop = asyncio.get_running_loop()
+    error: OSError = OSError("no address to connect to")
+    for address in addresses:
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (address, port))
+        except OSError as err:
+            sock.close()
+            error = err
+        except BaseException:
+            sock.close()
+            raise
+        else:
+            return sock
+    raise error
+
+
+def _tls_context(config: SmtpConfig) -> ssl.SSLContext:
+    """TLS 1.2 or later with verified certificates; `caCertificates` replaces the system CAs."""
+    if config.ca_certificates is None:
+        context = ssl.create_default_context()
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=config.ca_certificates)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.client_certificate is not None and config.client_key is not None:
+        _load_client_certificate(
+            context, config.client_certificate, config.client_key.get_secret_value()
+        )
+    return context
+
+
+def _load_client_certificate(context: ssl.SSLContext, certificate: str, key: str) -> None:
+    """ssl loads a certificate chain only from a file: a 0600 temporary one, removed at once."""
+    fd, path = tempfile.mkstemp(prefix="postroom-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(f"{certificate.strip()}\n{key.strip()}\n")
+        context.load_cert_chain(path)
+    except (ssl.SSLError, ValueError) as err:
+        raise ConfigError(
+            "clientCertificate and clientKey are not a matching PEM certificate and key",
+            field="clientKey",
+        ) from err
+    finally:
+        os.unlink(path)
+
+
+def _check_envelope(message: OutgoingMessage) -> None:
+    if not message.recipients:
+        raise PermanentError("the message has no recipients", code="EENVELOPE", before_data=True)
+    for address in (message.envelope_from, *message.recipients):
+        if any(char in address for char in "\r\n\0<>"):
+            raise PermanentError(
+                f"invalid envelope address {address!r}", code="EENVELOPE", before_data=True
+            )
+
+
+def _distinguished_name(value: object) -> str | None:
+    """`getpeercert()`'s (((name, value),), ...) as "commonName=x, organizationName=y"."""
+    if not isinstance(value, tuple):
+        return None
+    return ", ".join(
+        f"{pair[0]}={pair[1]}"
+        for rdn in value
+        if isinstance(rdn, tuple)
+        for pair in rdn
+        if isinstance(pair, tuple) and len(pair) == 2
+    )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
