@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Strict
 from pydantic.alias_generators import to_camel
 
 
@@ -41,3 +41,7 @@ def _email(value: str) -> str:
 
 EmailAddress = Annotated[str, AfterValidator(_email)]
 """An address email-validator accepts (`#` and `&` are fine in the local part), normalised."""
+
+
+Integer = Annotated[int, Strict()]
+"""An integer in the body: JSON true/false or "25" are refused, not read as 1/0 or 25."""

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
-from app.schemas import CamelModel, EmailAddress, SafeStr
+from app.schemas import CamelModel, EmailAddress, Integer, SafeStr
 from app.transports.mailgun import MailgunConfig
 from app.transports.mandrill import MandrillConfig
 from app.transports.msgraph import MsgraphConfig
@@ -39,7 +39,7 @@ class ProfileFields(CamelModel):
     sender_email: EmailAddress | None = None
     sender_name: SafeStr | None = Field(None, max_length=200)
     signature: Text | None = Field(None, max_length=250)
-    max_recipients_per_message: int | None = Field(None, ge=1, le=10_000)
+    max_recipients_per_message: Integer | None = Field(None, ge=1, le=10_000)
     """How many recipients one BCC-group message carries; default 50."""
     fallback: ProfileName | None = None
     """Another profile to use when this one fails before any content was sent."""

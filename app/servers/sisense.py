@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, Invalid, validation_details
-from app.schemas import CamelModel, SafeStr
+from app.schemas import CamelModel, Integer, SafeStr
 from app.servers import service
 from app.servers.models import ServerProfile
 from app.servers.service import Profiles
@@ -41,13 +41,13 @@ class EmailServerBody(CamelModel):
 
     enable: bool | None = None
     host: str | None = None
-    port: int | None = None
+    port: Integer | None = None
     secure: bool | None = None
     ignore_tls: bool | None = Field(None, alias="ignoreTLS")
     require_tls: bool | None = Field(None, alias="requireTLS")
-    connection_timeout: int | None = None
-    greeting_timeout: int | None = None
-    socket_timeout: int | None = None
+    connection_timeout: Integer | None = None
+    greeting_timeout: Integer | None = None
+    socket_timeout: Integer | None = None
     user: str | None = None
     pass_: str | None = Field(None, alias="pass")
     logger: bool | None = None

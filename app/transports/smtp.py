@@ -40,7 +40,7 @@ from python_socks.async_.asyncio import Proxy
 
 from app.egress import EgressDenied
 from app.errors import FieldsError
-from app.schemas import CamelModel, SafeStr
+from app.schemas import CamelModel, Integer, SafeStr
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
 from app.transports.errors import (
     ConfigError,
@@ -82,14 +82,14 @@ class SmtpConfig(CamelModel):
     """An SMTP server, with nodemailer's option names and defaults (timeouts in milliseconds)."""
 
     host: SafeStr = Field("localhost", min_length=1, max_length=253, pattern=r"^[^\s/]+$")
-    port: int | None = Field(None, ge=1, le=65535)
+    port: Integer | None = Field(None, ge=1, le=65535)
     """Defaults to 465 when `secure`, else 25."""
     secure: bool = False
     ignore_tls: bool = Field(False, alias="ignoreTLS")
     require_tls: bool = Field(False, alias="requireTLS")
-    connection_timeout: int = Field(120_000, gt=0, le=3_600_000)
-    greeting_timeout: int = Field(30_000, gt=0, le=3_600_000)
-    socket_timeout: int = Field(600_000, gt=0, le=3_600_000)
+    connection_timeout: Integer = Field(120_000, gt=0, le=3_600_000)
+    greeting_timeout: Integer = Field(30_000, gt=0, le=3_600_000)
+    socket_timeout: Integer = Field(600_000, gt=0, le=3_600_000)
     user: SafeStr | None = Field(None, max_length=320)
     pass_: SecretStr | None = Field(None, alias="pass", max_length=1000)
     auth_method: Literal["plain", "login", "cram-md5", "xoauth2"] | None = None
@@ -102,8 +102,8 @@ class SmtpConfig(CamelModel):
     client_key: SecretStr | None = Field(None, max_length=200_000)
     proxy: str | None = Field(None, max_length=2000, pattern=r"^(socks5h?|socks4a?|http)://\S+$")
     pool: bool = False
-    max_connections: int = Field(5, ge=1, le=100)
-    max_messages: int = Field(100, ge=1, le=100_000)
+    max_connections: Integer = Field(5, ge=1, le=100)
+    max_messages: Integer = Field(100, ge=1, le=100_000)
     logger: bool = False
     debug: bool = False
 

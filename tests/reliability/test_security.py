@@ -1023,13 +1023,6 @@ async def test_what_the_fuzzers_found_stays_fixed(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the full Schemathesis run (negative_data_rejection): the integer settings of "
-    "app/servers/sisense.py (EmailServerBody) and app/transports/smtp.py (SmtpConfig) take JSON "
-    "true/false as 1/0 (pydantic's lax mode); declare them StrictInt (or strict=True in "
-    "app/schemas.py CamelModel), files this issue does not own",
-)
 async def test_a_boolean_is_not_a_timeout(admin: httpx.AsyncClient) -> None:
     sisense = await admin.post(
         "/api/v1/settings/email_server", json={"host": "smtp.example.com", "greetingTimeout": True}
