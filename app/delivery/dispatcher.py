@@ -61,6 +61,10 @@ class Job:
 
 
 class Dispatcher:
+    """Claims due messages in batches, sends each through its transport, and writes the results
+    of every attempt that finished meanwhile in one transaction (a group commit): a batch costs
+    three short transactions (claim, load, finish) rather than three per message."""
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -74,6 +78,11 @@ class Dispatcher:
         self.metrics = metrics
         self.retry = RetryPolicy(settings.retry_base, settings.retry_max, settings.max_message_age)
         self.wakeup = asyncio.Event()
+        self._done: list[Job] = []
+        self._done_changed = asyncio.Event()
+        self._in_flight = 0
+        """Claimed messages whose result is not written yet."""
+        self._closing = False
 
     def notify(self) -> None:
         """Something was queued: look now rather than at the next poll."""
@@ -81,57 +90,109 @@ class Dispatcher:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until `stopping` is set, then finish what is in flight."""
-        tasks: set[asyncio.Task[None]] = set()
+        sending: set[asyncio.Task[None]] = set()
+        writer = asyncio.create_task(self._write_results())
         next_sweep = 0.0
-        while not stopping.is_set():
-            if time.monotonic() >= next_sweep:
-                async with transaction(self.sessions) as session:
-                    swept = await outbox.sweep(session, max_age=self.settings.max_message_age)
-                if swept:
-                    log.warning(
-                        "%d messages had an expired lease and went back to the queue", swept
-                    )
-                next_sweep = time.monotonic() + min(self.settings.lease_seconds / 4, 30.0)
-            free = self.settings.dispatcher_concurrency - len(tasks)
-            claims: list[Claim] = []
-            if free > 0:
-                self.wakeup.clear()
-                claiming = time.perf_counter()
-                async with transaction(self.sessions) as session:
-                    claims = await outbox.claim(
-                        session,
-                        limit=min(free, self.settings.dispatcher_batch),
-                        lease=self.settings.lease_seconds,
-                    )
-                if claims:
-                    elapsed = (time.perf_counter() - claiming) * 1000
-                    log.debug("claim transaction: %d messages in %.2f ms", len(claims), elapsed)
-            for claim in claims:
-                task = asyncio.create_task(self.deliver(claim))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if not claims or free <= len(claims):
-                await self._idle(tasks, stopping)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            while not stopping.is_set():
+                if time.monotonic() >= next_sweep:
+                    await self._sweep()
+                    next_sweep = time.monotonic() + min(self.settings.lease_seconds / 4, 30.0)
+                free = self.settings.dispatcher_concurrency - self._in_flight
+                jobs: list[Job] = []
+                if free > 0:
+                    self.wakeup.clear()
+                    jobs = await self._claim(min(free, self.settings.dispatcher_batch))
+                for job in jobs:
+                    task = asyncio.create_task(self._attempt_and_queue(job))
+                    sending.add(task)
+                    task.add_done_callback(sending.discard)
+                if not jobs or free <= len(jobs):
+                    await self._idle(stopping)
+            if sending:
+                await asyncio.gather(*sending, return_exceptions=True)
+        finally:
+            self._closing = True
+            self._done_changed.set()
+            await writer
 
-    async def _idle(self, tasks: set[asyncio.Task[None]], stopping: asyncio.Event) -> None:
+    async def _sweep(self) -> None:
+        async with transaction(self.sessions) as session:
+            swept = await outbox.sweep(session, max_age=self.settings.max_message_age)
+        if swept:
+            log.warning("%d messages had an expired lease and went back to the queue", swept)
+
+    async def _claim(self, limit: int) -> list[Job]:
+        claiming = time.perf_counter()
+        async with transaction(self.sessions) as session:
+            claims = await outbox.claim(session, limit=limit, lease=self.settings.lease_seconds)
+        if not claims:
+            return []
+        self._in_flight += len(claims)
+        try:
+            jobs = await self._load(claims)
+        except BaseException:
+            self._in_flight -= len(claims)
+            raise
+        self._in_flight -= len(claims) - len(jobs)
+        elapsed = (time.perf_counter() - claiming) * 1000
+        log.debug("claimed and loaded %d messages in %.2f ms", len(jobs), elapsed)
+        return jobs
+
+    async def _idle(self, stopping: asyncio.Event) -> None:
         waiters = [
             asyncio.ensure_future(self.wakeup.wait()),
             asyncio.ensure_future(stopping.wait()),
         ]
         try:
             await asyncio.wait(
-                [*waiters, *tasks],
-                timeout=self.settings.poll_interval,
-                return_when=asyncio.FIRST_COMPLETED,
+                waiters, timeout=self.settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             for waiter in waiters:
                 waiter.cancel()
 
+    async def _attempt_and_queue(self, job: Job) -> None:
+        try:
+            await self._attempt(job)
+        except Exception:
+            self._in_flight -= 1
+            self.wakeup.set()
+            return
+        self._done.append(job)
+        self._done_changed.set()
+
+    def _take_done(self) -> list[Job]:
+        jobs, self._done = self._done, []
+        self._done_changed.clear()
+        return jobs
+
+    async def _write_results(self) -> None:
+        """The group commit: whatever finished while the last write ran goes in the next one.
+        Returns once `run` is closing and everything is written."""
+        while True:
+            await self._done_changed.wait()
+            jobs = self._take_done()
+            if jobs:
+                try:
+                    await self._finish(jobs)
+                except Exception:
+                    log.exception(
+                        "writing the results of %d messages failed; their leases will expire "
+                        "and they are retried",
+                        len(jobs),
+                    )
+                finally:
+                    self._in_flight -= len(jobs)
+                    self.wakeup.set()
+            if self._closing and not self._done:
+                return
+
     async def drain(self) -> None:
-        """Deliver everything due now, then return (for tests and `postroom worker --once`)."""
+        """Deliver everything due now, then return (for tests and `postroom worker --once`).
+
+        An attempt that crashed is not finished (its lease expires); the first such error is
+        raised once the others are written."""
         while True:
             async with transaction(self.sessions) as session:
                 claims = await outbox.claim(
@@ -139,13 +200,18 @@ class Dispatcher:
                 )
             if not claims:
                 return
-            await asyncio.gather(*(self.deliver(claim) for claim in claims))
+            jobs = await self._load(claims)
+            outcomes = await asyncio.gather(
+                *(self._attempt(job) for job in jobs), return_exceptions=True
+            )
+            await self._finish([job for job, out in zip(jobs, outcomes, strict=True) if not out])
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
-    async def deliver(self, claim: Claim) -> None:
+    async def _attempt(self, job: Job) -> None:
+        """One delivery attempt, its outcome recorded in the job; bounded by attempt_timeout."""
         try:
-            job = await self._load(claim)
-            if job is None:
-                return
             started_at, started = utcnow(), time.perf_counter()
             try:
                 async with asyncio.timeout(self.settings.attempt_timeout) as deadline:
@@ -154,51 +220,50 @@ class Dispatcher:
                 if not deadline.expired():
                     raise
                 self._cut(job, started_at, started)
-            await self._finish(job)
         except Exception:
             log.exception(
-                "delivering message %s failed; its lease will expire and it is retried", claim.id
+                "delivering message %s failed; its lease will expire and it is retried",
+                job.claim.id,
             )
             raise
 
-    async def _load(self, claim: Claim) -> Job | None:
+    async def _load(self, claims: list[Claim]) -> list[Job]:
+        """What the claimed messages need, in one short transaction: rows, recipients, profiles
+        and themes, each looked up once for the whole batch."""
+        attempts = {claim.id: claim for claim in claims}
         async with transaction(self.sessions) as session:
-            message = await session.scalar(select(Message).where(*outbox.fenced(claim)))
-            if message is None:
-                return None
-            recipients = list(
-                await session.scalars(
-                    select(Recipient)
-                    .where(Recipient.message_pk == message.id)
-                    .order_by(Recipient.id)
+            messages = [
+                message
+                for message in await session.scalars(
+                    select(Message).where(Message.id.in_(attempts), Message.status == "sending")
                 )
+                if message.attempts == attempts[message.id].attempt
+            ]
+            recipients: dict[str, list[Recipient]] = {message.id: [] for message in messages}
+            for row in await session.scalars(
+                select(Recipient)
+                .where(Recipient.message_pk.in_(list(recipients)))
+                .order_by(Recipient.id)
+            ):
+                recipients[row.message_pk].append(row)
+            profiles = await _profiles(session, {m.server for m in messages if m.server})
+            layouts = await _layouts(
+                session, {name for m in messages if (name := _theme_name(m, profiles))}
             )
-            profile = fallback = None
-            if message.server is not None:
-                profile = await session.scalar(
-                    select(ServerProfile).where(ServerProfile.name == message.server)
-                )
-                if profile is not None and profile.fallback:
-                    fallback = await session.scalar(
-                        select(ServerProfile).where(ServerProfile.name == profile.fallback)
-                    )
-            layout = await self._layout(session, message, profile)
             session.expunge_all()
-        return Job(claim, message, recipients, profile, fallback, layout)
-
-    async def _layout(
-        self, session: AsyncSession, message: Message, profile: ServerProfile | None
-    ) -> Layout | None:
-        """A message naming a theme (or null) decides; otherwise its profile's theme applies."""
-        explicit = message.payload.get("themeSet")
-        name = message.theme if explicit else (profile.theme if profile is not None else None)
-        if name is None:
-            return None
-        theme = await session.scalar(select(Theme).where(Theme.name == name))
-        if theme is None:
-            log.warning("message %s: theme %r no longer exists; sent without it", message.id, name)
-            return None
-        return layout_of(theme)
+        jobs = []
+        for message in messages:
+            profile = profiles.get(message.server) if message.server else None
+            fallback = profiles.get(profile.fallback) if profile and profile.fallback else None
+            name = _theme_name(message, profiles)
+            layout = layouts.get(name) if name else None
+            claim = attempts[message.id]
+            if name and layout is None:
+                log.warning(
+                    "message %s: theme %r no longer exists; sent without it", message.id, name
+                )
+            jobs.append(Job(claim, message, recipients[message.id], profile, fallback, layout))
+        return jobs
 
     async def _send(self, job: Job) -> None:
         message = job.message
@@ -363,13 +428,62 @@ class Dispatcher:
     def _transport(self, profile: ServerProfile | None) -> Transport:
         return self.transports.builtin if profile is None else self.transports.get(profile)
 
-    async def _finish(self, job: Job) -> None:
+    async def _finish(self, jobs: list[Job]) -> None:
+        """Write the results of finished attempts in one transaction, each fenced on its attempt
+        number: a job whose lease expired and whose message was claimed again changes nothing."""
+        if not jobs:
+            return
         now = utcnow()
+        updates = [self._outcome(job, now) for job in jobs]
+        async with transaction(self.sessions) as session:
+            fenced = (
+                select(Message.id, Message.attempts)
+                .where(Message.id.in_([job.claim.id for job in jobs]))
+                .where(Message.status == "sending")
+                .with_for_update()
+            )
+            current = {(row.id, row.attempts) for row in await session.execute(fenced)}
+            live = []
+            for job, values in zip(jobs, updates, strict=True):
+                if (job.claim.id, job.claim.attempt) in current:
+                    live.append((job, values))
+                else:
+                    log.warning(
+                        "message %s: attempt %d lost its lease; its result is dropped",
+                        job.claim.id,
+                        job.claim.attempt,
+                    )
+            if not live:
+                return
+            await session.execute(update(Message), [values for _, values in live])
+            rows = [
+                {
+                    "id": recipient_ids[email],
+                    "status": result.status,
+                    "code": result.code,
+                    "response": result.message[:2000],
+                    "updated_at": now,
+                }
+                for job, _ in live
+                for recipient_ids in ({r.email: r.id for r in job.recipients},)
+                for email, result in job.results.items()
+                if email in recipient_ids
+            ]
+            if rows:
+                await session.execute(update(Recipient), rows)
+            session.add_all([attempt for job, _ in live for attempt in job.attempts])
+            await self._record_health(session, [job for job, _ in live])
+        for _, values in live:
+            if values["status"] != "queued":
+                self.metrics.inc("messages_total", status=values["status"])
+
+    def _outcome(self, job: Job, now: datetime) -> dict[str, Any]:
+        """The message row's new values after this attempt: queued for a retry, or final."""
+        message = job.message
         statuses = {r.email: r.status for r in job.recipients}
         statuses.update({email: result.status for email, result in job.results.items()})
-        expired = self.retry.expired(job.message.created_at, now)
         waiting = [e for e, s in statuses.items() if s in ("pending", "deferred")]
-        if waiting and expired:
+        if waiting and self.retry.expired(message.created_at, now):
             for email in waiting:
                 old = job.results.get(email)
                 job.results[email] = RecipientResult(
@@ -379,7 +493,15 @@ class Dispatcher:
                 )
                 statuses[email] = "failed"
             waiting = []
-        values: dict[str, Any] = {"lease_until": None}
+        errors = [a.error for a in job.attempts if a.error]
+        values: dict[str, Any] = {
+            "id": message.id,
+            "lease_until": None,
+            "last_error": errors[-1] if errors else None,
+            "theme": job.layout.name if job.layout is not None else message.theme,
+            "next_attempt_at": message.next_attempt_at,
+            "sent_at": message.sent_at,
+        }
         if waiting:
             delay = self.retry.delay(job.claim.attempt, job.retry_after)
             values |= {"status": "queued", "next_attempt_at": now + timedelta(seconds=delay)}
@@ -387,43 +509,45 @@ class Dispatcher:
             ok = sum(s in FINAL_OK for s in statuses.values())
             status = "sent" if ok == len(statuses) else ("failed" if ok == 0 else "partially_sent")
             values |= {"status": status, "sent_at": now if ok else None}
-            self.metrics.inc("messages_total", status=status)
-        errors = [a.error for a in job.attempts if a.error]
-        values["last_error"] = errors[-1] if errors else None
-        if job.layout is not None:
-            values["theme"] = job.layout.name
-        async with transaction(self.sessions) as session:
-            updated = await session.execute(
-                update(Message)
-                .where(*outbox.fenced(job.claim))
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            if not getattr(updated, "rowcount", 0):
-                log.warning(
-                    "message %s: attempt %d lost its lease; its result is dropped",
-                    job.message.id,
-                    job.claim.attempt,
-                )
-                return
-            ids = {r.email: r.id for r in job.recipients}
-            rows = [
-                {
-                    "id": ids[email],
-                    "status": result.status,
-                    "code": result.code,
-                    "response": result.message[:2000],
-                    "updated_at": now,
-                }
-                for email, result in job.results.items()
-                if email in ids
-            ]
-            if rows:
-                await session.execute(update(Recipient), rows)
-            session.add_all(job.attempts)
+        return values
+
+    async def _record_health(self, session: AsyncSession, jobs: list[Job]) -> None:
+        """Refused credentials mark a profile failing; a delivery through it marks it ok again."""
+        health: dict[int, str | None] = {}
+        for job in jobs:
             profile = job.profile
-            if profile is not None:
-                if job.credentials_error is not None:
-                    await record_health(session, profile.id, ok=False, error=job.credentials_error)
-                elif job.delivered_any and profile.health != "ok":
-                    await record_health(session, profile.id, ok=True)
+            if profile is None:
+                continue
+            if job.credentials_error is not None:
+                health[profile.id] = job.credentials_error
+            elif job.delivered_any and profile.health != "ok":
+                health.setdefault(profile.id, None)
+        for profile_id, error in health.items():
+            await record_health(session, profile_id, ok=error is None, error=error)
+
+
+def _theme_name(message: Message, profiles: dict[str, ServerProfile]) -> str | None:
+    """A message naming a theme (or null) decides; otherwise its profile's theme applies."""
+    if message.payload.get("themeSet"):
+        return message.theme
+    profile = profiles.get(message.server) if message.server else None
+    return profile.theme if profile is not None else None
+
+
+async def _profiles(session: AsyncSession, names: set[str]) -> dict[str, ServerProfile]:
+    """The named profiles and their fallbacks."""
+    query = select(ServerProfile)
+    found = {p.name: p for p in await session.scalars(query.where(ServerProfile.name.in_(names)))}
+    fallbacks = {p.fallback for p in found.values() if p.fallback} - set(found)
+    if fallbacks:
+        found |= {
+            p.name: p for p in await session.scalars(query.where(ServerProfile.name.in_(fallbacks)))
+        }
+    return found
+
+
+async def _layouts(session: AsyncSession, names: set[str]) -> dict[str, Layout]:
+    if not names:
+        return {}
+    themes = await session.scalars(select(Theme).where(Theme.name.in_(names)))
+    return {theme.name: layout_of(theme) for theme in themes}

@@ -42,8 +42,7 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
 
     async with transaction(runtime.sessions) as session:
         [stale_claim] = await outbox.claim(session, limit=10, lease=0.0)
-    job = await stale_worker._load(stale_claim)
-    assert job is not None
+    [job] = await stale_worker._load([stale_claim])
     await stale_worker._send(job)
     assert len(server.transactions) == 1
 
@@ -56,7 +55,7 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
     assert saved["status"] == "sent"
     assert saved["attempts"] == 2
 
-    await stale_worker._finish(job)
+    await stale_worker._finish([job])
     again = await record(sender, message_id)
     assert again["attempts"] == 2
     assert [a["number"] for a in again["attemptLog"]] == [2], "the stale attempt wrote nothing"
