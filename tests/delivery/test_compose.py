@@ -64,7 +64,8 @@ def test_headers_and_bodies_survive_the_round_trip(
         assert ["".join(n.split()) for n in shown] == ["".join(name.split())] * 8
     assert message["From"].addresses[0].addr_spec == "ann@example.com"
     plain, rich = message.get_body(("plain",)), message.get_body(("html",))
-    assert plain is not None and rich is not None
+    assert plain is not None
+    assert rich is not None
     assert plain.get_content().replace("\r\n", "\n").rstrip("\n") == text.rstrip("\n")
     assert rich.get_content().replace("\r\n", "\n").rstrip("\n") == html.rstrip("\n")
 
