@@ -20,8 +20,11 @@ class Settings(BaseSettings):
 
     dispatcher: bool = True
     """Run the dispatcher inside the API process (the embedded default)."""
-    dispatcher_concurrency: int = Field(16, ge=1, le=1000)
-    dispatcher_batch: int = Field(64, ge=1, le=10_000)
+    dispatcher_concurrency: int = Field(256, ge=1, le=10_000)
+    """Messages claimed and not yet finished, at most: they wait for their profile's connections
+    (`maxConnections`), so this only needs to be large enough to keep every connection busy."""
+    dispatcher_batch: int = Field(128, ge=1, le=10_000)
+    """Messages claimed by one claim transaction, at most."""
     poll_interval: float = Field(1.0, gt=0)
     lease_seconds: float = Field(900.0, gt=0)
     """How long a claimed message stays reserved before it is swept back to the queue."""

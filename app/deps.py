@@ -14,6 +14,7 @@ from app.config import Settings
 from app.crypto import SecretBox
 from app.delivery.transports import TransportCache
 from app.egress import EgressPolicy
+from app.messages.intake import Intake
 from app.metrics import Metrics
 from app.security import Authenticator, Principal, RateLimit, require_role
 from app.servers.service import Profiles
@@ -37,6 +38,8 @@ class Runtime:
     test_sends: RateLimit
     sends: RateLimit | None
     """Per-user POST /messages limit, when configured."""
+    intake: Intake
+    """Stores POST /messages in shared transactions (group commit)."""
     wake: Callable[[], None] = lambda: None
     """Tells the in-process dispatcher that a message was queued."""
 

@@ -24,6 +24,7 @@ from app.deps import Runtime, RuntimeDep
 from app.egress import EgressPolicy, http_client, parse_networks
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.limits import BodyLimit
+from app.messages.intake import Intake
 from app.messages.router import router as messages_router
 from app.metrics import Metrics
 from app.security import Authenticator, RateLimit
@@ -90,9 +91,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate.upgrade, settings)
     engine = create_engine(settings)
+    sessions = sessionmaker(engine)
+    intake = Intake(sessions, settings)
     try:
         await check_durability(engine)
-        sessions = sessionmaker(engine)
         egress = egress_policy(settings)
         async with http_client(egress, settings.http_timeout) as http:
             box = load_secret_box(settings)
@@ -120,8 +122,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                     if settings.send_rate_per_minute
                     else None
                 ),
+                intake=intake,
             )
     finally:
+        await intake.aclose()
         await engine.dispose()
 
 

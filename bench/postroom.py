@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import httpx
 from harness import VENV_BIN, WORK, cpu_seconds, rss_kib, spawn, stop, wait_port
+from rawhttp import RawClient
 
 Database = Literal["sqlite", "pg"]
 
@@ -232,8 +233,11 @@ class Postroom:
             timeout=httpx.Timeout(120.0),
         )
 
-    def sender(self, concurrency: int = 32) -> httpx.AsyncClient:
-        return self.client(SENDER, SENDER_PASSWORD, concurrency)
+    def sender(self, concurrency: int = 32) -> RawClient:
+        """The load generator's client (not httpx: see bench/rawhttp.py)."""
+        token = base64.b64encode(f"{SENDER}:{SENDER_PASSWORD}".encode()).decode()
+        headers = {"authorization": f"Basic {token}", "content-type": "application/json"}
+        return RawClient("127.0.0.1", self.port, headers, concurrency)
 
     async def configure(
         self,
@@ -333,7 +337,7 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 
 
 async def post_closed(
-    client: httpx.AsyncClient,
+    client: RawClient,
     bodies: Iterable[bytes],
     concurrency: int,
     *,
@@ -368,7 +372,7 @@ async def post_closed(
 
 
 async def post_open(
-    client: httpx.AsyncClient,
+    client: RawClient,
     rate: float,
     duration: float,
     body: Callable[[int], bytes],
@@ -421,8 +425,9 @@ async def post_open(
     return load
 
 
-async def message_record(client: httpx.AsyncClient, message_id: str) -> dict[str, Any]:
+async def message_record(client: RawClient, message_id: str) -> dict[str, Any]:
     answer = await client.get(f"/api/v1/messages/{message_id}")
-    _check(answer, 200)
+    if answer.status_code != 200:
+        raise RuntimeError(f"GET message {message_id} answered {answer.status_code}: {answer.text}")
     data: dict[str, Any] = answer.json()
     return data

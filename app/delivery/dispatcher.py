@@ -42,6 +42,11 @@ CONNECTION_LEVEL = frozenset({"ECONNECTION", "ETIMEDOUT", "EDNS", "ETLS", "EAUTH
 """Errors that say the server cannot be reached at all: the rest of an attempt is not tried."""
 
 
+BUSY_POLL = 0.02
+"""Seconds between claims while messages keep coming: a worker in another process than the API
+is not told when one is queued, so it looks again soon after a claim that found some."""
+
+
 @dataclass(slots=True)
 class Job:
     """What one attempt needs, read in a short transaction before any I/O."""
@@ -98,17 +103,19 @@ class Dispatcher:
                 if time.monotonic() >= next_sweep:
                     await self._sweep()
                     next_sweep = time.monotonic() + min(self.settings.lease_seconds / 4, 30.0)
+                self.wakeup.clear()
                 free = self.settings.dispatcher_concurrency - self._in_flight
                 jobs: list[Job] = []
                 if free > 0:
-                    self.wakeup.clear()
                     jobs = await self._claim(min(free, self.settings.dispatcher_batch))
                 for job in jobs:
                     task = asyncio.create_task(self._attempt_and_queue(job))
                     sending.add(task)
                     task.add_done_callback(sending.discard)
-                if not jobs or free <= len(jobs):
-                    await self._idle(stopping)
+                if not jobs:
+                    await self._idle(stopping, self.settings.poll_interval)
+                elif free <= len(jobs) or len(jobs) < self.settings.dispatcher_batch:
+                    await self._idle(stopping, BUSY_POLL)
             if sending:
                 await asyncio.gather(*sending, return_exceptions=True)
         finally:
@@ -128,6 +135,8 @@ class Dispatcher:
             claims = await outbox.claim(session, limit=limit, lease=self.settings.lease_seconds)
         if not claims:
             return []
+        elapsed = (time.perf_counter() - claiming) * 1000
+        log.debug("claim transaction: %d messages in %.2f ms", len(claims), elapsed)
         self._in_flight += len(claims)
         try:
             jobs = await self._load(claims)
@@ -135,19 +144,16 @@ class Dispatcher:
             self._in_flight -= len(claims)
             raise
         self._in_flight -= len(claims) - len(jobs)
-        elapsed = (time.perf_counter() - claiming) * 1000
-        log.debug("claimed and loaded %d messages in %.2f ms", len(jobs), elapsed)
         return jobs
 
-    async def _idle(self, stopping: asyncio.Event) -> None:
+    async def _idle(self, stopping: asyncio.Event, seconds: float) -> None:
+        """Until something is queued or finished, `stopping` is set, or `seconds` pass."""
         waiters = [
             asyncio.ensure_future(self.wakeup.wait()),
             asyncio.ensure_future(stopping.wait()),
         ]
         try:
-            await asyncio.wait(
-                waiters, timeout=self.settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()

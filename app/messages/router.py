@@ -49,7 +49,6 @@ async def send_message(
     request: Request,
     response: Response,
     principal: SenderUser,
-    session: SessionDep,
     runtime: RuntimeDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Accepted:
@@ -66,9 +65,7 @@ async def send_message(
         runtime.sends.check(principal.name)
         runtime.sends.record(principal.name)
     caller = Caller(principal, client_address(request))
-    accepted, replayed = await service.enqueue(
-        session, runtime.settings, caller, body, idempotency_key
-    )
+    accepted, replayed = await runtime.intake.submit(caller, body, idempotency_key)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -139,25 +140,46 @@ async def enqueue(
 MESSAGE_IN: TypeAdapter[MessageIn] = TypeAdapter(MessageIn)
 
 
+async def enqueue_each(
+    session: AsyncSession,
+    settings: Settings,
+    requests: Sequence[tuple[Caller, MessageIn, str | None]],
+) -> list[tuple[Accepted, bool] | AppError]:
+    """Store each (caller, body, Idempotency-Key) in the session; a message that cannot be
+    accepted gets its AppError in its place, and the others are stored all the same."""
+    lookups = Lookups(session)
+    outcomes: list[tuple[Accepted, bool] | AppError] = []
+    for caller, body, key in requests:
+        try:
+            with session.no_autoflush:
+                outcomes.append(await enqueue(session, settings, caller, body, key, lookups))
+        except AppError as err:
+            outcomes.append(err)
+    return outcomes
+
+
 async def enqueue_batch(
     session: AsyncSession, settings: Settings, caller: Caller, items: list[dict[str, Any]]
 ) -> list[BatchItem]:
     """Store each valid message; an invalid one gets the error it would have had alone."""
-    results: list[BatchItem] = []
-    lookups = Lookups(session)
+    results: list[BatchItem | None] = []
+    valid: list[tuple[Caller, MessageIn, None]] = []
     for item in items:
         try:
-            body = MESSAGE_IN.validate_python(item)
-            with session.no_autoflush:
-                accepted, _ = await enqueue(session, settings, caller, body, lookups=lookups)
+            valid.append((caller, MESSAGE_IN.validate_python(item), None))
+            results.append(None)
         except ValidationError as err:
             results.append(BatchItem(status=422, error=invalid_body(err.errors())["error"]))
-        except AppError as err:
-            error = error_body(err.code, err.message, err.details)["error"]
-            results.append(BatchItem(status=err.status_code, error=error))
-        else:
-            results.append(BatchItem(status=202, id=accepted.id, message_id=accepted.message_id))
-    return results
+    outcomes = iter(await enqueue_each(session, settings, valid))
+    return [result or _batch_item(next(outcomes)) for result in results]
+
+
+def _batch_item(outcome: tuple[Accepted, bool] | AppError) -> BatchItem:
+    if isinstance(outcome, AppError):
+        error = error_body(outcome.code, outcome.message, outcome.details)["error"]
+        return BatchItem(status=outcome.status_code, error=error)
+    accepted, _ = outcome
+    return BatchItem(status=202, id=accepted.id, message_id=accepted.message_id)
 
 
 async def _render(

@@ -71,6 +71,7 @@ async def test_a_stopped_dispatcher_loses_nothing(
     server = smtp_server_factory(delays={"DATA_END": 0.01})
     await add_smtp_profile(admin, server)
     ids = [await send(sender, to=[f"user{i}@example.com"]) for i in range(40)]
+    runtime.settings.dispatcher_concurrency = runtime.settings.dispatcher_batch = 8
 
     stopping = asyncio.Event()
     first = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)

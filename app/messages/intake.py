@@ -1,0 +1,92 @@
+"""Group commit for POST /messages.
+
+Every accepted message must be committed before its 202, and a commit costs an fsync (SQLite) or
+a WAL flush (PostgreSQL) plus, on SQLite, a dozen hops to the driver's thread. So concurrent
+requests are not committed one by one: each hands its message to the intake, which stores every
+message that arrived while the previous transaction was being written in one transaction, and
+answers each request with its own result (its id, or the error it alone caused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.errors import AppError
+from app.messages import service
+from app.messages.schemas import Accepted, MessageIn
+from app.messages.service import Caller
+
+log = logging.getLogger("postroom.intake")
+
+MAX_BATCH = 256
+"""Messages stored by one transaction at most."""
+
+
+@dataclass(slots=True)
+class _Request:
+    caller: Caller
+    body: MessageIn
+    idempotency_key: str | None
+    answer: asyncio.Future[tuple[Accepted, bool]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Intake:
+    """Stores messages in shared transactions; `submit` returns once its message is committed."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._waiting: list[_Request] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(
+        self, caller: Caller, body: MessageIn, idempotency_key: str | None = None
+    ) -> tuple[Accepted, bool]:
+        """Store one message: its answer and whether it replays an earlier request.
+
+        Raises the AppError this message caused (a 4xx), or the database's error when the shared
+        transaction failed (then none of its messages was stored)."""
+        request = _Request(caller, body, idempotency_key)
+        self._waiting.append(request)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return await asyncio.shield(request.answer)
+
+    async def aclose(self) -> None:
+        """Wait until every submitted message is stored."""
+        if self._writer is not None:
+            await self._writer
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+                await self._store(batch)
+        finally:
+            self._writer = None
+
+    async def _store(self, batch: list[_Request]) -> None:
+        try:
+            async with self._sessions() as session, session.begin():
+                outcomes = await service.enqueue_each(
+                    session,
+                    self._settings,
+                    [(r.caller, r.body, r.idempotency_key) for r in batch],
+                )
+        except Exception as err:
+            log.warning("storing %d messages failed: %s", len(batch), err)
+            for request in batch:
+                request.answer.set_exception(err)
+            return
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, AppError):
+                request.answer.set_exception(outcome)
+            else:
+                request.answer.set_result(outcome)
