@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
+import uvloop
 from pydantic import ValidationError
 from sqlalchemy import select
 
@@ -46,7 +47,8 @@ def _run(work: Callable[[Runtime], Awaitable[T]]) -> T:
         async with open_runtime(Settings()) as runtime:
             return await work(runtime)
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
 
 
 @cli.command()

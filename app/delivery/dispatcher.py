@@ -106,7 +106,7 @@ class Dispatcher:
                 self.wakeup.clear()
                 free = self.settings.dispatcher_concurrency - self._in_flight
                 jobs: list[Job] = []
-                if free > 0:
+                if free >= self._claim_at() or (free > 0 and not self._in_flight):
                     jobs = await self._claim(min(free, self.settings.dispatcher_batch))
                 for job in jobs:
                     task = asyncio.create_task(self._attempt_and_queue(job))
@@ -122,6 +122,12 @@ class Dispatcher:
             self._closing = True
             self._done_changed.set()
             await writer
+
+    def _claim_at(self) -> int:
+        """Free slots worth a claim: claiming for every slot freed would make many tiny claims."""
+        return max(
+            1, min(self.settings.dispatcher_batch, self.settings.dispatcher_concurrency) // 2
+        )
 
     async def _sweep(self) -> None:
         async with transaction(self.sessions) as session:
