@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -73,22 +73,86 @@ class Lookups:
         return self.branding
 
 
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """The rows an accepted message adds: its message row and its recipients'."""
+
+    message: dict[str, Any]
+    recipients: list[dict[str, Any]]
+
+
 async def enqueue(
     session: AsyncSession,
     settings: Settings,
     caller: Caller,
     body: MessageIn,
     idempotency_key: str | None = None,
-    lookups: Lookups | None = None,
 ) -> tuple[Accepted, bool]:
     """Store the message and its recipients; returns the answer and whether it is a replay."""
-    lookups = lookups or Lookups(session)
+    [outcome] = await enqueue_each(session, settings, [(caller, body, idempotency_key)])
+    if isinstance(outcome, AppError):
+        raise outcome
+    return outcome
+
+
+MESSAGE_IN: TypeAdapter[MessageIn] = TypeAdapter(MessageIn)
+
+
+async def enqueue_each(
+    session: AsyncSession,
+    settings: Settings,
+    requests: Sequence[tuple[Caller, MessageIn, str | None]],
+) -> list[tuple[Accepted, bool] | AppError]:
+    """Store each (caller, body, Idempotency-Key) in the session; a message that cannot be
+    accepted gets its AppError in its place, and the others are stored all the same.
+
+    The rows go in with one INSERT per table for the lot (SQLAlchemy's bulk insert), except a
+    message with an Idempotency-Key: it is inserted at once in a savepoint, so that a concurrent
+    duplicate fails alone (409)."""
+    lookups = Lookups(session)
+    outcomes: list[tuple[Accepted, bool] | AppError] = []
+    pending: list[_Rows] = []
+    for caller, body, key in requests:
+        try:
+            outcome, rows = await _accept(session, settings, caller, body, key, lookups)
+            if rows is not None and key is not None:
+                await _insert_alone(session, rows)
+            elif rows is not None:
+                pending.append(rows)
+        except AppError as err:
+            outcomes.append(err)
+        else:
+            outcomes.append(outcome)
+    if pending:
+        await session.execute(insert(Message), [rows.message for rows in pending])
+        await session.execute(insert(Recipient), [r for rows in pending for r in rows.recipients])
+    return outcomes
+
+
+async def _insert_alone(session: AsyncSession, rows: _Rows) -> None:
+    try:
+        async with session.begin_nested():
+            await session.execute(insert(Message), [rows.message])
+            await session.execute(insert(Recipient), rows.recipients)
+    except IntegrityError as err:
+        raise Conflict("a request with this Idempotency-Key is in progress; retry it") from err
+
+
+async def _accept(
+    session: AsyncSession,
+    settings: Settings,
+    caller: Caller,
+    body: MessageIn,
+    idempotency_key: str | None,
+    lookups: Lookups,
+) -> tuple[tuple[Accepted, bool], _Rows | None]:
+    """Check and render one message: its answer, and the rows to store (none for a replay)."""
     _check_limits(settings, body)
     digest = request_hash(body) if idempotency_key is not None else None
     if idempotency_key is not None:
         replay = await _replay(session, settings, caller, idempotency_key, digest)
         if replay is not None:
-            return replay, True
+            return (replay, True), None
     profile = await lookups.profile(body.server)
     sender_email, sender_name = await _sender(lookups, body, profile)
     if body.theme is not None:
@@ -104,58 +168,33 @@ async def enqueue(
         payload["group"] = [{"email": r.email, "name": r.name or ""} for r in body.recipients]
     if "theme" in body.model_fields_set:
         payload["themeSet"] = True
-    recipients = _recipients(body)
+    message_pk = new_id()
+    recipients = _recipients(body, message_pk)
     if body.template is not None:
         await _render(session, settings, body, payload, recipients)
         _check_rendered_subjects(payload)
-    message = Message(
-        id=new_id(),
-        message_id=new_message_id(sender_email),
-        status="queued",
-        sender=sender_email,
-        subject=_record_subject(payload),
-        server=profile.name if profile is not None else None,
-        template=body.template,
-        theme=body.theme,
-        resource=body.resource,
-        payload=payload,
-        created_by=caller.principal.name,
-        client_ip=caller.address,
-        idempotency_key=idempotency_key,
-        request_hash=digest,
-        next_attempt_at=utcnow(),
-        created_at=utcnow(),
-    )
-    message.recipients = recipients
-    session.add(message)
-    if idempotency_key is not None:
-        try:
-            async with session.begin_nested():
-                await session.flush()
-        except IntegrityError as err:
-            raise Conflict("a request with this Idempotency-Key is in progress; retry it") from err
-    return Accepted(id=message.id, status="queued", message_id=message.message_id), False
-
-
-MESSAGE_IN: TypeAdapter[MessageIn] = TypeAdapter(MessageIn)
-
-
-async def enqueue_each(
-    session: AsyncSession,
-    settings: Settings,
-    requests: Sequence[tuple[Caller, MessageIn, str | None]],
-) -> list[tuple[Accepted, bool] | AppError]:
-    """Store each (caller, body, Idempotency-Key) in the session; a message that cannot be
-    accepted gets its AppError in its place, and the others are stored all the same."""
-    lookups = Lookups(session)
-    outcomes: list[tuple[Accepted, bool] | AppError] = []
-    for caller, body, key in requests:
-        try:
-            with session.no_autoflush:
-                outcomes.append(await enqueue(session, settings, caller, body, key, lookups))
-        except AppError as err:
-            outcomes.append(err)
-    return outcomes
+    now = utcnow()
+    message = {
+        "id": message_pk,
+        "message_id": new_message_id(sender_email),
+        "status": "queued",
+        "sender": sender_email,
+        "subject": _record_subject(payload),
+        "server": profile.name if profile is not None else None,
+        "template": body.template,
+        "theme": body.theme,
+        "resource": body.resource,
+        "payload": payload,
+        "created_by": caller.principal.name,
+        "client_ip": caller.address,
+        "idempotency_key": idempotency_key,
+        "request_hash": digest,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+    accepted = Accepted(id=message_pk, status="queued", message_id=message["message_id"])
+    return (accepted, False), _Rows(message, recipients)
 
 
 async def enqueue_batch(
@@ -187,7 +226,7 @@ async def _render(
     settings: Settings,
     body: MessageIn,
     payload: dict[str, Any],
-    recipients: list[Recipient],
+    recipients: list[dict[str, Any]],
 ) -> None:
     """Render the template into the payload now, so a missing variable is a 422 at POST.
 
@@ -202,7 +241,7 @@ async def _render(
     skip = frozenset(own)
     data = body.data or {}
     limit = settings.max_message_bytes
-    personal = [r for r in recipients if r.data]
+    personal = [r for r in recipients if r["data"]]
     if len(personal) < len(recipients):
         payload |= themes.render_template(template, data, limit=limit, skip=skip)
     if not personal:
@@ -211,9 +250,9 @@ async def _render(
     rendered: dict[str, dict[str, str]] = {}
     total = 0
     for row in personal:
-        field = f"recipients[{position[row.email.lower()]}].data"
+        field = f"recipients[{position[row['email'].lower()]}].data"
         parts = themes.render_template(
-            template, {**data, **(row.data or {})}, limit=limit, skip=skip, data_field=field
+            template, {**data, **(row["data"] or {})}, limit=limit, skip=skip, data_field=field
         )
         total += sum(len(value) for value in parts.values())
         if total > limit * PERSONAL_FACTOR:
@@ -221,7 +260,7 @@ async def _render(
                 f"the personalised messages are over {limit * PERSONAL_FACTOR} characters in all",
                 field="recipients",
             )
-        rendered[row.email] = parts | own
+        rendered[row["email"]] = parts | own
     payload["personal"] = rendered
 
 
@@ -257,9 +296,10 @@ def _check_limits(settings: Settings, body: MessageIn) -> None:
         raise Invalid("the attachments are over the message size limit", field="attachments")
 
 
-def _recipients(body: MessageIn) -> list[Recipient]:
+def _recipients(body: MessageIn, message_pk: str) -> list[dict[str, Any]]:
+    """The recipient rows: to, cc and bcc (or the group), each address once."""
     seen: set[str] = set()
-    rows: list[Recipient] = []
+    rows: list[dict[str, Any]] = []
     groups: list[tuple[str, list[Any]]] = [("to", body.to), ("cc", body.cc), ("bcc", body.bcc)]
     if body.recipients is not None:
         groups = [("group", body.recipients)]
@@ -269,8 +309,15 @@ def _recipients(body: MessageIn) -> list[Recipient]:
             if key in seen:
                 continue
             seen.add(key)
-            data = getattr(address, "data", None)
-            rows.append(Recipient(email=address.email, kind=kind, status="pending", data=data))
+            rows.append(
+                {
+                    "message_pk": message_pk,
+                    "email": address.email,
+                    "kind": kind,
+                    "status": "pending",
+                    "data": getattr(address, "data", None),
+                }
+            )
     return rows
 
 
