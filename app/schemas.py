@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
@@ -18,10 +19,14 @@ class CamelModel(BaseModel):
     )
 
 
+_CONTROL = re.compile("[\r\n\0]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _no_control(value: str) -> str:
-    if any(ch in value for ch in "\r\n\0"):
+    if _CONTROL.search(value):
         raise ValueError("must not contain CR, LF or NUL")
-    if any("\ud800" <= ch <= "\udfff" for ch in value):
+    if _SURROGATE.search(value):
         raise ValueError("must not contain unpaired surrogates")
     return value
 

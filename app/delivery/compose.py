@@ -11,6 +11,7 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from email.header import Header
 from email.utils import encode_rfc2231, format_datetime
@@ -38,6 +39,11 @@ def _addresses(items: list[dict[str, Any]] | None) -> tuple[Address, ...]:
     return tuple(Address(item["email"], item.get("name") or "") for item in items or ())
 
 
+def group_names(payload: dict[str, Any]) -> dict[str, str]:
+    """The display names of a group's members, by address."""
+    return {item["email"]: item.get("name") or "" for item in payload.get("group", ())}
+
+
 def content_of(
     payload: dict[str, Any],
     sender: Address,
@@ -45,8 +51,12 @@ def content_of(
     *,
     layout: Layout | None = None,
     signature: str | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> Content:
     """The message's parts as this batch shows them.
+
+    `names` are the group members' display names by address (`group_names`): a caller composing
+    many single-recipient batches of one group passes them so they are not rebuilt each time.
 
     A single-recipient batch for a recipient with content of its own (payload["personal"], see
     messages.service) uses that. Then `dress`: a text part generated from html-only bodies, the
@@ -55,7 +65,7 @@ def content_of(
     if batch.mode == "visible":
         to, cc, bcc = (_addresses(payload.get(key)) for key in ("to", "cc", "bcc"))
     elif batch.mode == "single":
-        names = {item["email"]: item.get("name") or "" for item in payload.get("group", ())}
+        names = group_names(payload) if names is None else names
         to, cc, bcc = (Address(batch.recipients[0], names.get(batch.recipients[0], "")),), (), ()
     else:
         to, cc, bcc = (), (), tuple(Address(r) for r in batch.recipients)
@@ -231,10 +241,13 @@ def compose(
     date: datetime,
     layout: Layout | None = None,
     signature: str | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> OutgoingMessage:
     """Raises PermanentError (EMESSAGE) when the theme's layout cannot be rendered."""
     try:
-        content = content_of(payload, sender, batch, layout=layout, signature=signature)
+        content = content_of(
+            payload, sender, batch, layout=layout, signature=signature, names=names
+        )
     except RenderError as err:
         raise PermanentError(f"the theme cannot be rendered: {err}", code="EMESSAGE") from err
     mime = to_mime(content, message_id, date)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db import transaction, utcnow
 from app.delivery import outbox
-from app.delivery.compose import compose
+from app.delivery.compose import compose, group_names
 from app.delivery.grouping import plan
 from app.delivery.models import Attempt, Message, Recipient
 from app.delivery.outbox import Claim, RetryPolicy
@@ -297,6 +297,7 @@ class Dispatcher:
         transport = self._transport(job.profile)
         sender = Address(message.payload["from"]["email"], message.payload["from"].get("name", ""))
         signature = job.profile.signature if job.profile is not None else None
+        names = group_names(message.payload)
         for index, batch in enumerate(batches):
             try:
                 outgoing = compose(
@@ -307,6 +308,7 @@ class Dispatcher:
                     date=message.created_at,
                     layout=job.layout,
                     signature=signature,
+                    names=names,
                 )
             except (PermanentError, ValueError) as raised:
                 # ValueError: a header Python's email refuses (a line separator in a subject the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -18,8 +19,11 @@ LINE_BREAKS = frozenset("\r\n\0\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 refuses a header value holding any of them, so such a message could never be composed."""
 
 
+_LINE_BREAK = re.compile("[" + re.escape("".join(sorted(LINE_BREAKS))) + "]")
+
+
 def _one_line(value: str) -> str:
-    if any(ch in LINE_BREAKS for ch in value):
+    if _LINE_BREAK.search(value):
         raise ValueError("must be one line: no CR, LF, NUL or other line separator")
     return value
 
