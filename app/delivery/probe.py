@@ -22,6 +22,7 @@ from app.transports import registry
 from app.transports.base import Address, TransportContext
 from app.transports.errors import TransportError
 from app.transports.result import FINAL_OK
+from app.transports.smtp import SmtpConfig
 
 TEST_SUBJECT = "Congratulation! Your mail server is configured successfully."
 
@@ -101,15 +102,23 @@ class VerifyOutcome(CamelModel):
     hint: str | None = None
 
 
+def text_of_test_mail(found: Candidate) -> str:
+    """The test mail's body: what was tested (an SMTP server's port as it connects, defaults
+    applied)."""
+    config = found.config
+    smtp = isinstance(config, SmtpConfig)
+    host, port = (config.host, config.effective_port) if smtp else ("-", "-")
+    user = getattr(config, "user", None)
+    return (
+        f"{TEST_SUBJECT}\n\nServer: {found.name}\nType: {found.type}\n"
+        f"Host: {host}\nPort: {port}\nUsername: {user or '-'}\n"
+    )
+
+
 async def send_test(found: Candidate, to: str, context: TransportContext) -> TestOutcome:
     """Send the test mail now (not queued) and say how it went."""
     sender = found.sender or Address(to)
-    user = getattr(found.config, "user", None)
-    text = (
-        f"{TEST_SUBJECT}\n\nServer: {found.name}\nType: {found.type}\n"
-        f"Host: {getattr(found.config, 'host', '-')}\nPort: {getattr(found.config, 'port', '-')}\n"
-        f"Username: {user or '-'}\n"
-    )
+    text = text_of_test_mail(found)
     message_id = new_message_id(sender.email)
     payload = {"subject": TEST_SUBJECT, "text": text, "to": [{"email": to}]}
     outgoing = compose(

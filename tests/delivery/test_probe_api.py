@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from app.delivery.probe import Candidate, text_of_test_mail
+from app.transports.smtp import SmtpConfig
 from tests.delivery.conftest import add_smtp_profile
 from tests.smtpd import StartServer
 
@@ -152,3 +154,10 @@ async def test_probes_need_an_admin(sender: httpx.AsyncClient) -> None:
 
 async def test_probing_an_unknown_profile_is_404(admin: httpx.AsyncClient) -> None:
     assert (await admin.post("/api/v1/servers/nope/verify", json={})).status_code == 404
+
+
+def test_the_test_mail_names_the_port_it_connects_to() -> None:
+    implicit = Candidate("tls", "smtp", SmtpConfig.model_validate({"secure": True}), None)
+    plain = Candidate("plain", "smtp", SmtpConfig.model_validate({"host": "mx.example"}), None)
+    assert "Host: localhost\nPort: 465\n" in text_of_test_mail(implicit)
+    assert "Host: mx.example\nPort: 25\n" in text_of_test_mail(plain)
