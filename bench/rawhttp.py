@@ -75,10 +75,23 @@ class RawClient:
 
     async def request(self, method: str, path: str, body: bytes) -> Reply:
         async with self._slots:
-            connection = self._idle.pop() if self._idle else await self._connect()
+            reused = bool(self._idle)
+            connection = self._idle.pop() if reused else await self._connect()
             try:
                 async with asyncio.timeout(self._timeout):
-                    reply, keep = await self._exchange(connection, method, path, body)
+                    try:
+                        reply, keep = await self._exchange(connection, method, path, body)
+                    except (asyncio.IncompleteReadError, ConnectionResetError) as err:
+                        partial = (
+                            err.partial if isinstance(err, asyncio.IncompleteReadError) else b""
+                        )
+                        if not reused or partial:
+                            raise
+                        # the server closed the idle connection (uvicorn keeps one open 5 s)
+                        # before reading this request: send it again on a new one
+                        self._discard(connection)
+                        connection = await self._connect()
+                        reply, keep = await self._exchange(connection, method, path, body)
             except TimeoutError as err:
                 self._discard(connection)
                 raise httpx.ReadTimeout(f"no answer within {self._timeout} s") from err

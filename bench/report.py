@@ -309,8 +309,9 @@ def render(
         "in-process; or PostgreSQL: `serve --no-dispatcher` plus W `postroom worker`), a default "
         "smtp profile to the sink with `pool: true, maxConnections: K, maxMessages: 100000, "
         "ignoreTLS: true`, a sender user, one warm-up message; then N POSTs from 32 concurrent "
-        "httpx clients, timed from the first POST until the sink has counted all N. `POST phase` "
-        "is the rate at which the 202s came back meanwhile; `client CPU` is the load generator's.\n"
+        "keep-alive clients (bench/rawhttp.py), timed from the first POST until the sink has "
+        "counted all N. `POST phase` is the rate at which the 202s came back meanwhile; "
+        "`client CPU` is the load generator's.\n"
     )
     add(
         "| database | workers | sink | K | msgs/s | range | POST phase/s | POST p50 / p99 ms | "
