@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -42,6 +43,14 @@ def _logging(settings: Settings) -> None:
     )
 
 
+def _freeze_start_up_objects() -> None:
+    """Take what start-up built (modules, schemas, mappers, routes) out of the garbage
+    collector's sight. A full collection walked all of it, ~140 ms with every request waiting:
+    that was the API's p99. Collections now walk only what requests and deliveries allocate."""
+    gc.collect()
+    gc.freeze()
+
+
 def _run(work: Callable[[Runtime], Awaitable[T]]) -> T:
     async def main() -> T:
         async with open_runtime(Settings()) as runtime:
@@ -65,7 +74,9 @@ def serve(
 
     settings = Settings() if dispatcher is None else Settings(dispatcher=dispatcher)
     _logging(settings)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    app = create_app(settings)
+    _freeze_start_up_objects()
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
 
 
 @cli.command()
@@ -87,6 +98,7 @@ def worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with running_dispatcher(runtime):
+            _freeze_start_up_objects()
             await stop.wait()
 
     _run(work)
