@@ -546,7 +546,7 @@ def render(
         add("")
     add("## Reproduce\n")
     add(
-        "`bench/run.sh` (about 1.5 h at today's speed, mostly Postroom's own scenarios and the "
+        "`bench/run.sh` (about 15 min, mostly Postroom's own scenarios and the "
         "100,000-message memory fill; `--quick` is a 2-minute smoke; `--only e2e,refs`, `--n`, "
         "`--ks`, `--reps` narrow it, `--append` adds rounds, `--merge` re-measures families). "
         "Raw results: `bench/.work/results.json`; service logs: `bench/.work/runs/*/`; profiles: "
