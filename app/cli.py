@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -206,5 +208,24 @@ def rotate_keys() -> None:
     typer.echo(f"re-encrypted the secrets of {_run(work)} profiles")
 
 
+M_ARENA_MAX = -8
+"""glibc's mallopt parameter for the number of malloc arenas (malloc.h)."""
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives threads malloc arenas of their own and seldom hands their memory back: filling
+    a queue of 100,000 messages grew the process by ~100 MiB in them (aiosqlite runs every query
+    on its own thread). Two arenas keep it at its start-up size. MALLOC_ARENA_MAX, when set, wins;
+    elsewhere than glibc this does nothing."""
+    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_ARENA_MAX, arenas)
+
+
 def main() -> None:
+    _limit_malloc_arenas()
     cli()
