@@ -96,6 +96,7 @@ class Dispatcher:
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until `stopping` is set, then finish what is in flight."""
         sending: set[asyncio.Task[None]] = set()
+        self._closing = False
         writer = asyncio.create_task(self._write_results())
         next_sweep = 0.0
         try:
