@@ -28,8 +28,10 @@ SENDER = ("sender", "sender-password-123")
 
 
 @pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    """uvloop, as `postroom serve` and `postroom worker` run: its transports differ from
+    asyncio's in ways that matter (they cache the protocol's methods, for one)."""
+    return ("asyncio", {"use_uvloop": True})
 
 
 def basic(credentials: tuple[str, str]) -> dict[str, str]:

@@ -79,6 +79,8 @@ class SessionRecord:
     peer: Any
     commands: list[str] = field(default_factory=list)
     """Each command line with its argument, AUTH initial responses included."""
+    waiting: list[bytes] = field(default_factory=list)
+    """For each command, what the client had already sent after it (pipelined commands)."""
     tls_version: str | None = None
     client_certificate: dict[str, Any] | None = None
     authenticated_as: str | None = None
@@ -113,6 +115,7 @@ class SmtpServer:
         greeting_delay: float = 0.0,
         drop_mid_data_after: int | None = None,
         require_starttls: bool = False,
+        pipelining: bool = True,
         hostname: str = "smtp.test",
     ) -> None:
         if tls != "none" and (ca is None or certificate is None):
@@ -136,6 +139,9 @@ class SmtpServer:
         self.greeting_delay = greeting_delay
         self.drop_mid_data_after = drop_mid_data_after
         self.require_starttls = require_starttls
+        self.pipelining = pipelining
+        """Offer PIPELINING, as every mainstream server does (aiosmtpd reads one command at a
+        time, so it takes pipelined commands as they come)."""
         self.hostname = hostname
         self.port = 0
         self.open_sessions = 0
@@ -316,6 +322,8 @@ class RecordingHandler:
         session.host_name = hostname
         if not self.server.auth_mechanisms:
             responses = [line for line in responses if not line[4:].upper().startswith("AUTH")]
+        if self.server.pipelining:
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_RCPT(
@@ -462,6 +470,7 @@ class _RecordingSMTP(SMTP):
     def _note(self, verb: str, arg: str | None) -> None:
         record = self.record
         record.commands.append(f"{verb} {arg}" if arg else verb)
+        record.waiting.append(bytes(self._reader._buffer))
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
         if ssl_object is not None:
             record.tls_version = ssl_object.version()
@@ -542,7 +551,7 @@ def make_message(
 
 
 @pytest.fixture
-async def smtp_context(anyio_backend: str) -> AsyncIterator[TransportContext]:
+async def smtp_context(anyio_backend: object) -> AsyncIterator[TransportContext]:
     """A TransportContext with an open egress policy and the `tests.smtp` logger."""
     async with httpx.AsyncClient() as http:
         yield TransportContext(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -59,7 +59,8 @@ class Job:
     layout: Layout | None = None
     """The theme the message goes out in: the one it names, else its profile's (none if null)."""
     results: dict[str, RecipientResult] = field(default_factory=dict)
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    """The attempts table's rows for this attempt's transactions, written by `_finish`."""
     retry_after: float | None = None
     credentials_error: str | None = None
     delivered_any: bool = False
@@ -396,22 +397,22 @@ class Dispatcher:
                 job.credentials_error = str(error)
             self.metrics.inc("transactions_total", outcome=outcome)
         job.attempts.append(
-            Attempt(
-                message_pk=job.message.id,
-                number=job.claim.attempt,
-                server=server,
-                started_at=started_at,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                outcome=outcome,
-                recipients=count,
-                tls_version=error.tls_version if error else tls_version,
-                reply_code=error.reply_code if error else reply_code,
-                reply=error.reply if error else None,
-                provider_id=provider_id,
-                error_code=error.code if error else None,
-                error=error.message if error else None,
-                ambiguous=error.ambiguous if error else False,
-            )
+            {
+                "message_pk": job.message.id,
+                "number": job.claim.attempt,
+                "server": server,
+                "started_at": started_at,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "outcome": outcome,
+                "recipients": count,
+                "tls_version": error.tls_version if error else tls_version,
+                "reply_code": error.reply_code if error else reply_code,
+                "reply": error.reply if error else None,
+                "provider_id": provider_id,
+                "error_code": error.code if error else None,
+                "error": error.message if error else None,
+                "ambiguous": error.ambiguous if error else False,
+            }
         )
 
     def _cut(self, job: Job, started_at: datetime, started: float) -> None:
@@ -486,7 +487,9 @@ class Dispatcher:
             ]
             if rows:
                 await session.execute(update(Recipient), rows)
-            session.add_all([attempt for job, _ in live for attempt in job.attempts])
+            attempts = [row for job, _ in live for row in job.attempts]
+            if attempts:
+                await session.execute(insert(Attempt), attempts)
             await self._record_health(session, [job for job, _ in live])
         for _, values in live:
             if values["status"] != "queued":
@@ -508,7 +511,7 @@ class Dispatcher:
                 )
                 statuses[email] = "failed"
             waiting = []
-        errors = [a.error for a in job.attempts if a.error]
+        errors = [a["error"] for a in job.attempts if a["error"]]
         values: dict[str, Any] = {
             "id": message.id,
             "lease_until": None,

@@ -25,14 +25,13 @@ from typing import Any, ClassVar, Literal
 import httpx
 
 from app.egress import EgressDenied
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
+from app.transports.base import TransportContext, VerifyReport, VerifyStep
 from app.transports.errors import (
     ConfigError,
     CredentialsError,
     PermanentError,
     TemporaryError,
     TransportError,
-    UnsupportedFeature,
 )
 
 Kind = Literal["temporary", "credentials", "permanent"]
@@ -231,14 +230,6 @@ class HttpTransport:
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         return await request(self._http, self.api, method, url, logger=self._log, **kwargs)
-
-    def _check_options(self, message: OutgoingMessage) -> None:
-        """Refuse provider options (`OutgoingMessage.extra`) instead of dropping them: no HTTP
-        transport takes any yet."""
-        if message.extra:
-            names = ", ".join(repr(key) for key in sorted(message.extra))
-            plural = "s" if len(message.extra) > 1 else ""
-            raise UnsupportedFeature(f"the option{plural} {names}", self.api.provider)
 
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client is the service's, shared by every transport."""

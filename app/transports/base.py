@@ -9,6 +9,7 @@ from typing import Protocol
 import httpx
 
 from app.egress import EgressPolicy
+from app.transports.errors import UnsupportedFeature
 from app.transports.result import SendResult
 
 
@@ -59,6 +60,15 @@ class OutgoingMessage:
     content: Content
     mime_with_bcc: bytes | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+
+def refuse_options(message: OutgoingMessage, provider: str) -> None:
+    """Refuse provider options (`OutgoingMessage.extra`) instead of dropping them: no transport
+    takes any yet."""
+    if message.extra:
+        names = ", ".join(repr(key) for key in sorted(message.extra))
+        plural = "s" if len(message.extra) > 1 else ""
+        raise UnsupportedFeature(f"the option{plural} {names}", provider)
 
 
 class Transport(Protocol):

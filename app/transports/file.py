@@ -10,7 +10,13 @@ import tempfile
 from pathlib import Path
 
 from app.schemas import CamelModel
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
+from app.transports.base import (
+    OutgoingMessage,
+    TransportContext,
+    VerifyReport,
+    VerifyStep,
+    refuse_options,
+)
 from app.transports.errors import TemporaryError
 from app.transports.result import SendResult
 
@@ -30,6 +36,7 @@ class FileTransport:
         self.directory = config.directory
 
     async def send(self, message: OutgoingMessage) -> SendResult:
+        refuse_options(message, "the built-in server")
         try:
             path = await asyncio.to_thread(self._write, message)
         except OSError as err:

@@ -24,7 +24,7 @@ from app.transports._http import (
     text_of,
     unexpected_answer,
 )
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import PermanentError
 from app.transports.result import SendResult
 
@@ -72,7 +72,7 @@ class MailgunTransport(HttpTransport):
         self._send_url = f"{config.api_url}/v3/{quote(config.domain)}/messages.mime"
 
     async def send(self, message: OutgoingMessage) -> SendResult:
-        self._check_options(message)
+        refuse_options(message, self.api.provider)
         response = await self._request(
             "POST",
             self._send_url,

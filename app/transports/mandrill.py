@@ -26,7 +26,7 @@ from app.transports._http import (
     text_of,
     unexpected_answer,
 )
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import UnsupportedFeature
 from app.transports.result import RecipientResult, RecipientStatus, SendResult
 
@@ -79,7 +79,7 @@ class MandrillTransport(HttpTransport):
         self._base = config.base_url.rstrip("/")
 
     async def send(self, message: OutgoingMessage) -> SendResult:
-        self._check_options(message)
+        refuse_options(message, self.api.provider)
         try:
             raw = message.mime.decode()
         except UnicodeDecodeError as err:

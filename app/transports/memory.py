@@ -8,7 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.schemas import CamelModel
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
+from app.transports.base import (
+    OutgoingMessage,
+    TransportContext,
+    VerifyReport,
+    VerifyStep,
+    refuse_options,
+)
 from app.transports.result import SendResult
 
 
@@ -27,6 +33,7 @@ class MemoryTransport:
         """Called for each send; raise a TransportError from it to simulate a failure."""
 
     async def send(self, message: OutgoingMessage) -> SendResult:
+        refuse_options(message, "memory")
         self.sent.append(message)
         if self.responder is not None:
             return self.responder(message)

@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr
 
 from app.schemas import CamelModel
 from app.transports._http import Api, HttpTransport, Refusal, Rule, json_body, probe, text_of
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import CredentialsError, PermanentError, UnsupportedFeature
 from app.transports.oauth import TokenCache, TokenRequest
 from app.transports.result import SendResult
@@ -95,7 +95,7 @@ class MsgraphTransport(HttpTransport):
         )
 
     async def send(self, message: OutgoingMessage) -> SendResult:
-        self._check_options(message)
+        refuse_options(message, self.api.provider)
         mime = message.mime_with_bcc or message.mime
         _check_envelope(message, mime)
         body = base64.b64encode(mime)

@@ -21,7 +21,14 @@ from pydantic import Field, SecretStr
 
 from app.schemas import CamelModel
 from app.transports._http import Api, HttpTransport, Refusal, json_body, probe, text_of
-from app.transports.base import Address, Content, OutgoingMessage, TransportContext, VerifyReport
+from app.transports.base import (
+    Address,
+    Content,
+    OutgoingMessage,
+    TransportContext,
+    VerifyReport,
+    refuse_options,
+)
 from app.transports.errors import CredentialsError, UnsupportedFeature
 from app.transports.result import SendResult
 
@@ -85,7 +92,7 @@ class SendgridTransport(HttpTransport):
         self._base = config.base_url.rstrip("/")
 
     async def send(self, message: OutgoingMessage) -> SendResult:
-        self._check_options(message)
+        refuse_options(message, self.api.provider)
         response = await self._request(
             "POST", f"{self._base}/v3/mail/send", json=payload(message), headers=self._headers
         )

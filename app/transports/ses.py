@@ -27,7 +27,7 @@ from app.transports._http import (
     text_of,
     unexpected_answer,
 )
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import PermanentError
 from app.transports.result import SendResult
 
@@ -115,7 +115,7 @@ class SesTransport(HttpTransport):
         self._auth = signer(config)
 
     async def send(self, message: OutgoingMessage) -> SendResult:
-        self._check_options(message)
+        refuse_options(message, self.api.provider)
         payload: dict[str, object] = {
             "FromEmailAddress": message.envelope_from,
             "Destination": {"ToAddresses": list(message.recipients)},

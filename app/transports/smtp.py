@@ -33,6 +33,7 @@ from aiosmtplib import (
     SMTPResponseException,
     SMTPServerDisconnected,
 )
+from aiosmtplib.protocol import SMTPProtocol
 from aiosmtplib.typing import Default
 from pydantic import Field, SecretStr, field_validator, model_validator
 from python_socks import ProxyError, ProxyType
@@ -41,7 +42,13 @@ from python_socks.async_.asyncio import Proxy
 from app.egress import EgressDenied
 from app.errors import FieldsError
 from app.schemas import CamelModel, Integer, SafeStr
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
+from app.transports.base import (
+    OutgoingMessage,
+    TransportContext,
+    VerifyReport,
+    VerifyStep,
+    refuse_options,
+)
 from app.transports.errors import (
     ConfigError,
     CredentialsError,
@@ -268,6 +275,7 @@ class SmtpTransport:
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Send one message; a status per recipient, or a TransportError if it failed as a whole."""
+        refuse_options(message, "SMTP")
         _check_envelope(message)
         if self._pool is None:
             connection = await self._connect()
@@ -424,6 +432,9 @@ class _Connection:
                 timeout=config.greeting_timeout / 1000, tls_context=context
             )
             self._wire = client.transport
+            if client.protocol is not None and client.transport is not None:
+                client.protocol.__class__ = _PipeliningProtocol
+                client.transport.set_protocol(client.protocol)
             step.detail = str(greeting)
             if client.transcript is not None:
                 client.transcript.server(greeting)
@@ -463,7 +474,11 @@ class _Connection:
             transport.event("authenticated as %s with %s", user, method.upper())
 
     async def deliver(self, message: OutgoingMessage) -> SendResult:
-        """MAIL, RCPT for each recipient, DATA: a status per recipient."""
+        """MAIL, RCPT for each recipient, DATA: a status per recipient.
+
+        When the server offers PIPELINING (RFC 2920) MAIL, every RCPT and DATA go in one write and
+        their replies are read after it: one round trip for the envelope instead of one each.
+        """
         client, phase = self._client, self._tracker.phase
         recipients = list(dict.fromkeys(message.recipients))
         content = _LINE_ENDINGS.sub(b"\r\n", message.mime)
@@ -471,22 +486,17 @@ class _Connection:
             content += b"\r\n"
         with phase("mail"):
             options = self._mail_options(message, content)
-            encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
-            await client.mail(message.envelope_from, options=options, encoding=encoding)
-        refused: dict[str, RecipientResult] = {}
-        for recipient in recipients:
-            with phase("rcpt"):
-                try:
-                    await client.rcpt(recipient, encoding=encoding)
-                except SMTPRecipientRefused as err:
-                    if err.code == 421 or not client.is_connected:
-                        raise
-                    status: RecipientStatus = "rejected" if err.code >= 500 else "deferred"
-                    refused[recipient] = RecipientResult(status, err.code, err.message)
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        pipelining = client.supports_extension("pipelining")
+        envelope = self._pipelined_envelope if pipelining else self._envelope
+        refused, data_reply = await envelope(message.envelope_from, recipients, options, encoding)
         if len(refused) == len(recipients):
-            await self._reset()
+            if data_reply is not None and data_reply.code == 354:
+                self.abort()  # the server wants content for no recipient: end the session instead
+            else:
+                await self._reset()
             return SendResult(recipients=refused, tls_version=self.tls_version)
-        reply = await self._data(_LEADING_DOT.sub(b"..", content))
+        reply = await self._data(_LEADING_DOT.sub(b"..", content), data_reply)
         sent = RecipientResult("sent", reply.code, reply.message)
         self._transport.event(
             "message %s accepted for %d of %d recipients: %s",
@@ -501,6 +511,77 @@ class _Connection:
             reply_code=reply.code,
             tls_version=self.tls_version,
         )
+
+    async def _envelope(
+        self, sender: str, recipients: list[str], options: list[str], encoding: str
+    ) -> tuple[dict[str, RecipientResult], SMTPResponse | None]:
+        """MAIL, then RCPT for each recipient, each awaiting its reply; the refused recipients
+        (DATA is not sent yet: None)."""
+        client, phase = self._client, self._tracker.phase
+        with phase("mail"):
+            await client.mail(sender, options=options, encoding=encoding)
+        refused: dict[str, RecipientResult] = {}
+        for recipient in recipients:
+            with phase("rcpt"):
+                try:
+                    await client.rcpt(recipient, encoding=encoding)
+                except SMTPRecipientRefused as err:
+                    if err.code == 421 or not client.is_connected:
+                        raise
+                    refused[recipient] = _refusal(err.code, err.message)
+        return refused, None
+
+    async def _pipelined_envelope(
+        self, sender: str, recipients: list[str], options: list[str], encoding: str
+    ) -> tuple[dict[str, RecipientResult], SMTPResponse | None]:
+        """MAIL, every RCPT and DATA in one write; the refused recipients and DATA's reply."""
+        client, phase = self._client, self._tracker.phase
+        mail = b" ".join(
+            [b"MAIL FROM:<" + sender.encode(encoding) + b">"]
+            + [option.encode("ascii") for option in options]
+        )
+        commands = [mail, *(b"RCPT TO:<" + r.encode(encoding) + b">" for r in recipients), b"DATA"]
+        with phase("mail"):
+            protocol = client.protocol
+            if protocol is None:
+                raise SMTPServerDisconnected("Connection lost")
+            protocol.write(b"\r\n".join(commands) + b"\r\n")
+            mail_reply = await self._reply(commands[0])
+        replies = []
+        for command in commands[1:-1]:
+            with phase("rcpt"):
+                replies.append(await self._reply(command))
+        with phase("data"):
+            data_reply = await self._reply(commands[-1])
+        if 421 in (mail_reply.code, *(reply.code for reply in replies), data_reply.code):
+            self.abort()  # the server is closing the session (aiosmtplib closes on a 421 too)
+        if mail_reply.code != 250:
+            if data_reply.code == 354:
+                self.abort()
+            with phase("mail"):
+                raise aiosmtplib.SMTPSenderRefused(mail_reply.code, mail_reply.message, sender)
+        refused: dict[str, RecipientResult] = {}
+        for recipient, reply in zip(recipients, replies, strict=True):
+            if reply.code in (250, 251):
+                continue
+            if reply.code == 421:
+                with phase("rcpt"):
+                    raise SMTPRecipientRefused(reply.code, reply.message, recipient)
+            refused[recipient] = _refusal(reply.code, reply.message)
+        return refused, data_reply
+
+    async def _reply(self, command: bytes) -> SMTPResponse:
+        """The next reply of a pipelined command, told to the transcript (when debugging)."""
+        client = self._client
+        protocol = client.protocol
+        if protocol is None:
+            raise SMTPServerDisconnected("Connection lost")
+        if client.transcript is not None:
+            client.transcript.client(command)
+        reply = await protocol.read_response(timeout=self._transport.socket_timeout)
+        if client.transcript is not None:
+            client.transcript.server(reply)
+        return reply
 
     async def quit(self) -> SMTPResponse:
         """Send QUIT and close."""
@@ -598,11 +679,13 @@ class _Connection:
         except (SMTPException, OSError):
             self.abort()
 
-    async def _data(self, content: bytes) -> SMTPResponse:
+    async def _data(self, content: bytes, reply: SMTPResponse | None) -> SMTPResponse:
+        """The content and its final reply, after DATA (sent now unless `reply` is its answer)."""
         client, phase = self._client, self._tracker.phase
         timeout = self._transport.socket_timeout
         with phase("data"):
-            reply = await client.execute_command(b"DATA")
+            if reply is None:
+                reply = await client.execute_command(b"DATA")
             if reply.code != 354:
                 raise SMTPDataError(reply.code, reply.message)
         try:
@@ -636,6 +719,38 @@ class _Connection:
             self.abort()
             raise
         return reply
+
+
+class _PipeliningProtocol(SMTPProtocol):
+    """aiosmtplib's protocol, keeping the replies that arrive before they are read.
+
+    aiosmtplib expects one reply per command awaited and drops bytes that arrive while a parsed
+    reply waits to be picked up; with PIPELINING several replies come at once, so they are kept in
+    the buffer and `read_response` takes the next one from there before waiting for more.
+
+    aiosmtplib builds its own protocol when it connects; `_Connection.handshake` turns it into
+    this class right after the greeting and hands it to the transport again, since uvloop's
+    transports keep the protocol's bound methods from when they were given it.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._response_waiter
+        if self._response_pending and waiter is not None and waiter.done():
+            self._buffer.extend(data)
+            return
+        super().data_received(data)
+
+    async def read_response(self, timeout: float | None = None) -> SMTPResponse:  # noqa: ASYNC109
+        waiter = self._response_waiter
+        if waiter is not None and not waiter.done() and self._buffer:
+            try:
+                buffered = self._read_response_from_buffer()
+            except SMTPResponseException as err:
+                waiter.set_exception(err)
+            else:
+                if buffered is not None:
+                    waiter.set_result(buffered)
+        return await super().read_response(timeout)
 
 
 class _Client(aiosmtplib.SMTP):
@@ -910,6 +1025,12 @@ def _load_client_certificate(context: ssl.SSLContext, certificate: str, key: str
         ) from err
     finally:
         os.unlink(path)
+
+
+def _refusal(code: int, text: str) -> RecipientResult:
+    """A refused RCPT: rejected on a 5xx, retried on a 4xx."""
+    status: RecipientStatus = "rejected" if code >= 500 else "deferred"
+    return RecipientResult(status, code, text)
 
 
 def _check_envelope(message: OutgoingMessage) -> None:

@@ -194,7 +194,7 @@ async def test_every_recipient_refused_is_a_result_not_an_error(
     }
     assert result.provider_id is None
     assert server.transactions == []
-    assert server.sessions[0].verbs == ["EHLO", "MAIL", "RCPT", "RCPT", "RSET", "QUIT"]
+    assert server.sessions[0].verbs == ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", "RSET", "QUIT"]
 
 
 @pytest.mark.parametrize(

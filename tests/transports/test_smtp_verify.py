@@ -68,6 +68,7 @@ async def test_verify_a_starttls_server_with_auth(smtp_server_factory, smtp_cont
         "8BITMIME",
         "SMTPUTF8",
         "AUTH LOGIN PLAIN",
+        "PIPELINING",
         "HELP",
     ]
     tls = steps["tls"].data
