@@ -16,8 +16,7 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Literal, Self
 from urllib.parse import unquote, urlsplit
@@ -743,13 +742,9 @@ class _PipeliningProtocol(SMTPProtocol):
     async def read_response(self, timeout: float | None = None) -> SMTPResponse:  # noqa: ASYNC109
         waiter = self._response_waiter
         if waiter is not None and not waiter.done() and self._buffer:
-            try:
-                buffered = self._read_response_from_buffer()
-            except SMTPResponseException as err:
-                waiter.set_exception(err)
-            else:
-                if buffered is not None:
-                    waiter.set_result(buffered)
+            buffered = self._read_response_from_buffer()
+            if buffered is not None:
+                return buffered
         return await super().read_response(timeout)
 
 
@@ -813,31 +808,47 @@ class _Tracker:
         """The setting an egress denial points at: `host`, or `proxy` when one is used."""
         self.tls_version: str | None = None
 
-    @contextmanager
-    def phase(self, phase: Phase) -> Iterator[VerifyStep]:
-        step = VerifyStep(phase, ok=True, duration_ms=0.0)
-        started = time.perf_counter()
-        try:
-            yield step
-        except TransportError as err:
-            self._failed(step, err)
-            raise
-        except (SMTPException, OSError, ProxyError, EgressDenied, ValueError) as err:
-            mapped = _translate(err, phase, tls_version=self.tls_version, field=self.field)
-            if mapped is None:
-                raise
-            self._failed(step, mapped)
-            raise mapped from err
-        finally:
-            step.duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            if self.report is not None:
-                self.report.steps.append(step)
+    def phase(self, phase: Phase) -> _Phase:
+        """`with tracker.phase("mail") as step:` runs one phase; its errors leave it mapped."""
+        return _Phase(self, phase)
 
     def _failed(self, step: VerifyStep, err: TransportError) -> None:
         step.ok = False
         step.detail = str(err)
         if self.report is not None:
             self.report.error_code = err.code
+
+
+class _Phase:
+    """One phase: timed, recorded in a verify report, and its library errors mapped."""
+
+    __slots__ = ("_phase", "_started", "_tracker", "step")
+
+    def __init__(self, tracker: _Tracker, phase: Phase) -> None:
+        self._tracker = tracker
+        self._phase: Phase = phase
+        self.step = VerifyStep(phase, ok=True, duration_ms=0.0)
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> VerifyStep:
+        return self.step
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, _: object
+    ) -> None:
+        tracker, step = self._tracker, self.step
+        step.duration_ms = round((time.perf_counter() - self._started) * 1000, 1)
+        if tracker.report is not None:
+            tracker.report.steps.append(step)
+        if isinstance(err, TransportError):
+            tracker._failed(step, err)
+        elif isinstance(err, SMTPException | OSError | ProxyError | EgressDenied | ValueError):
+            mapped = _translate(
+                err, self._phase, tls_version=tracker.tls_version, field=tracker.field
+            )
+            if mapped is not None:
+                tracker._failed(step, mapped)
+                raise mapped from err
 
 
 def _translate(
