@@ -8,8 +8,7 @@ seconds without work, and discards it when the work done with it raised.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -32,6 +31,26 @@ class PooledConnection(Protocol):
 
 
 C = TypeVar("C", bound=PooledConnection)
+
+
+class Lease(Generic[C]):
+    """One lease of a pooled connection (`ConnectionPool.lease`)."""
+
+    __slots__ = ("_entry", "_pool")
+
+    def __init__(self, pool: ConnectionPool[C]) -> None:
+        self._pool = pool
+        self._entry: _Entry[C] | None = None
+
+    async def __aenter__(self) -> C:
+        self._entry = await self._pool._acquire()
+        return self._entry.connection
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, raised: BaseException | None, _: object
+    ) -> None:
+        if self._entry is not None:
+            await self._pool._give_back(self._entry, raised)
 
 
 class PoolClosed(RuntimeError):
@@ -81,23 +100,22 @@ class ConnectionPool(Generic[C]):
     def idle_connections(self) -> int:
         return len(self._idle)
 
-    @asynccontextmanager
-    async def lease(self) -> AsyncIterator[C]:
-        """Lend a connection for one unit of work (one message).
+    def lease(self) -> Lease[C]:
+        """Lend a connection for one unit of work (one message): `async with pool.lease() as c`.
 
         The connection goes back to the pool when the block ends normally; it is closed when the
         block raises, when it reached `max_uses`, or when the pool was closed meanwhile.
         """
-        entry = await self._acquire()
-        try:
-            yield entry.connection
-        except Exception:
+        return Lease(self)
+
+    async def _give_back(self, entry: _Entry[C], raised: BaseException | None) -> None:
+        if isinstance(raised, Exception):
             await self._retire(entry)
-            raise
-        except BaseException:
+            return
+        if raised is not None:
             entry.connection.abort()
             await self._release_slot()
-            raise
+            return
         entry.uses += 1
         if self._closed or entry.uses >= self._max_uses or not entry.connection.alive:
             await self._retire(entry)

@@ -694,13 +694,15 @@ class _Connection:
                     raise SMTPServerDisconnected("Connection lost")
                 # Written chunk by chunk, each drained, so that a connection lost during the
                 # content is told apart from one lost after the final "." (the ambiguous case);
-                # a reply that comes early (a 5xx mid-content) is kept for read_response.
+                # the last chunk goes with the "." (one write: small messages are one chunk).
+                # A reply that comes early (a 5xx mid-content) is kept for read_response.
                 protocol._response_pending = True
-                for start in range(0, len(content), _CHUNK_BYTES):
+                starts = range(0, len(content), _CHUNK_BYTES)
+                for start in starts[:-1]:
                     protocol.write(content[start : start + _CHUNK_BYTES])
                     async with asyncio.timeout(timeout):
                         await protocol._drain_helper()
-                protocol.write(b".\r\n")
+                protocol.write(content[starts[-1] :] + b".\r\n")
                 if client.transcript is not None:
                     client.transcript.note(f"<message content, {len(content)} bytes>")
                     client.transcript.client(b".")
