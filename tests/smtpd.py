@@ -470,7 +470,7 @@ class _RecordingSMTP(SMTP):
     def _note(self, verb: str, arg: str | None) -> None:
         record = self.record
         record.commands.append(f"{verb} {arg}" if arg else verb)
-        record.waiting.append(bytes(self._reader._buffer))
+        record.waiting.append(bytes(getattr(self._reader, "_buffer", b"")))  # typeshed lacks it
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
         if ssl_object is not None:
             record.tls_version = ssl_object.version()
