@@ -66,10 +66,14 @@ class PermanentError(TransportError):
 
 
 class UnsupportedFeature(PermanentError):
-    """The transport cannot carry a feature the message uses; it is never dropped silently."""
+    """The transport cannot carry a feature the message uses; it is never dropped silently.
+
+    Raised before any content is sent, so a profile's fallback may carry the message instead."""
 
     def __init__(self, feature: str, transport: str) -> None:
-        super().__init__(f"{transport} cannot send {feature}", code="EUNSUPPORTED")
+        super().__init__(
+            f"{transport} cannot send {feature}", code="EUNSUPPORTED", before_data=True
+        )
         self.feature = feature
 
 

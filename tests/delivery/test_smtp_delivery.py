@@ -245,6 +245,29 @@ async def test_fallback_is_used_when_the_primary_fails_before_data(
     assert len(backup.transactions) == 1
 
 
+async def test_fallback_carries_what_the_primary_cannot(
+    admin: httpx.AsyncClient,
+    sender: httpx.AsyncClient,
+    dispatcher: Dispatcher,
+    smtp_server_factory: StartServer,
+) -> None:
+    backup = smtp_server_factory()
+    await add_smtp_profile(admin, backup, name="backup")
+    no_smtputf8 = smtp_server_factory(replies={"EHLO": "502 5.5.1 EHLO not implemented"})
+    await add_smtp_profile(admin, no_smtputf8, name="primary", fallback="backup")
+    message_id = await send(sender, to=["josé@example.com"], server="primary")
+    await dispatcher.drain()
+    saved = await record(sender, message_id)
+    assert saved["status"] == "sent"
+    assert [(a["server"], a["outcome"]) for a in saved["attemptLog"]] == [
+        ("primary", "failed"),
+        ("backup", "sent"),
+    ]
+    assert saved["attemptLog"][0]["errorCode"] == "EUNSUPPORTED"
+    assert no_smtputf8.transactions == []
+    assert [t.rcpt_tos for t in backup.transactions] == [["josé@example.com"]]
+
+
 async def test_no_fallback_after_data_was_sent(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
