@@ -490,10 +490,7 @@ class _Connection:
         envelope = self._pipelined_envelope if pipelining else self._envelope
         refused, data_reply = await envelope(message.envelope_from, recipients, options, encoding)
         if len(refused) == len(recipients):
-            if data_reply is not None and data_reply.code == 354:
-                self.abort()  # the server wants content for no recipient: end the session instead
-            else:
-                await self._reset()
+            await self._reset()
             return SendResult(recipients=refused, tls_version=self.tls_version)
         reply = await self._data(_LEADING_DOT.sub(b"..", content), data_reply)
         sent = RecipientResult("sent", reply.code, reply.message)
@@ -552,11 +549,11 @@ class _Connection:
                 replies.append(await self._reply(command))
         with phase("data"):
             data_reply = await self._reply(commands[-1])
-        if 421 in (mail_reply.code, *(reply.code for reply in replies), data_reply.code):
-            self.abort()  # the server is closing the session (aiosmtplib closes on a 421 too)
+        closing = 421 in (mail_reply.code, *(reply.code for reply in replies), data_reply.code)
+        accepted = mail_reply.code == 250 and any(reply.code in (250, 251) for reply in replies)
+        if closing or (data_reply.code == 354 and not accepted):
+            self.abort()  # the server closes, or wants content for no recipient: end it here
         if mail_reply.code != 250:
-            if data_reply.code == 354:
-                self.abort()
             with phase("mail"):
                 raise aiosmtplib.SMTPSenderRefused(mail_reply.code, mail_reply.message, sender)
         refused: dict[str, RecipientResult] = {}
