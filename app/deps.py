@@ -1,4 +1,7 @@
-"""What endpoints depend on, as Annotated aliases: the session, the settings, the caller."""
+"""What endpoints depend on, as Annotated aliases: the session, the settings, the caller.
+
+Each is one dependency reading the request (no chains of them): FastAPI's cost per request
+grows with every node of the dependency tree, and POST /messages is the hot path."""
 
 from __future__ import annotations
 
@@ -51,25 +54,29 @@ class Runtime:
         return Profiles(self.box, self.egress)
 
 
-async def get_runtime(request: Request) -> Runtime:
+def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+async def get_runtime(request: Request) -> Runtime:
+    return _runtime(request)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_settings(runtime: RuntimeDep) -> Settings:
-    return runtime.settings
+async def get_settings(request: Request) -> Settings:
+    return _runtime(request).settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's session: committed once when the endpoint returns, before the response is
     sent; rolled back when it raises."""
-    async with runtime.sessions() as session, session.begin():
+    async with _runtime(request).sessions() as session, session.begin():
         yield session
 
 
@@ -80,20 +87,17 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def current_user(request: Request, runtime: RuntimeDep) -> Principal:
+async def _caller(request: Request) -> Principal:
     header = request.headers.get("authorization")
-    return await runtime.auth.authenticate(header, client_address(request))
+    return await _runtime(request).auth.authenticate(header, client_address(request))
 
 
-CurrentUser = Annotated[Principal, Depends(current_user)]
+async def admin_user(request: Request) -> Principal:
+    return require_role(await _caller(request), "admin")
 
 
-async def admin_user(principal: CurrentUser) -> Principal:
-    return require_role(principal, "admin")
-
-
-async def sender_user(principal: CurrentUser) -> Principal:
-    return require_role(principal, "admin", "sender")
+async def sender_user(request: Request) -> Principal:
+    return require_role(await _caller(request), "admin", "sender")
 
 
 AdminUser = Annotated[Principal, Depends(admin_user)]

@@ -174,10 +174,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_message_bytes)
+    app.include_router(messages_router)  # first: routes are matched in order, this is the hot one
     app.include_router(servers_router)
     app.include_router(branding_router)
     app.include_router(users_router)
-    app.include_router(messages_router)
     app.include_router(probe_router)
     app.include_router(themes_router)
 

@@ -14,7 +14,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import transaction, utcnow
+from app.db import table_of, transaction, utcnow
 from app.delivery import outbox
 from app.delivery.compose import compose, group_names
 from app.delivery.grouping import plan
@@ -41,6 +41,8 @@ log = logging.getLogger("postroom.dispatcher")
 CONNECTION_LEVEL = frozenset({"ECONNECTION", "ETIMEDOUT", "EDNS", "ETLS", "EAUTH", "EPOLICY"})
 """Errors that say the server cannot be reached at all: the rest of an attempt is not tried."""
 
+
+ATTEMPTS = table_of(Attempt)
 
 BUSY_POLL = 0.02
 """Seconds between claims while messages keep coming: a worker in another process than the API
@@ -489,7 +491,7 @@ class Dispatcher:
                 await session.execute(update(Recipient), rows)
             attempts = [row for job, _ in live for row in job.attempts]
             if attempts:
-                await session.execute(insert(Attempt), attempts)
+                await session.execute(insert(ATTEMPTS), attempts)
             await self._record_health(session, [job for job, _ in live])
         for _, values in live:
             if values["status"] != "queued":

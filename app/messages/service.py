@@ -19,7 +19,7 @@ from sqlalchemy.orm import selectinload
 
 from app.branding.service import get_branding
 from app.config import Settings
-from app.db import new_id, utcnow
+from app.db import new_id, table_of, utcnow
 from app.delivery.compose import new_message_id
 from app.delivery.models import Message, Recipient
 from app.errors import (
@@ -37,6 +37,9 @@ from app.security import Principal
 from app.servers.models import ServerProfile
 from app.servers.service import get_routing
 from app.themes import service as themes
+
+MESSAGES = table_of(Message)
+RECIPIENTS = table_of(Recipient)
 
 PERSONAL_FACTOR = 10
 """Per-recipient rendering may store up to this many times the message size limit in all."""
@@ -124,16 +127,16 @@ async def enqueue_each(
         else:
             outcomes.append(outcome)
     if pending:
-        await session.execute(insert(Message), [rows.message for rows in pending])
-        await session.execute(insert(Recipient), [r for rows in pending for r in rows.recipients])
+        await session.execute(insert(MESSAGES), [rows.message for rows in pending])
+        await session.execute(insert(RECIPIENTS), [r for rows in pending for r in rows.recipients])
     return outcomes
 
 
 async def _insert_alone(session: AsyncSession, rows: _Rows) -> None:
     try:
         async with session.begin_nested():
-            await session.execute(insert(Message), [rows.message])
-            await session.execute(insert(Recipient), rows.recipients)
+            await session.execute(insert(MESSAGES), [rows.message])
+            await session.execute(insert(RECIPIENTS), rows.recipients)
     except IntegrityError as err:
         raise Conflict("a request with this Idempotency-Key is in progress; retry it") from err
 

@@ -150,7 +150,7 @@ class SmtpConfig(CamelModel):
         if value is not None:
             try:
                 ssl.create_default_context(cadata=value)
-            except (ssl.SSLError, ValueError) as err:
+            except (ssl.SSLError, ValueError, TypeError) as err:  # TypeError: not ASCII
                 raise ValueError("is not a valid PEM certificate") from err
         return value
 

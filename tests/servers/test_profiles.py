@@ -211,6 +211,8 @@ BAD_SMTP_SETTINGS: list[tuple[dict[str, Any], str]] = [
     ({"maxConnections": 0}, "settings.maxConnections"),
     ({"oauth2": {"clientId": "x"}}, "settings.oauth2.tokenUrl"),
     ({"caCertificates": "not a pem"}, "settings.caCertificates"),
+    ({"caCertificates": "\u00f3\u00f1z"}, "settings.caCertificates"),  # not ASCII: was a 500
+    ({"clientCertificate": "\u00e9", "clientKey": "k"}, "settings.clientCertificate"),
     ({"ignoreTls": True}, "settings.ignoreTls"),
     ({"ignoreTLS": True, "requireTLS": True}, "settings.requireTLS"),
 ]
