@@ -66,11 +66,21 @@ class Intake:
 
     async def _write(self) -> None:
         try:
+            await self._gather()
             while self._waiting:
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
                 await self._store(batch)
         finally:
             self._writer = None
+
+    async def _gather(self) -> None:
+        """Let the requests that have already arrived join the first transaction: yield to the
+        event loop as long as that brings more (each yield costs microseconds; without it, the
+        first request of a burst is written alone and the rest wait for that transaction)."""
+        seen = 0
+        while seen < len(self._waiting) < MAX_BATCH:
+            seen = len(self._waiting)
+            await asyncio.sleep(0)
 
     async def _store(self, batch: list[_Request]) -> None:
         try:

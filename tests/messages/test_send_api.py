@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
@@ -267,6 +267,29 @@ async def test_concurrent_requests_with_one_key_store_one_message(
     ids = {a.json()["id"] for a in answers if a.status_code == 202}
     assert len(ids) == 1
     assert await count_messages(runtime) == 1
+
+
+@pytest.mark.usefixtures("branded")
+async def test_requests_that_arrive_together_share_one_commit(
+    sender: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """Group commit: requests that come in one after the other while the loop is busy share a
+    transaction; the first of them does not go alone into its own."""
+    first = await sender.post("/api/v1/messages", json={"to": ["a@example.com"], "text": "0"})
+    assert first.status_code == 202, first.text  # its password is now verified and cached
+    commits: list[int] = []
+    event.listen(runtime.engine.sync_engine, "commit", lambda _: commits.append(1))
+
+    async def post(i: int) -> httpx.Response:
+        for _ in range(i):  # request i arrives i turns of the event loop after the first
+            await asyncio.sleep(0)
+        return await sender.post("/api/v1/messages", json={"to": [f"r{i}@x.org"], "text": "."})
+
+    answers = await asyncio.gather(*(post(i) for i in range(20)))
+    assert [a.status_code for a in answers] == [202] * 20
+    assert len({a.json()["id"] for a in answers}) == 20
+    assert len(commits) == 1
+    assert await count_messages(runtime) == 21
 
 
 @pytest.mark.usefixtures("branded")
