@@ -20,6 +20,11 @@ from app.errors import Forbidden, TooManyRequests, Unauthorized
 from app.users.models import User
 from app.users.passwords import DUMMY_HASH, verify_password
 
+VERIFYING_AT_ONCE = 2
+"""argon2 verifications running at once, at most: each holds 19 MiB while it runs (before, when
+a cached credential expired under load, every request carrying it verified it, six at a time in
+the default executor: 100 MiB of transient RSS)."""
+
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="postroom", charset="UTF-8"'}
 
 
@@ -151,6 +156,8 @@ class Authenticator:
         self._pepper = secrets.token_bytes(32)
         self.throttle = RateLimit(failures_per_minute, "failed logins")
         self.lockout = AccountLockout(lockout_failures, lockout_seconds)
+        self._verifying: dict[bytes, asyncio.Future[Principal | None]] = {}
+        self._argon2 = asyncio.Semaphore(VERIFYING_AT_ONCE)
 
     def forget(self) -> None:
         """Drop every cached credential (a user changed or was deleted)."""
@@ -162,23 +169,22 @@ class Authenticator:
         key = hmac.new(self._pepper, f"{name}\0{password}".encode(), hashlib.sha256).digest()
         known = hmac.new(self._pepper, f"{client}\0".encode() + key, hashlib.sha256).digest()
         trusted = known in self._trusted
-        cached = self._cache.get(key)
-        fresh = cached is not None and cached[0] > time.monotonic()
-        if cached is not None and fresh and (trusted or not self.lockout.locked(name)):
-            return cached[1]
+        principal = self._cached(key, name, trusted=trusted)
+        if principal is not None:
+            return principal
         self.throttle.check(client)
         self.lockout.check(name, trusted=trusted)
-        async with self._sessions() as session:
-            query = select(User).where(User.name == name)
-            user = None if "\0" in name else await session.scalar(query)  # PostgreSQL refuses NUL
-            stored = user.password_hash if user is not None else DUMMY_HASH
-        valid = await asyncio.to_thread(verify_password, password, stored)
-        if user is None or not valid:
+        verifying = self._verifying.get(key)
+        if verifying is None:
+            verifying = asyncio.ensure_future(self._verify(name, password))
+            self._verifying[key] = verifying
+            verifying.add_done_callback(lambda _: self._verifying.pop(key, None))
+        principal = await asyncio.shield(verifying)
+        if principal is None:
             self.throttle.record(client)
             self.lockout.failed(name)
             raise Unauthorized("invalid credentials", headers=CHALLENGE)
         self.lockout.succeeded(name)
-        principal = Principal(user.name, user.role)
         if len(self._cache) > 10_000:
             self._cache.clear()
         if len(self._trusted) > 10_000:
@@ -186,6 +192,24 @@ class Authenticator:
         self._cache[key] = (time.monotonic() + self._cache_seconds, principal)
         self._trusted.add(known)
         return principal
+
+    async def _verify(self, name: str, password: str) -> Principal | None:
+        """The user these credentials are valid for, or None. Requests carrying the same
+        credentials at the same time share one call, and at most VERIFYING_AT_ONCE run argon2."""
+        async with self._sessions() as session:
+            query = select(User).where(User.name == name)
+            user = None if "\0" in name else await session.scalar(query)  # PG refuses NUL
+            stored = user.password_hash if user is not None else DUMMY_HASH
+        async with self._argon2:
+            valid = await asyncio.to_thread(verify_password, password, stored)
+        return Principal(user.name, user.role) if user is not None and valid else None
+
+    def _cached(self, key: bytes, name: str, *, trusted: bool) -> Principal | None:
+        cached = self._cache.get(key)
+        fresh = cached is not None and cached[0] > time.monotonic()
+        if cached is not None and fresh and (trusted or not self.lockout.locked(name)):
+            return cached[1]
+        return None
 
 
 def require_role(principal: Principal, *roles: str) -> Principal:

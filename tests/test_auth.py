@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import time
 
 import httpx
 import pytest
@@ -11,6 +13,7 @@ from sqlalchemy import select
 
 import app.users.passwords
 from app.deps import Runtime
+from app.security import VERIFYING_AT_ONCE
 from app.users.models import User
 from tests.conftest import ADMIN, SENDER, basic
 
@@ -124,6 +127,38 @@ async def test_verified_credentials_are_cached(
     bad = await admin.get("/api/v1/servers", headers=basic((ADMIN[0], "other-password")))
     assert bad.status_code == 401
     assert len(calls) == 2
+
+
+async def test_concurrent_requests_verify_a_credential_once(
+    admin: httpx.AsyncClient, anon: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a credential is not cached (first use, or expired under load), the requests that
+    carry it meanwhile do not each run argon2 (19 MiB and ~50 ms of CPU each), and wrong
+    passwords run it at most VERIFYING_AT_ONCE at a time."""
+    running, most, calls = 0, 0, list[str]()
+    real = app.users.passwords.verify_password
+
+    def counting(password: str, password_hash: str) -> bool:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        calls.append(password)
+        try:
+            time.sleep(0.05)
+            return real(password, password_hash)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr("app.security.verify_password", counting)
+    answers = await asyncio.gather(*(admin.get("/api/v1/servers") for _ in range(12)))
+    assert [a.status_code for a in answers] == [200] * 12
+    assert calls == [ADMIN[1]]
+
+    wrong = [basic((ADMIN[0], f"wrong-{i}")) for i in range(6)]
+    answers = await asyncio.gather(*(anon.get("/api/v1/servers", headers=h) for h in wrong))
+    assert [a.status_code for a in answers] == [401] * 6
+    assert len(calls) == 7
+    assert most == VERIFYING_AT_ONCE
 
 
 async def test_cache_is_dropped_when_a_password_changes(
