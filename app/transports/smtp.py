@@ -212,6 +212,7 @@ _PROXY_SCHEMES: dict[str, tuple[ProxyType, bool, int]] = {
 }
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+_NOT_IN_ENVELOPE = re.compile("[\r\n\0<>]")
 _CHUNK_BYTES = 64 * 1024
 _MAX_IDLE_SECONDS = 30.0
 _QUIT_TIMEOUT_SECONDS = 5.0
@@ -1047,7 +1048,7 @@ def _check_envelope(message: OutgoingMessage) -> None:
     if not message.recipients:
         raise PermanentError("the message has no recipients", code="EENVELOPE", before_data=True)
     for address in (message.envelope_from, *message.recipients):
-        if any(char in address for char in "\r\n\0<>"):
+        if _NOT_IN_ENVELOPE.search(address):
             raise PermanentError(
                 f"invalid envelope address {address!r}", code="EENVELOPE", before_data=True
             )
