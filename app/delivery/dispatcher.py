@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import table_of, transaction, utcnow
+from app.db import table_of, transaction, update_by_id, utcnow
 from app.delivery import outbox
 from app.delivery.compose import compose, group_names
 from app.delivery.grouping import plan
@@ -42,7 +42,7 @@ CONNECTION_LEVEL = frozenset({"ECONNECTION", "ETIMEDOUT", "EDNS", "ETLS", "EAUTH
 """Errors that say the server cannot be reached at all: the rest of an attempt is not tried."""
 
 
-ATTEMPTS = table_of(Attempt)
+MESSAGES, RECIPIENTS, ATTEMPTS = table_of(Message), table_of(Recipient), table_of(Attempt)
 
 BUSY_POLL = 0.02
 """Seconds between claims while messages keep coming: a worker in another process than the API
@@ -473,7 +473,7 @@ class Dispatcher:
                     )
             if not live:
                 return
-            await session.execute(update(Message), [values for _, values in live])
+            await session.execute(*update_by_id(MESSAGES, [values for _, values in live]))
             rows = [
                 {
                     "id": recipient_ids[email],
@@ -488,7 +488,7 @@ class Dispatcher:
                 if email in recipient_ids
             ]
             if rows:
-                await session.execute(update(Recipient), rows)
+                await session.execute(*update_by_id(RECIPIENTS, rows))
             attempts = [row for job, _ in live for row in job.attempts]
             if attempts:
                 await session.execute(insert(ATTEMPTS), attempts)
