@@ -377,8 +377,9 @@ def render(
     add(
         f"Fixed rate: {c['api_rate']:.0f} requests/s for {c['api_duration']:.0f} s, open loop "
         "(each request sent when due whatever the others do; latency counted from when it was "
-        "due). Peak: 32 clients closed loop, dispatcher off, N POSTs. SQLite runs with "
-        "synchronous=FULL, PostgreSQL with synchronous_commit=on.\n"
+        f"due). Peak: 32 clients closed loop, dispatcher off, {c['peak_n']:,} POSTs. Batch: "
+        f"{c.get('batch_n', c['n']):,} messages. SQLite runs with synchronous=FULL, PostgreSQL "
+        "with synchronous_commit=on.\n"
     )
     add(
         "| run | accepted/s | p50 ms | p95 ms | p99 ms | max ms | errors | "
