@@ -257,6 +257,10 @@ class SmtpTransport:
                     client_secret=_secret(oauth2.client_secret),
                     scope=oauth2.scope,
                     refresh_token=_secret(oauth2.refresh_token),
+                    provider="the OAuth2 token endpoint (oauth2.tokenUrl)",
+                    credentials_fix="check oauth2.clientId and oauth2.clientSecret"
+                    + (" and oauth2.refreshToken" if oauth2.refresh_token else ""),
+                    url_setting="oauth2.tokenUrl",
                 ),
             )
         self._pool: ConnectionPool[_Connection] | None = None

@@ -255,6 +255,7 @@ async def test_a_refused_client_secret_fails_at_the_token_endpoint(
     assert caught.value.code == "EAUTH"
     assert caught.value.reply_code == 401
     assert "AADSTS7000215" in (caught.value.reply or "")
+    assert "oauth2.clientSecret" in str(caught.value), "the error names the setting to fix"
     assert CLIENT_SECRET not in str(caught.value)
     assert "AUTH" not in server.sessions[0].verbs
     assert server.transactions == []
