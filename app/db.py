@@ -63,8 +63,8 @@ class Base(DeclarativeBase):
 
 
 def table_of(model: type[Base]) -> Table:
-    """The model's table, for Core inserts of many rows: the ORM's bulk insert inspects each
-    row's dict again, a quarter of the cost of storing a small message."""
+    """The model's table, for Core statements over many rows: the ORM's bulk insert and update
+    inspect each row's dict again, a quarter of the cost of storing a small message."""
     return Base.metadata.tables[model.__tablename__]
 
 

@@ -7,7 +7,11 @@ from functools import lru_cache
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
-from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+from email_validator.rfc_constants import (
+    CASE_INSENSITIVE_MAILBOX_NAMES,
+    DOT_ATOM_TEXT,
+    EMAIL_MAX_LENGTH,
+)
 from pydantic import AfterValidator, BaseModel, ConfigDict, Strict
 from pydantic.alias_generators import to_camel
 
@@ -37,12 +41,6 @@ SafeStr = Annotated[str, AfterValidator(_no_control)]
 """A string that can go into a header or an SMTP command: no CR, LF or NUL."""
 
 
-_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
-"""RFC 5322's dot-atom: a local part that needs no quoting and no normalisation."""
-
-_MAX_ADDRESS = 254
-
-
 def _validated(value: str) -> str:
     try:
         result = validate_email(value, check_deliverability=False, allow_smtputf8=True)
@@ -58,14 +56,15 @@ def _domain(domain: str) -> str:
 
 def _email(value: str) -> str:
     """The address as email-validator normalises it. The common case (an ASCII dot-atom local
-    part at an ASCII domain) checks the local part here and the domain once per domain, which
-    is most of the cost of validating a batch; anything else goes to email-validator whole."""
+    part, RFC 5322's unquoted form, at an ASCII domain) checks the local part here and the
+    domain once per domain, which is most of the cost of validating a batch; anything else goes
+    to email-validator whole."""
     _no_control(value)
     local, _, domain = value.rpartition("@")
     if (
         domain.isascii()
-        and len(value) <= _MAX_ADDRESS
-        and _DOT_ATOM.match(local)
+        and len(value) <= EMAIL_MAX_LENGTH
+        and DOT_ATOM_TEXT.match(local)
         and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES
     ):
         try:

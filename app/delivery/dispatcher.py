@@ -14,11 +14,11 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import table_of, transaction, update_by_id, utcnow
+from app.db import transaction, update_by_id, utcnow
 from app.delivery import outbox
 from app.delivery.compose import compose, group_names
 from app.delivery.grouping import plan
-from app.delivery.models import Attempt, Message, Recipient
+from app.delivery.models import ATTEMPTS, MESSAGES, RECIPIENTS, Message, Recipient
 from app.delivery.outbox import Claim, RetryPolicy
 from app.delivery.transports import TransportCache
 from app.metrics import Metrics
@@ -41,8 +41,6 @@ log = logging.getLogger("postroom.dispatcher")
 CONNECTION_LEVEL = frozenset({"ECONNECTION", "ETIMEDOUT", "EDNS", "ETLS", "EAUTH", "EPOLICY"})
 """Errors that say the server cannot be reached at all: the rest of an attempt is not tried."""
 
-
-MESSAGES, RECIPIENTS, ATTEMPTS = table_of(Message), table_of(Recipient), table_of(Attempt)
 
 BUSY_POLL = 0.02
 """Seconds between claims while messages keep coming: a worker in another process than the API

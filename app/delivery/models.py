@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import ID, Base, new_id, utcnow
+from app.db import ID, Base, new_id, table_of, utcnow
 
 MESSAGE_STATUSES = ("queued", "sending", "sent", "partially_sent", "failed")
 
@@ -107,3 +107,7 @@ class Attempt(Base):
     ambiguous: Mapped[bool] = mapped_column(default=False)
 
     message: Mapped[Message] = relationship(back_populates="attempt_log")
+
+
+MESSAGES, RECIPIENTS, ATTEMPTS = table_of(Message), table_of(Recipient), table_of(Attempt)
+"""The tables themselves, for Core statements over many rows."""

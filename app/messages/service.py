@@ -19,9 +19,9 @@ from sqlalchemy.orm import selectinload
 
 from app.branding.service import get_branding
 from app.config import Settings
-from app.db import new_id, table_of, utcnow
+from app.db import new_id, utcnow
 from app.delivery.compose import new_message_id
-from app.delivery.models import Message, Recipient
+from app.delivery.models import MESSAGES, RECIPIENTS, Message, Recipient
 from app.errors import (
     AppError,
     BadRequest,
@@ -37,9 +37,6 @@ from app.security import Principal
 from app.servers.models import ServerProfile
 from app.servers.service import get_routing
 from app.themes import service as themes
-
-MESSAGES = table_of(Message)
-RECIPIENTS = table_of(Recipient)
 
 PERSONAL_FACTOR = 10
 """Per-recipient rendering may store up to this many times the message size limit in all."""
