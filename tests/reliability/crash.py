@@ -27,6 +27,7 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,20 @@ class Place:
             dispatcher=False,
             _env_file=None,
         )
+
+    def write_locked(self) -> bool:
+        """Whether a writer would wait: on SQLite, some process holds the database's write lock
+        (PostgreSQL locks rows, so a frozen transaction stops no other worker)."""
+        if self.database_url:
+            return False
+        db = sqlite3.connect(self.data_dir / "postroom.db", timeout=0.2, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            db.close()
+        return False
 
     def env(self, **extra: Any) -> dict[str, str]:
         env = {
@@ -545,6 +560,20 @@ class StopResult:
         )
 
 
+def freeze_outside_a_write(process: Process, place: Place) -> None:
+    """SIGSTOP `process` at a moment it holds no SQLite write lock. The worker claims and sweeps
+    while it sends, each a transaction of a few ms; frozen inside one, it would hold SQLite's
+    single write lock and stop every other writer, which is SQLite's nature, not a stale lease."""
+    for tries in range(1, 21):
+        process.signal(signal.SIGSTOP)
+        if not place.write_locked():
+            return
+        say(f"check 18: try {tries}: stopped inside a write transaction; continued and retried")
+        process.signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise RuntimeError("the worker held the write lock at every try")
+
+
 def stopped_worker(place: Place, loop: Loop) -> StopResult:
     lease = 5.0
     result = StopResult(lease=lease)
@@ -558,7 +587,7 @@ def stopped_worker(place: Place, loop: Loop) -> StopResult:
         wait_until(
             lambda: any("DATA" in s.verbs for s in sink.sessions), 90, "the first worker's DATA"
         )
-        stale.signal(signal.SIGSTOP)
+        freeze_outside_a_write(stale, place)
         stopped = time.monotonic()
         say(f"check 18: SIGSTOP worker {stale.pid} mid-send (DATA sent, no reply read)")
         fresh = Process(place, "worker-fresh", ["worker"], env)
