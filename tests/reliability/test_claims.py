@@ -206,7 +206,7 @@ async def test_no_claim_transaction_spans_a_send(
     sends = [a["durationMs"] for i in ids for a in (await record(admin, i))["attemptLog"]]
     assert len(times) >= 4
     assert min(sends) >= 1000
-    assert max(times) < 500
+    assert max(times) < min(sends), "a claim open across a send lasts at least as long as it"
     report(
         19,
         f"{len(times)} claim transactions while each send took >= {min(sends):.0f} ms: "
