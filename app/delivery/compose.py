@@ -10,13 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from email.header import Header
 from email.utils import encode_rfc2231, format_datetime
 from typing import Any
 
+from app.db import new_id
 from app.delivery.grouping import Batch
 from app.themes.render import Layout, RenderError, dress
 from app.transports.base import Address, Attachment, Content, OutgoingMessage
@@ -32,7 +32,7 @@ _ATOMS = re.compile(r"[!-~]+( [!-~]+)*")
 
 def new_message_id(sender: str) -> str:
     domain = sender.rpartition("@")[2] or "postroom.invalid"
-    return f"<{uuid.uuid4().hex}@{domain}>"
+    return f"<{new_id()}@{domain}>"
 
 
 def _addresses(items: list[dict[str, Any]] | None) -> tuple[Address, ...]:
@@ -167,9 +167,9 @@ def _attachment_part(attachment: Attachment) -> bytes:
 
 
 def _multipart(subtype: str, parts: list[bytes]) -> bytes:
-    boundary = f"=_{uuid.uuid4().hex}"
+    boundary = f"=_{new_id()}"
     while any(boundary.encode() in part for part in parts):
-        boundary = f"=_{uuid.uuid4().hex}"
+        boundary = f"=_{new_id()}"
     delimiter = b"--" + boundary.encode()
     # the CRLF before each delimiter belongs to the delimiter (RFC 2046 5.1.1), not to the part
     body = b"".join(delimiter + b"\r\n" + part + b"\r\n" for part in parts)

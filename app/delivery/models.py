@@ -75,8 +75,9 @@ class Recipient(Base):
     """pending, then a transport status: sent, queued, rejected, invalid, failed, deferred."""
     code: Mapped[int | None]
     response: Mapped[str | None] = mapped_column(Text)
-    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    """Per-recipient template data: such a recipient gets a message of its own."""
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """Per-recipient template data: such a recipient gets a message of its own. Without it, SQL
+    NULL (not JSON null: no json.dumps per recipient row)."""
     updated_at: Mapped[datetime | None]
 
     message: Mapped[Message] = relationship(back_populates="recipients")
