@@ -11,7 +11,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -185,9 +184,9 @@ def render(
     results: Results,
     once: dict[str, Any],
     machine: dict[str, str],
-    duration: float,
 ) -> str:
     c = config
+    run = once.get("run", {"at": "(no run on record)", "minutes": 0.0})
     k = c["k_main"]
     rounds = max((len(e["runs"]) for e in results.values()), default=0)
     lines: list[str] = []
@@ -196,8 +195,8 @@ def render(
     add("# Postroom benchmark results\n")
     add(
         f"Written by `bench/run.sh{' --quick' if c['quick'] else ''}` on "
-        f"{time.strftime('%Y-%m-%d %H:%M %Z')} (its last invocation took {duration / 60:.1f} "
-        f"min). Mode: {mode}. N = {c['n']:,} small messages per throughput run, K (connections) "
+        f"{run['at']} (that invocation took {run['minutes']:.1f} min). Mode: {mode}. "
+        f"N = {c['n']:,} small messages per throughput run, K (connections) "
         f"= {', '.join(map(str, c['ks']))}, up to {rounds} interleaved round(s) (the runs column "
         "says how many each figure has: a saturated or one-off scenario is not repeated); every "
         "figure is the "

@@ -687,7 +687,9 @@ class Bench:
             ):
                 self.results[key] = entry
         for key, value in earlier.get("once", {}).items():
-            family = {"memory": "memory", "profiles": "profile", "notes": ""}.get(key, "drain")
+            family = {"memory": "memory", "profiles": "profile", "notes": "", "run": ""}.get(
+                key, "drain"
+            )
             if family not in self.config.families or self.config.render_only:
                 self.once[key] = value
 
@@ -700,6 +702,11 @@ class Bench:
 
     def save(self) -> None:
         """results.json, and the report so far (a run cut short still leaves its figures)."""
+        if not self.config.render_only:
+            self.once["run"] = {
+                "at": time.strftime("%Y-%m-%d %H:%M %Z"),
+                "minutes": (time.monotonic() - self.started) / 60,
+            }
         data = {
             "config": _jsonable(asdict(self.config)),
             "results": self.results,
@@ -715,7 +722,6 @@ class Bench:
             results=self.results,
             once=self.once,
             machine=self.machine,
-            duration=time.monotonic() - self.started,
         )
 
 
