@@ -61,7 +61,8 @@ def hint(error: TransportError, config: Any) -> str | None:
     if error.reply_code == 535 and "5.7.139" in reply:
         return "basic authentication is disabled for this tenant: use xoauth2 or a msgraph profile"
     if error.code == "EAUTH":
-        return "the server refused the credentials: check user and pass (or the API key)"
+        settings = getattr(config, "credentials", "the profile's credentials")
+        return f"the server refused the credentials: check {settings}"
     if error.code == "ECONNECTION":
         return "no connection: check host and port, and any firewall in between"
     if error.code == "EDNS":

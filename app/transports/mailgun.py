@@ -7,7 +7,7 @@ the EU host: through the US host Mailgun answers a bare `401 Forbidden`, as for 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import quote
 
 import httpx
@@ -32,6 +32,9 @@ REGION_URLS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.ne
 
 
 class MailgunConfig(CamelModel):
+    credentials: ClassVar[str] = "apiKey (and region, for an EU domain)"
+    """The settings that hold the credentials, as an admin checks them when they are refused."""
+
     api_key: SecretStr = Field(min_length=1, max_length=500)
     domain: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")
     region: Literal["us", "eu"] = "us"

@@ -10,7 +10,7 @@ their `name`, since legacy answers put every error under HTTP 500.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr
@@ -32,6 +32,9 @@ from app.transports.result import RecipientResult, RecipientStatus, SendResult
 
 
 class MandrillConfig(CamelModel):
+    credentials: ClassVar[str] = "apiKey"
+    """The settings that hold the credentials, as an admin checks them when they are refused."""
+
     api_key: SecretStr = Field(min_length=1, max_length=500)
     base_url: str = Field("https://mandrillapp.com/api/1.0", pattern=r"^https?://\S+$")
 

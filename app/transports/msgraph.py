@@ -14,6 +14,7 @@ import json
 from email.headerregistry import AddressHeader
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
+from typing import ClassVar
 from urllib.parse import quote
 
 import httpx
@@ -32,6 +33,9 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 class MsgraphConfig(CamelModel):
+    credentials: ClassVar[str] = "tenantId, clientId and clientSecret"
+    """The settings that hold the credentials, as an admin checks them when they are refused."""
+
     tenant_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9.-]+$")
     client_id: str = Field(min_length=1, max_length=200)
     client_secret: SecretStr = Field(min_length=1, max_length=1000)

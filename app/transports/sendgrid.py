@@ -14,7 +14,7 @@ body, Cc without To, visible recipients left out of the envelope (a retry would 
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr
@@ -34,6 +34,9 @@ from app.transports.result import SendResult
 
 
 class SendgridConfig(CamelModel):
+    credentials: ClassVar[str] = "apiKey"
+    """The settings that hold the credentials, as an admin checks them when they are refused."""
+
     api_key: SecretStr = Field(min_length=1, max_length=500)
     base_url: str = Field("https://api.sendgrid.com", pattern=r"^https?://\S+$")
     """https://api.eu.sendgrid.com for EU-pinned subusers."""

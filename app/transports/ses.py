@@ -11,6 +11,7 @@ puts in `x-amzn-ErrorType` (or the body's `__type` / `code`), as botocore does.
 from __future__ import annotations
 
 import base64
+from typing import ClassVar
 
 import httpx
 from httpx_auth import AWS4Auth
@@ -33,6 +34,9 @@ from app.transports.result import SendResult
 
 
 class SesConfig(CamelModel):
+    credentials: ClassVar[str] = "accessKeyId and secretAccessKey"
+    """The settings that hold the credentials, as an admin checks them when they are refused."""
+
     access_key_id: str = Field(min_length=16, max_length=128, pattern=r"^[A-Z0-9]+$")
     secret_access_key: SecretStr = Field(min_length=1, max_length=500)
     region: str = Field(min_length=1, max_length=50, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")

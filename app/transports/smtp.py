@@ -18,7 +18,7 @@ import tempfile
 import time
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
@@ -86,6 +86,9 @@ class OAuth2Settings(CamelModel):
 
 class SmtpConfig(CamelModel):
     """An SMTP server, with nodemailer's option names and defaults (timeouts in milliseconds)."""
+
+    credentials: ClassVar[str] = "user and pass (with XOAUTH2: user and the oauth2 settings)"
+    """The settings that hold the credentials, as an admin checks them when they are refused."""
 
     host: SafeStr = Field("localhost", min_length=1, max_length=253, pattern=r"^[^\s/]+$")
     port: Integer | None = Field(None, ge=1, le=65535)

@@ -60,6 +60,7 @@ async def test_test_mail_explains_a_refused_password(
     assert outcome["errorCode"] == "EAUTH"
     assert outcome["replyCode"] == 535
     assert "credentials" in outcome["hint"]
+    assert "user and pass" in outcome["hint"]
     assert "wrong-one" not in str(outcome)
 
 

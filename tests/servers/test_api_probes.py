@@ -327,6 +327,7 @@ async def test_verify_reports_a_refused_key(
     assert case.fix in failed["detail"]
     assert str(status) in failed["detail"]
     assert "credentials" in report["hint"]
+    assert _first_setting(case.fix) in report["hint"], "the hint names the profile's settings"
     assert not anything_else.called
     assert KEYS[type_] not in json.dumps(report)
 
@@ -354,6 +355,11 @@ async def test_test_sends_exactly_one_documented_request(
     case.send_request(send.calls.last.request)
     assert outcome["messageId"].encode() in _mime_of(type_, send.calls.last.request)
     assert KEYS[type_] not in response.text
+
+
+def _first_setting(fix: str) -> str:
+    """The first setting a provider's refusal names: "tenantId, clientId and ..." -> tenantId."""
+    return fix.split(" ")[0].rstrip(",")
 
 
 def _mime_of(type_: str, request: httpx.Request) -> bytes:
@@ -387,6 +393,7 @@ async def test_test_reports_a_refused_key(
     assert "refused the credentials" in outcome["error"]
     assert case.fix in outcome["error"]
     assert "credentials" in outcome["hint"]
+    assert _first_setting(case.fix) in outcome["hint"], "the hint names the profile's settings"
     assert refused.call_count == 1, "refused once, not retried in a loop"
     assert not anything_else.called, "nothing sent after the refusal"
     assert KEYS[type_] not in response.text
