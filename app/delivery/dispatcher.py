@@ -249,9 +249,9 @@ class Dispatcher:
             messages = [
                 message
                 for message in await session.scalars(
-                    select(Message).where(Message.id.in_(attempts), Message.status == "sending")
+                    select(Message).where(Message.id.in_(attempts))
                 )
-                if message.attempts == attempts[message.id].attempt
+                if message.status == "sending" and message.attempts == attempts[message.id].attempt
             ]
             recipients: dict[str, list[Recipient]] = {message.id: [] for message in messages}
             for row in await session.scalars(
@@ -453,12 +453,15 @@ class Dispatcher:
         updates = [self._outcome(job, now) for job in jobs]
         async with transaction(self.sessions) as session:
             fenced = (
-                select(Message.id, Message.attempts)
+                select(Message.id, Message.attempts, Message.status)
                 .where(Message.id.in_([job.claim.id for job in jobs]))
-                .where(Message.status == "sending")
                 .with_for_update()
             )
-            current = {(row.id, row.attempts) for row in await session.execute(fenced)}
+            current = {
+                (row.id, row.attempts)
+                for row in await session.execute(fenced)
+                if row.status == "sending"
+            }
             live = []
             for job, values in zip(jobs, updates, strict=True):
                 if (job.claim.id, job.claim.attempt) in current:
