@@ -546,9 +546,10 @@ def render(
         add("")
     add("## Reproduce\n")
     add(
-        "`bench/run.sh` (about 15 min, mostly Postroom's own scenarios and the "
-        "100,000-message memory fill; `--quick` is a 2-minute smoke; `--only e2e,refs`, `--n`, "
-        "`--ks`, `--reps` narrow it, `--append` adds rounds, `--merge` re-measures families). "
+        "`bench/run.sh` (about 12 min with 3 rounds, 15 with `--reps 5`, mostly Postroom's own "
+        "scenarios and the 100,000-message memory fill; `--quick` is a 2-minute smoke; "
+        "`--only e2e,refs`, `--n`, `--ks`, `--reps` narrow it, `--append` adds rounds, "
+        "`--merge` re-measures families). "
         "Raw results: `bench/.work/results.json`; service logs: `bench/.work/runs/*/`; profiles: "
         "`bench/.work/profiles/`.\n"
     )

@@ -2,7 +2,7 @@
 # Postroom's benchmarks, with what they need: the repo's .venv (+ py-spy), nodemailer from npm
 # into bench/node_modules, postfix's smtp-sink from Debian, PostgreSQL on 127.0.0.1:5432 when
 # there is one. Every step is skipped when already done. Arguments go to run.py:
-#   bench/run.sh            the full run, writes bench/RESULTS.md (about 20 min)
+#   bench/run.sh            the full run, writes bench/RESULTS.md (about 12 min; --reps 5: 15)
 #   bench/run.sh --quick    a ~2-minute smoke, writes bench/.work/RESULTS-quick.md
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
