@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     DateTime,
     MetaData,
     String,
     Table,
     TypeDecorator,
     Update,
+    any_,
     bindparam,
     event,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -27,7 +30,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, QueryableAttribute
 
 from app.config import Settings
 
@@ -75,6 +78,17 @@ def update_by_id(table: Table, rows: list[dict[str, Any]]) -> tuple[Update, list
     return statement, [
         {"row_id": row["id"]} | {k: v for k, v in row.items() if k != "id"} for row in rows
     ]
+
+
+def among(
+    session: AsyncSession, column: QueryableAttribute[Any], values: Collection[Any]
+) -> ColumnElement[bool]:
+    """`column IN values`. On PostgreSQL as `column = ANY($1)` with one array parameter: the same
+    statement whatever the count, so the server plans it once, where an IN list of 90 values is a
+    new statement (planned anew, ~1 ms) for every length. SQLite gets the IN list."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 def utcnow() -> datetime:

@@ -14,7 +14,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import transaction, update_by_id, utcnow
+from app.db import among, transaction, update_by_id, utcnow
 from app.delivery import outbox
 from app.delivery.compose import compose, group_names
 from app.delivery.grouping import plan
@@ -249,14 +249,14 @@ class Dispatcher:
             messages = [
                 message
                 for message in await session.scalars(
-                    select(Message).where(Message.id.in_(attempts))
+                    select(Message).where(among(session, Message.id, attempts))
                 )
                 if message.status == "sending" and message.attempts == attempts[message.id].attempt
             ]
             recipients: dict[str, list[Recipient]] = {message.id: [] for message in messages}
             for row in await session.scalars(
                 select(Recipient)
-                .where(Recipient.message_pk.in_(list(recipients)))
+                .where(among(session, Recipient.message_pk, recipients))
                 .order_by(Recipient.id)
             ):
                 recipients[row.message_pk].append(row)
@@ -454,7 +454,7 @@ class Dispatcher:
         async with transaction(self.sessions) as session:
             fenced = (
                 select(Message.id, Message.attempts, Message.status)
-                .where(Message.id.in_([job.claim.id for job in jobs]))
+                .where(among(session, Message.id, [job.claim.id for job in jobs]))
                 .with_for_update()
             )
             current = {

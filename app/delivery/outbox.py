@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import utcnow
+from app.db import among, utcnow
 from app.delivery.models import Message, Recipient
 
 
@@ -63,7 +63,7 @@ async def claim(
     # key, and walk every queued row of a backlog for each claim.
     rows = await session.execute(
         update(Message)
-        .where(Message.id.in_(ids))
+        .where(among(session, Message.id, ids))
         .values(
             status="sending",
             attempts=Message.attempts + 1,
