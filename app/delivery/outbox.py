@@ -96,13 +96,16 @@ async def sweep(
         if old:
             await session.execute(
                 update(Message)
-                .where(Message.id.in_(old), *lost)
+                .where(among(session, Message.id, old), *lost)
                 .values(status="failed", lease_until=None, last_error=GAVE_UP)
                 .execution_options(synchronize_session=False)
             )
             await session.execute(
                 update(Recipient)
-                .where(Recipient.message_pk.in_(old), Recipient.status.in_(("pending", "deferred")))
+                .where(
+                    among(session, Recipient.message_pk, old),
+                    Recipient.status.in_(("pending", "deferred")),
+                )
                 .values(status="failed", response=GAVE_UP, updated_at=now)
                 .execution_options(synchronize_session=False)
             )

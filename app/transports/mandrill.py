@@ -59,7 +59,7 @@ def _refusal(response: httpx.Response) -> Refusal:
 API = Api(
     provider="Mandrill",
     parse_error=_refusal,
-    credentials_fix="check apiKey",
+    credentials_fix=f"check {MandrillConfig.credentials}",
     url_setting="baseUrl",
     rules={
         "Invalid_Key": Rule("credentials"),

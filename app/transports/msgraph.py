@@ -60,7 +60,7 @@ API = Api(
     provider="Microsoft Graph",
     parse_error=_refusal,
     credentials_fix=(
-        "check tenantId, clientId and clientSecret, and that the app has the Mail.Send"
+        f"check {MsgraphConfig.credentials}, and that the app has the Mail.Send"
         " application permission with admin consent for this mailbox"
     ),
     url_setting="graphUrl",
@@ -93,7 +93,7 @@ class MsgraphTransport(HttpTransport):
                 client_secret=config.client_secret.get_secret_value(),
                 scope=GRAPH_SCOPE,
                 provider="Microsoft Entra ID",
-                credentials_fix="check tenantId, clientId and clientSecret (secrets expire)",
+                credentials_fix=f"check {MsgraphConfig.credentials} (secrets expire)",
                 url_setting="loginUrl",
             ),
         )

@@ -79,8 +79,9 @@ API = Api(
     provider="SendGrid",
     parse_error=_refusal,
     credentials_fix=(
-        "check apiKey and that it has the mail.send permission, and that the from address is a"
-        " verified sender (SendGrid also answers 403 for a while after many bad requests)"
+        f"check {SendgridConfig.credentials} and that it has the mail.send permission, and that"
+        " the from address is a verified sender (SendGrid also answers 403 for a while after"
+        " many bad requests)"
     ),
     url_setting="baseUrl",
 )

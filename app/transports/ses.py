@@ -81,7 +81,7 @@ API = Api(
     provider="Amazon SES",
     parse_error=_refusal,
     credentials_fix=(
-        "check accessKeyId and secretAccessKey, and that they may call ses:SendEmail in the region"
+        f"check {SesConfig.credentials}, and that they may call ses:SendEmail in the region"
     ),
     url_setting="endpointUrl",
     rules={
