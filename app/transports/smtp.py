@@ -604,9 +604,11 @@ class _Connection:
 
     def abort(self) -> None:
         """Close at once: no QUIT, and no wait for the server's TLS close_notify."""
+        # uvloop's TLS transport is no asyncio.WriteTransport subclass, but it has abort()
+        abort = getattr(self._wire, "abort", None)
+        if abort is not None:
+            abort()
         self._client.close()
-        if isinstance(self._wire, asyncio.WriteTransport):
-            self._wire.abort()
         if not self._closed:
             self._closed = True
             self._transport.event("connection to %s closed", self._address)

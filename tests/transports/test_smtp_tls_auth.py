@@ -3,6 +3,7 @@ XOAUTH2), against a real aiosmtpd server."""
 
 from __future__ import annotations
 
+import gc
 import ssl
 import tempfile
 from typing import Any
@@ -107,6 +108,29 @@ async def test_implicit_tls(smtp_server_factory, smtp_context):
     assert result.tls_version == "TLSv1.3"
     assert server.sessions[0].tls_version == "TLSv1.3"
     assert "STARTTLS" not in server.sessions[0].verbs
+
+
+def open_sockets() -> list[object]:
+    """The client's socket transports that are not closing: uvloop's, as the tests run on it
+    (the test servers run on asyncio, in threads of their own)."""
+    return [
+        o for o in gc.get_objects() if type(o).__name__ == "TCPTransport" and not o.is_closing()
+    ]
+
+
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+async def test_a_send_leaves_no_socket_open(smtp_server_factory, smtp_context, tls):
+    """Without a pool, the connection is closed when the send ends, TLS or not, without waiting
+    for the server's close_notify or the garbage collector."""
+    server = smtp_server_factory(tls=tls)
+    before = open_sockets()
+
+    result = await build(
+        server, smtp_context, caCertificates=server.ca_pem, secure=tls == "implicit"
+    ).send(make_message())
+
+    assert result.recipients["rcpt@example.com"].status == "sent"
+    assert open_sockets() == before
 
 
 @pytest.mark.parametrize("tls", ["starttls", "implicit"])
