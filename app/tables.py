@@ -1,5 +1,6 @@
 """Imports every domain's tables, so Base.metadata is whole (for Alembic and tests)."""
 
+from app import throttle
 from app.branding import models as branding
 from app.db import Base
 from app.delivery import models as delivery
@@ -7,4 +8,4 @@ from app.servers import models as servers
 from app.themes import models as themes
 from app.users import models as users
 
-__all__ = ["Base", "branding", "delivery", "servers", "themes", "users"]
+__all__ = ["Base", "branding", "delivery", "servers", "themes", "throttle", "users"]

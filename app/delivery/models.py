@@ -112,3 +112,21 @@ class Attempt(Base):
 
 MESSAGES, RECIPIENTS, ATTEMPTS = table_of(Message), table_of(Recipient), table_of(Attempt)
 """The tables themselves, for Core statements over many rows."""
+
+
+class Heartbeat(Base):
+    """One running loop (a dispatcher in `postroom serve` or a `postroom worker`): it writes
+    `beat_at` every few seconds, so every replica can tell which loops are alive."""
+
+    __tablename__ = "heartbeats"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    """host:pid:random, fixed for the life of the loop."""
+    loop: Mapped[str] = mapped_column(String(30))
+    """What runs: `dispatcher` (in the API process) or `worker`."""
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    error: Mapped[str | None] = mapped_column(Text)
+    """The last exception the loop survived, with when it happened, until a pass succeeds."""

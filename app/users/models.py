@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, String
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -21,3 +23,31 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(10))
     password_hash: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    allowed_from: Mapped[list[Any] | None] = mapped_column(JSON)
+    """A sender's From addresses and domains ("a@example.com", "example.com"); null: the
+    branding sender and the senders of the profiles it may use."""
+    allowed_servers: Mapped[list[Any] | None] = mapped_column(JSON)
+    """The profile names a sender may send through; null: the default profile only."""
+
+
+class LoginFailures(Base):
+    """Consecutive failed logins for one key (a user name, or a user name from one client), shared
+    by every process: the account lockout holds across replicas."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int]
+    locked_until: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrustedLogin(Base):
+    """A client that logged in with a user's password before (an HMAC of address, name and
+    password, keyed so it is worthless without the database): it still gets in while that
+    name is locked."""
+
+    __tablename__ = "trusted_logins"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
