@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.crypto import SecretBox
+from app.delivery.dispatcher import Dispatcher
 from app.delivery.transports import TransportCache
 from app.egress import EgressPolicy
 from app.messages.intake import Intake
@@ -45,6 +46,8 @@ class Runtime:
     """Stores POST /messages in shared transactions (group commit)."""
     wake: Callable[[], None] = lambda: None
     """Tells the in-process dispatcher that a message was queued."""
+    dispatcher: Dispatcher | None = None
+    """This process's dispatcher, while it runs one (for /readyz)."""
 
     def queued(self) -> None:
         self.wake()

@@ -6,9 +6,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -17,6 +19,7 @@ from app.branding.router import router as branding_router
 from app.config import Settings
 from app.crypto import load_secret_box
 from app.db import check_durability, create_engine, sessionmaker, transaction
+from app.delivery import liveness
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.router import router as probe_router
 from app.delivery.transports import TransportCache
@@ -130,17 +133,23 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
 
 
 @asynccontextmanager
-async def running_dispatcher(runtime: Runtime) -> AsyncIterator[Dispatcher]:
+async def running_dispatcher(
+    runtime: Runtime, loop: str = "dispatcher"
+) -> AsyncIterator[Dispatcher]:
     """Run the dispatcher in the background for the duration of the block, then stop it cleanly."""
-    dispatcher = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, loop=loop
+    )
     stopping = asyncio.Event()
-    task = asyncio.create_task(dispatcher.run(stopping))
+    dispatcher.task = asyncio.create_task(dispatcher.run(stopping))
     runtime.wake = dispatcher.notify
+    runtime.dispatcher = dispatcher
     try:
         yield dispatcher
     finally:
+        runtime.dispatcher = None
         stopping.set()
-        await task
+        await dispatcher.task
         await runtime.transports.aclose()
 
 
@@ -160,6 +169,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 flush=True,
             )
         yield
+
+
+async def readiness(runtime: Runtime) -> dict[str, Any]:
+    """What /readyz answers: `ready`, or `unavailable` with the reasons."""
+    dispatcher = runtime.dispatcher
+    reasons: list[str] = []
+    answer: dict[str, Any] = {}
+    try:
+        async with runtime.sessions() as session:
+            await session.execute(text("SELECT 1"))
+            age = None
+            if dispatcher is not None:
+                age = await liveness.heartbeat_age(session, dispatcher.heartbeats.id)
+    except (OSError, SQLAlchemyError) as err:
+        return {"status": "unavailable", "reasons": [f"the database does not answer: {err}"]}
+    if runtime.settings.dispatcher:
+        if dispatcher is None or dispatcher.task is None or dispatcher.task.done():
+            reasons.append("the dispatcher is not running")
+        elif age is None or age > liveness.STALE_AFTER:
+            since = "never" if age is None else f"{age:.0f} s ago"
+            reasons.append(
+                f"the dispatcher's heartbeat is stale (last {since}, "
+                f"stale after {liveness.STALE_AFTER:g} s)"
+            )
+        if dispatcher is not None:
+            answer["dispatcher"] = {"id": dispatcher.heartbeats.id, "heartbeatAge": age}
+            if dispatcher.last_error:
+                answer["dispatcher"]["lastError"] = dispatcher.last_error
+    return {"status": "unavailable" if reasons else "ready", "reasons": reasons} | answer
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -182,9 +220,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(themes_router)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
-        """Counters in Prometheus' text format."""
-        return PlainTextResponse(runtime.metrics.render())
+    async def metrics(runtime: RuntimeDep) -> Response:
+        """Prometheus' text format: this process's counters and histograms, and the queue,
+        loops and profiles as read from the database (the same on every replica)."""
+        try:
+            async with runtime.sessions() as session:
+                shared = await liveness.snapshot(session)
+        except (OSError, SQLAlchemyError) as err:
+            log.warning("/metrics: the database could not be read: %s", err)
+            shared = None
+        return Response(runtime.metrics.render(shared), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"], response_class=PlainTextResponse)
     async def healthz() -> PlainTextResponse:
@@ -193,12 +238,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz(runtime: RuntimeDep) -> JSONResponse:
-        """Readiness: the database answers."""
-        try:
-            async with runtime.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except (OSError, SQLAlchemyError) as err:
-            return JSONResponse({"status": "unavailable", "database": str(err)}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        """Readiness: the database answers, and this process's dispatcher (when it runs one)
+        is running and has beaten within the last 30 s. A 503 says why."""
+        ready = await readiness(runtime)
+        return JSONResponse(ready, status_code=200 if ready["status"] == "ready" else 503)
 
     return app

@@ -209,12 +209,24 @@ async def test_first_post_with_enable_false_stores_but_does_not_route(
     assert await defaults(admin) == (None, True, [])
 
 
-async def test_enable_false_leaves_another_default_alone(admin: httpx.AsyncClient) -> None:
+async def test_enable_false_routes_to_the_builtin_server_whatever_the_default(
+    admin: httpx.AsyncClient,
+) -> None:
+    """Issue 13.8: Sisense's `enable: false` means the built-in server, also when another profile
+    was made the default meanwhile, or the default was deleted (which left no route at all)."""
     await admin.post(URL, json=SEED_BODY)
     await create(admin, body("sendgrid", "api", isDefault=True))
     off = await admin.post(URL, json={"enable": False})
     assert off.json()["enable"] is False
-    assert await defaults(admin) == ("api", False, ["api"])
+    assert await defaults(admin) == (None, True, [])
+
+    await admin.patch("/api/v1/servers/api", json={"isDefault": True})
+    assert (await admin.delete("/api/v1/servers/api")).status_code == 204
+    assert await defaults(admin) == (None, False, [])
+    off = await admin.post(URL, json={"enable": False})
+    assert off.json()["enable"] is False
+    assert await defaults(admin) == (None, True, [])
+
     on = await admin.post(URL, json={"enable": True})
     assert on.json()["enable"] is True
     assert await defaults(admin) == ("custom", False, ["custom"])
