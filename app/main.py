@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -141,6 +142,7 @@ async def running_dispatcher(
         runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, loop=loop
     )
     stopping = asyncio.Event()
+    await dispatcher.heartbeats.beat(time.monotonic())
     dispatcher.task = asyncio.create_task(dispatcher.run(stopping))
     runtime.wake = dispatcher.notify
     runtime.dispatcher = dispatcher
@@ -149,7 +151,7 @@ async def running_dispatcher(
     finally:
         runtime.dispatcher = None
         stopping.set()
-        await dispatcher.task
+        await asyncio.gather(dispatcher.task, return_exceptions=True)
         await runtime.transports.aclose()
 
 
@@ -188,9 +190,9 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
         if dispatcher is None or dispatcher.task is None or dispatcher.task.done():
             reasons.append("the dispatcher is not running")
         elif age is None or age > liveness.STALE_AFTER:
-            since = "never" if age is None else f"{age:.0f} s ago"
+            since = "its row is gone" if age is None else f"the last was {age:.0f} s ago"
             reasons.append(
-                f"the dispatcher's heartbeat is stale (last {since}, "
+                f"the dispatcher's heartbeat is stale ({since}; "
                 f"stale after {liveness.STALE_AFTER:g} s)"
             )
         if dispatcher is not None:

@@ -105,15 +105,15 @@ async def snapshot(session: AsyncSession) -> Snapshot:
         .order_by(ServerProfile.name)
     )
     return Snapshot(
-        messages={status: count for status, count in by_status.tuples()},
+        messages={status: count for status, count in by_status},
         oldest_due=max(0.0, (now - _aware(oldest)).total_seconds()) if oldest else 0.0,
         loops=[
             LoopBeat(id, loop, host, (now - beat_at).total_seconds())
-            for id, loop, host, beat_at in beats.tuples()
+            for id, loop, host, beat_at in beats
         ],
         stale_after=STALE_AFTER,
-        profiles={h: count for h, count in health.tuples()},
-        failing=[FailingProfile(name, type_) for name, type_ in failing.tuples()],
+        profiles={h: count for h, count in health},
+        failing=[FailingProfile(name, type_) for name, type_ in failing],
     )
 
 
