@@ -6,9 +6,11 @@ admin can check a change before saving it without retyping the password.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,10 +21,13 @@ from app.schemas import CamelModel
 from app.servers import service as servers
 from app.servers.service import Profiles
 from app.transports import registry
-from app.transports.base import Address, TransportContext
-from app.transports.errors import TransportError
+from app.transports.base import Address, TransportContext, VerifyReport, VerifyStep
+from app.transports.errors import TemporaryError, TransportError
 from app.transports.result import FINAL_OK
 from app.transports.smtp import SmtpConfig
+
+log = logging.getLogger("postroom.probe")
+T = TypeVar("T")
 
 TEST_SUBJECT = "Congratulation! Your mail server is configured successfully."
 
@@ -132,7 +137,7 @@ async def send_test(found: Candidate, to: str, context: TransportContext) -> Tes
     transport = registry.build(found.type, found.name, found.config, context)
     started = time.perf_counter()
     try:
-        result = await transport.send(outgoing)
+        result = await _guarded(transport.send(outgoing), found.name)
     except TransportError as err:
         return TestOutcome(
             ok=False,
@@ -164,14 +169,31 @@ async def send_test(found: Candidate, to: str, context: TransportContext) -> Tes
     )
 
 
+async def _guarded(call: Awaitable[T], profile: str) -> T:
+    """An exception no transport error explains (a bug, a library's surprise) becomes an
+    EINTERNAL error in the report, logged with its traceback, rather than a 500."""
+    try:
+        return await call
+    except TransportError:
+        raise
+    except Exception as err:
+        log.exception("probing profile %s failed unexpectedly", profile)
+        message = f"internal error: {type(err).__name__}: {err}"[:1000]
+        raise TemporaryError(message, code="EINTERNAL") from err
+
+
 def _since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
 async def verify(found: Candidate, context: TransportContext) -> VerifyOutcome:
     transport = registry.build(found.type, found.name, found.config, context)
+    started = time.perf_counter()
     try:
-        report = await transport.verify()
+        report = await _guarded(transport.verify(), found.name)
+    except TransportError as err:
+        step = VerifyStep("verify", False, _since(started), err.message)
+        report = VerifyReport(steps=[step], error_code=err.code)
     finally:
         await transport.aclose()
     failed = next((step for step in report.steps if not step.ok), None)

@@ -257,3 +257,29 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+class _Buggy(MemoryTransport):
+    async def verify(self) -> Any:
+        raise KeyError("a bug in verify")
+
+
+async def test_an_unexpected_exception_in_verify_or_test_is_a_report_not_a_500(
+    live: Live, smtp_server_factory: Callable[..., SmtpServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def bug(message: Any) -> SendResult:
+        raise ZeroDivisionError("a bug in send")
+
+    await add_smtp_profile(live.admin, smtp_server_factory(), "sink")
+    monkeypatch.setattr(
+        "app.delivery.probe.registry.build", lambda *args: _Buggy("sink", responder=bug)
+    )
+    verified = await live.admin.post("/api/v1/servers/sink/verify", json={})
+    assert verified.status_code == 200, verified.text
+    assert verified.json()["ok"] is False
+    assert verified.json()["errorCode"] == "EINTERNAL"
+    assert "KeyError" in verified.json()["steps"][0]["detail"]
+    tested = await live.admin.post("/api/v1/servers/sink/test", json={})
+    assert tested.status_code == 200, tested.text
+    assert (tested.json()["ok"], tested.json()["errorCode"]) == (False, "EINTERNAL")
+    assert "ZeroDivisionError: a bug in send" in tested.json()["error"]
