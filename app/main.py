@@ -199,7 +199,9 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
             answer["dispatcher"] = {"id": dispatcher.heartbeats.id, "heartbeatAge": age}
             if dispatcher.last_error:
                 answer["dispatcher"]["lastError"] = dispatcher.last_error
-    return {"status": "unavailable" if reasons else "ready", "reasons": reasons} | answer
+    if reasons:
+        return {"status": "unavailable", "reasons": reasons} | answer
+    return {"status": "ready"} | answer
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
