@@ -30,13 +30,14 @@ class TestBody(ProbeBody):
 async def test_server(
     name: str, body: TestBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
 ) -> TestOutcome:
-    """Send the test mail now, not queued; at most a few a minute per profile."""
+    """Send the test mail now, not queued; at most a few a minute per profile (every replica
+    together). Counted before the profile is read: the throttle takes a connection of its own,
+    and the request's session holds SQLite's only one from its first read on."""
+    await runtime.test_sends.hit(name)
     found = await probe.candidate(session, runtime.profiles, name, body.changes)
     to = body.to or (found.sender.email if found.sender else None)
     if to is None:
         raise Invalid("give `to`: the profile has no sender to default to", field="to")
-    runtime.test_sends.check(name)
-    runtime.test_sends.record(name)
     return await probe.send_test(found, to, runtime.transport_context)
 
 
