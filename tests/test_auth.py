@@ -292,7 +292,7 @@ async def test_cached_credentials_read_the_user_row_twice_a_second_at_most(
         if "FROM users" in statement:
             reads.append(statement)
 
-    assert (await admin.get("/api/v1/branding")).status_code in (200, 404)
+    assert (await admin.get("/api/v1/servers")).status_code == 200  # verified and cached
     event.listen(runtime.engine.sync_engine, "before_cursor_execute", saw)
     try:
         started, requests = time.monotonic(), 0
@@ -302,7 +302,8 @@ async def test_cached_credentials_read_the_user_row_twice_a_second_at_most(
     finally:
         event.remove(runtime.engine.sync_engine, "before_cursor_execute", saw)
     assert requests > 20
-    assert 1 <= len(reads) <= 1.2 / RECHECK_SECONDS + 1, (len(reads), requests)
+    # re-read at 0.5 s and 1.0 s (with a slow machine's slack: not once per request)
+    assert 2 <= len(reads) <= 1.2 / RECHECK_SECONDS + 1, (len(reads), requests)
 
 
 async def test_the_failed_login_throttle_is_shared_by_replicas(

@@ -30,9 +30,9 @@ class TestBody(ProbeBody):
 async def test_server(
     name: str, body: TestBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
 ) -> TestOutcome:
-    """Send the test mail now, not queued; at most a few a minute per profile (every replica
-    together). Counted before the profile is read: the throttle takes a connection of its own,
-    and the request's session holds SQLite's only one from its first read on."""
+    """Send the test mail now, not queued; at most a few a minute per profile."""
+    # Counted (for every replica together) before the profile is read: the throttle takes a
+    # connection of its own, and the request's session holds SQLite's only one from its first read.
     await runtime.test_sends.hit(name)
     found = await probe.candidate(session, runtime.profiles, name, body.changes)
     to = body.to or (found.sender.email if found.sender else None)

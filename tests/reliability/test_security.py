@@ -75,6 +75,7 @@ async def test_every_operation_needs_credentials(
     """Check 20: every operation without, with malformed and with wrong Basic credentials -> 401
     with `WWW-Authenticate: Basic`."""
     runtime.auth.throttle.limit = 10**6
+    runtime.auth.lockout.limit = 10**6  # one address's wrong password locks it out after 10
     wrong = [
         {},
         {"Authorization": "Bearer abc"},
