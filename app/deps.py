@@ -20,8 +20,9 @@ from app.delivery.transports import TransportCache
 from app.egress import EgressPolicy
 from app.messages.intake import Intake
 from app.metrics import Metrics
-from app.security import Authenticator, Principal, RateLimit, require_role
+from app.security import Authenticator, Principal, require_role
 from app.servers.service import Profiles
+from app.throttle import Throttle
 from app.transports.base import TransportContext
 
 
@@ -39,9 +40,10 @@ class Runtime:
     transport_context: TransportContext
     transports: TransportCache
     metrics: Metrics
-    test_sends: RateLimit
-    sends: RateLimit | None
-    """Per-user POST /messages limit, when configured."""
+    test_sends: Throttle
+    """Test sends per profile per minute, shared by every replica."""
+    sends: Throttle | None
+    """Per-user POST /messages limit, when configured, shared by every replica."""
     intake: Intake
     """Stores POST /messages in shared transactions (group commit)."""
     wake: Callable[[], None] = lambda: None

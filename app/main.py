@@ -31,9 +31,10 @@ from app.limits import BodyLimit
 from app.messages.intake import Intake
 from app.messages.router import router as messages_router
 from app.metrics import Metrics
-from app.security import Authenticator, RateLimit
+from app.security import Authenticator
 from app.servers.router import router as servers_router
 from app.themes.router import router as themes_router
+from app.throttle import Throttle
 from app.transports.base import TransportContext
 from app.users import service as users
 from app.users.router import router as users_router
@@ -110,7 +111,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 box=box,
                 egress=egress,
                 auth=Authenticator(
-                    sessions,
+                    engine,
+                    pepper=box.derive("postroom trusted logins"),
                     cache_seconds=settings.auth_cache_seconds,
                     failures_per_minute=settings.login_failures_per_minute,
                     lockout_failures=settings.account_lockout_failures,
@@ -120,9 +122,16 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 transport_context=context,
                 transports=TransportCache(settings, box, context),
                 metrics=Metrics(),
-                test_sends=RateLimit(settings.test_sends_per_minute, "test sends"),
+                test_sends=Throttle(
+                    engine,
+                    name="test-send",
+                    limit=settings.test_sends_per_minute,
+                    what="test sends",
+                ),
                 sends=(
-                    RateLimit(settings.send_rate_per_minute, "messages")
+                    Throttle(
+                        engine, name="send", limit=settings.send_rate_per_minute, what="messages"
+                    )
                     if settings.send_rate_per_minute
                     else None
                 ),

@@ -34,8 +34,8 @@ class TestBody(ProbeBody):
 
 @router.post("/{name}/test", response_model=TestOutcome)
 async def test_server(name: str, body: TestBody, _: AdminUser, runtime: RuntimeDep) -> TestOutcome:
-    """Send the test mail now, not queued; at most a few a minute per profile. `to` defaults to
-    the profile's sender, else the branding sender."""
+    """Send the test mail now, not queued; at most a few a minute per profile (all replicas
+    together). `to` defaults to the profile's sender, else the branding sender."""
     async with runtime.sessions() as session:
         found = await probe.candidate(session, runtime.profiles, name, body.changes)
         to = body.to or (found.sender.email if found.sender else None)
@@ -46,8 +46,7 @@ async def test_server(name: str, body: TestBody, _: AdminUser, runtime: RuntimeD
             "give `to`: neither the profile nor the branding has a sender to default to",
             field="to",
         )
-    runtime.test_sends.check(name)
-    runtime.test_sends.record(name)
+    await runtime.test_sends.hit(name)
     return await probe.send_test(found, to, runtime.transport_context)
 
 

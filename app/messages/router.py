@@ -62,8 +62,7 @@ async def send_message(
             details=[{"field": "Idempotency-Key", "message": "too long"}],
         )
     if runtime.sends is not None:
-        runtime.sends.check(principal.name)
-        runtime.sends.record(principal.name)
+        await runtime.sends.hit(principal.name)
     caller = Caller(principal, client_address(request))
     accepted, replayed = await runtime.intake.submit(caller, body, idempotency_key)
     if replayed:
@@ -83,10 +82,8 @@ async def send_batch(
 ) -> BatchOut:
     """Queue many messages in one request and one transaction. Each item is checked on its own:
     its result is 202 with the id, or the 4xx error it would have had when posted alone."""
-    if runtime.sends is not None:
-        for _ in body.messages:
-            runtime.sends.check(principal.name)
-            runtime.sends.record(principal.name)
+    if runtime.sends is not None:  # all of the batch fits, or none of it is counted
+        await runtime.sends.hit(principal.name, len(body.messages))
     caller = Caller(principal, client_address(request))
     results = await service.enqueue_batch(session, runtime.settings, caller, body.messages)
     if any(item.status == 202 for item in results):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.deps import AdminUser, RuntimeDep, SessionDep
+from app.deps import AdminUser, SessionDep
 from app.users import service
 from app.users.schemas import UserCreate, UserCreated, UserList, UserOut, UserUpdate
 
@@ -29,15 +29,11 @@ async def get_user(name: str, _: AdminUser, session: SessionDep) -> UserOut:
 
 
 @router.patch("/{name}", response_model=UserOut)
-async def update_user(
-    name: str, body: UserUpdate, _: AdminUser, session: SessionDep, runtime: RuntimeDep
-) -> UserOut:
+async def update_user(name: str, body: UserUpdate, _: AdminUser, session: SessionDep) -> UserOut:
     user = await service.update_user(session, name, role=body.role, password=body.password)
-    runtime.auth.forget()
     return UserOut.model_validate(user, from_attributes=True)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_user(name: str, _: AdminUser, session: SessionDep, runtime: RuntimeDep) -> None:
+async def delete_user(name: str, _: AdminUser, session: SessionDep) -> None:
     await service.delete_user(session, name)
-    runtime.auth.forget()

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN, basic
+from tests.test_auth import until_status
 
 pytestmark = pytest.mark.anyio
 
@@ -93,11 +94,12 @@ async def test_change_role_and_password(admin: httpx.AsyncClient, anon: httpx.As
     promoted = await admin.patch("/api/v1/users/svc", json={"role": "admin"})
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["role"] == "admin"
-    assert (await anon.get("/api/v1/users", headers=old)).status_code == 200
+    # cached credentials re-read their user row every 0.5 s, on every replica
+    await until_status(anon, "/api/v1/users", 200, headers=old)
 
     changed = await admin.patch("/api/v1/users/svc", json={"password": "second-password-2"})
     assert changed.status_code == 200
-    assert (await anon.get("/api/v1/users", headers=old)).status_code == 401
+    await until_status(anon, "/api/v1/users", 401, headers=old)
     new = basic(("svc", "second-password-2"))
     assert (await anon.get("/api/v1/users", headers=new)).status_code == 200
 
@@ -132,4 +134,4 @@ async def test_deleted_sender_is_locked_out(
 ) -> None:
     assert (await sender.get("/api/v1/messages/nope")).status_code == 404
     assert (await admin.delete("/api/v1/users/sender")).status_code == 204
-    assert (await sender.get("/api/v1/messages/nope")).status_code == 401
+    await until_status(sender, "/api/v1/messages/nope", 401)
