@@ -58,6 +58,7 @@ from app.transports.errors import (
 )
 from app.transports.oauth import TokenCache, TokenRequest
 from app.transports.pool import ConnectionPool, PoolClosed
+from app.transports.proxy import http_tunnel
 from app.transports.result import RecipientResult, RecipientStatus, SendResult
 
 SecurityMode = Literal["none", "starttls", "starttls_required", "tls"]
@@ -109,7 +110,9 @@ class SmtpConfig(CamelModel):
     ca_certificates: str | None = Field(None, max_length=200_000)
     client_certificate: str | None = Field(None, max_length=200_000)
     client_key: SecretStr | None = Field(None, max_length=200_000)
-    proxy: str | None = Field(None, max_length=2000, pattern=r"^(socks5h?|socks4a?|http)://\S+$")
+    proxy: SecretStr | None = Field(None, max_length=2000)
+    """socks5://, socks5h://, socks4://, socks4a:// or http://[user:pass@]host[:port]. A secret as
+    a whole, since it may carry credentials: encrypted at rest, answered as `proxySet`."""
     pool: bool = False
     max_connections: Integer = Field(5, ge=1, le=100)
     max_messages: Integer = Field(100, ge=1, le=100_000)
@@ -155,6 +158,16 @@ class SmtpConfig(CamelModel):
                 ssl.create_default_context(cadata=value)
             except (ssl.SSLError, ValueError, TypeError) as err:  # TypeError: not ASCII
                 raise ValueError("is not a valid PEM certificate") from err
+        return value
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                _ProxyUrl.parse(value.get_secret_value())
+            except ConfigError as err:  # its message never holds the URL: it is a secret
+                raise ValueError(err.message) from None
         return value
 
     @property
@@ -213,6 +226,7 @@ _PROXY_SCHEMES: dict[str, tuple[ProxyType, bool, int]] = {
     "socks4a": (ProxyType.SOCKS4, True, 1080),
     "http": (ProxyType.HTTP, True, 8080),
 }
+_BLANK = re.compile(r"\s")
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _NOT_IN_ENVELOPE = re.compile("[\r\n\0<>]")
@@ -385,7 +399,7 @@ class SmtpTransport:
         port = config.effective_port
         deadline = asyncio.get_running_loop().time() + config.connection_timeout / 1000
         with tracker.phase("dns") as step:
-            proxy = _ProxyUrl.parse(config.proxy) if config.proxy else None
+            proxy = _ProxyUrl.parse(config.proxy.get_secret_value()) if config.proxy else None
             host, host_port = (proxy.host, proxy.port) if proxy else (config.host, port)
             async with asyncio.timeout_at(deadline):
                 addresses = await self._context.egress.resolve(host, host_port)
@@ -957,9 +971,11 @@ class _ProxyUrl:
     def parse(cls, url: str) -> _ProxyUrl:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        if scheme not in _PROXY_SCHEMES or not parts.hostname:
+        if scheme not in _PROXY_SCHEMES or not parts.hostname or _BLANK.search(url):
             raise ConfigError(
-                "proxy must be socks5://, socks4:// or http://host:port", field="proxy"
+                "must be a socks5://, socks5h://, socks4://, socks4a:// or http:// URL: "
+                "scheme://[user:password@]host[:port]",
+                field="proxy",
             )
         try:
             port = parts.port or _PROXY_SCHEMES[scheme][2]
@@ -980,8 +996,26 @@ class _ProxyUrl:
         return f"{self.scheme}://{host}:{self.port}"
 
     async def connect(self, addresses: list[str], host: str, port: int) -> socket.socket:
-        """A socket tunnelled to host:port through the proxy at the first address that answers."""
+        """A socket tunnelled to host:port through the proxy at the first address that answers.
+
+        HTTP CONNECT is done here (app/transports/proxy.py) so that the server's greeting, when it
+        comes in the proxy's 200 segment, is not lost; SOCKS goes through python-socks."""
         proxy_type, remote_dns, _ = _PROXY_SCHEMES[self.scheme]
+        if proxy_type is ProxyType.HTTP:
+            tunnel = await _tcp_connect(addresses, self.port)
+            try:
+                await http_tunnel(
+                    tunnel,
+                    host,
+                    port,
+                    username=self.username,
+                    password=self.password,
+                    proxy=f"the proxy {self.display}",
+                )
+            except BaseException:
+                tunnel.close()
+                raise
+            return tunnel
         error: OSError = OSError(f"no address for the proxy {self.display}")
         for address in addresses:
             proxy = Proxy(
