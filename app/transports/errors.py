@@ -15,6 +15,8 @@ Partial failure (one recipient refused) is not an error: it is data in the SendR
 
 from __future__ import annotations
 
+import socket
+
 ErrorCode = str
 """ECONNECTION, ETIMEDOUT, EDNS, ETLS, EAUTH, EENVELOPE, EMESSAGE, EPROTOCOL, ECONFIG, EUNSUPPORTED,
 EPOLICY, EAPI."""
@@ -131,3 +133,16 @@ class ConfigError(PermanentError):
     ) -> None:
         super().__init__(message, code=code, before_data=True, reply_code=reply_code, reply=reply)
         self.field = field
+
+
+_NO_SUCH_HOST = frozenset(
+    getattr(socket, name)
+    for name in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY")
+    if hasattr(socket, name)
+)
+
+
+def unknown_host(err: BaseException) -> bool:
+    """True when DNS answered that the name has no address (a typo, a name that is gone): an
+    admin must fix it. A DNS failure (EAI_AGAIN: no answer) is not this, it is temporary."""
+    return isinstance(err, socket.gaierror) and err.errno in _NO_SUCH_HOST

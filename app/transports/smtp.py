@@ -50,11 +50,13 @@ from app.transports.base import (
 )
 from app.transports.errors import (
     ConfigError,
+    ConfigurationError,
     CredentialsError,
     PermanentError,
     TemporaryError,
     TransportError,
     UnsupportedFeature,
+    unknown_host,
 )
 from app.transports.oauth import TokenCache, TokenRequest
 from app.transports.pool import ConnectionPool, PoolClosed
@@ -318,7 +320,7 @@ class SmtpTransport:
         report = VerifyReport(
             unchecked=["whether the server accepts the sender and the recipients"]
         )
-        tracker = _Tracker(report, field="proxy" if self.config.proxy else "host")
+        tracker = self._tracker(report)
         try:
             connection = await self._connect(tracker)
         except TransportError:
@@ -359,10 +361,19 @@ class SmtpTransport:
             method = next((name for name in _AUTO_AUTH_ORDER if name in offered), "plain")
         return method, config.user
 
+    def _tracker(self, report: VerifyReport | None = None) -> _Tracker:
+        config = self.config
+        return _Tracker(
+            report,
+            field="proxy" if config.proxy else "host",
+            secure=config.secure,
+            client_certificate=config.client_certificate is not None,
+        )
+
     async def _connect(self, tracker: _Tracker | None = None) -> _Connection:
         config = self.config
         if tracker is None:
-            tracker = _Tracker(field="proxy" if config.proxy else "host")
+            tracker = self._tracker()
         sock = await self._open_socket(tracker)
         connection: _Connection | None = None
         try:
@@ -481,11 +492,7 @@ class _Connection:
                     await self._ehlo(step)
             elif config.require_tls:
                 with phase("tls"):
-                    raise TemporaryError(
-                        "TLS: requireTLS is set and the server does not offer STARTTLS",
-                        code="ETLS",
-                        before_data=True,
-                    )
+                    raise ConfigurationError(f"TLS: {NO_STARTTLS}", code="ETLS", field="requireTLS")
         plan = transport.auth_plan(client)
         if plan is not None:
             method, user = plan
@@ -825,10 +832,20 @@ class _Transcript:
 class _Tracker:
     """Runs each phase of a session: maps its errors (`_translate`) and, in verify, records it."""
 
-    def __init__(self, report: VerifyReport | None = None, *, field: str) -> None:
+    def __init__(
+        self,
+        report: VerifyReport | None = None,
+        *,
+        field: str,
+        secure: bool = False,
+        client_certificate: bool = False,
+    ) -> None:
         self.report = report
         self.field = field
         """The setting an egress denial points at: `host`, or `proxy` when one is used."""
+        self.secure = secure
+        self.client_certificate = client_certificate
+        """Whether a client certificate is configured (to read a TLS refusal right)."""
         self.tls_version: str | None = None
 
     def phase(self, phase: Phase) -> _Phase:
@@ -866,21 +883,21 @@ class _Phase:
         if isinstance(err, TransportError):
             tracker._failed(step, err)
         elif isinstance(err, SMTPException | OSError | ProxyError | EgressDenied | ValueError):
-            mapped = _translate(
-                err, self._phase, tls_version=tracker.tls_version, field=tracker.field
-            )
+            mapped = _translate(err, self._phase, tracker)
             if mapped is not None:
                 tracker._failed(step, mapped)
                 raise mapped from err
 
 
-def _translate(
-    err: Exception, phase: Phase, *, tls_version: str | None, field: str
-) -> TransportError | None:
+def _translate(err: Exception, phase: Phase, tracker: _Tracker) -> TransportError | None:
     """The one mapping of aiosmtplib, socket, ssl, proxy and egress errors to TransportError.
 
+    What an admin must fix (a host that does not exist, a certificate that fails verification,
+    a TLS refusal of the client certificate, implicit TLS against a plain-text server) is a
+    ConfigurationError naming the setting: still retried, and shown on the profile's health.
     None for an error that is not one of these (a bug): it propagates unchanged.
     """
+    tls_version, field = tracker.tls_version, tracker.field
     where = _PHASE_TEXT[phase]
     before_data = phase not in _AFTER_DATA
     ambiguous = phase == "end-of-data"
@@ -889,10 +906,22 @@ def _translate(
     if isinstance(err, EgressDenied):
         return ConfigError(err.message, field=field, code="EPOLICY")
     if isinstance(err, socket.gaierror):
+        if unknown_host(err):
+            return ConfigurationError(f"{where}: {err.strerror or err}", code="EDNS", field=field)
         return TemporaryError(f"{where}: {err.strerror or err}", code="EDNS", before_data=True)
     tls_error = _ssl_cause(err)
     if tls_error is not None or (phase == "tls" and not isinstance(err, TimeoutError)):
         detail = str(tls_error) if tls_error is not None else (reply or str(err))
+        setting = _tls_setting(tls_error, tracker) if tls_error is not None else _NOT_CONFIG
+        if setting is not _NOT_CONFIG:
+            return ConfigurationError(
+                f"TLS: {detail}",
+                code="ETLS",
+                field=setting,
+                reply_code=reply_code,
+                reply=reply,
+                tls_version=tls_version,
+            )
         return TemporaryError(
             f"TLS: {detail}",
             code="ETLS",
@@ -900,6 +929,10 @@ def _translate(
             reply=reply,
             before_data=before_data,
             tls_version=tls_version,
+        )
+    if _lost_after_handshake(err, phase, tracker):
+        return ConfigurationError(
+            f"{where}: {CLOSED_AFTER_HANDSHAKE}", code="ETLS", field="clientCertificate"
         )
     if isinstance(err, TimeoutError):
         return TemporaryError(
@@ -948,6 +981,68 @@ def _translate(
     if isinstance(err, ValueError) and phase in ("mail", "rcpt"):
         return PermanentError(f"{where}: {err}", code="EENVELOPE", before_data=True)
     return None
+
+
+_NOT_CONFIG = "<not a configuration error>"
+_CLIENT_CERTIFICATE_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+"""The server's TLS alerts about our client certificate: missing, or not trusted."""
+_TLS_SETTINGS: dict[str, str | None] = {
+    **dict.fromkeys(_CLIENT_CERTIFICATE_ALERTS, "clientCertificate"),
+    # TLS 1.2 servers answer a missing client certificate (or no common cipher) with this
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "clientCertificate",
+    # a plain-text reply (the 220 greeting) read as a TLS record: implicit TLS on a STARTTLS port
+    "WRONG_VERSION_NUMBER": "secure",
+    "RECORD_LAYER_FAILURE": "secure",
+    "PACKET_LENGTH_TOO_LONG": "secure",
+    # the server speaks only TLS older than 1.2
+    "TLSV1_ALERT_PROTOCOL_VERSION": None,
+    "UNSUPPORTED_PROTOCOL": None,
+    "NO_PROTOCOLS_AVAILABLE": None,
+}
+"""TLS failures an admin must fix, by OpenSSL reason, and the setting to look at."""
+
+NO_STARTTLS = "requireTLS is set and the server does not offer STARTTLS"
+CLOSED_AFTER_HANDSHAKE = (
+    "the server closed the connection right after the TLS handshake; it may require a client "
+    "certificate (clientCertificate and clientKey)"
+)
+"""Read by the hints (app/delivery/probe.py): what the server did, in the error's message."""
+
+
+def _tls_setting(error: ssl.SSLError, tracker: _Tracker) -> str | None:
+    """The setting to fix for a TLS failure that is a configuration error, None when no one
+    setting is at fault, or _NOT_CONFIG when it is not a configuration error."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        mismatch = "mismatch" in (error.verify_message or "")
+        return "host" if mismatch else "caCertificates"
+    reason = error.reason or ""
+    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and tracker.client_certificate:
+        return None  # a certificate was sent: more likely no common cipher or version
+    return _TLS_SETTINGS.get(reason, _NOT_CONFIG)
+
+
+def _lost_after_handshake(err: Exception, phase: Phase, tracker: _Tracker) -> bool:
+    """The connection closed by the server just after TLS was set up and before it said a word:
+    a TLS 1.3 server refusing a missing client certificate does that (its alert may be lost).
+    Only said when no client certificate is configured."""
+    if tracker.client_certificate or not isinstance(err, SMTPServerDisconnected | SMTPConnectError):
+        return False
+    lost = err if isinstance(err, SMTPServerDisconnected) else err.__cause__
+    if not isinstance(lost, SMTPServerDisconnected):
+        return False
+    after_starttls = phase == "ehlo" and tracker.tls_version is not None and not tracker.secure
+    return after_starttls or (phase == "greeting" and tracker.secure)
 
 
 def _ssl_cause(err: BaseException) -> ssl.SSLError | None:
