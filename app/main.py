@@ -98,7 +98,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         egress = egress_policy(settings)
         async with http_client(egress, settings.http_timeout) as http:
             box = load_secret_box(settings)
-            context = TransportContext(http, egress, logging.getLogger("postroom.transport"))
+            context = TransportContext(
+                http, egress, logging.getLogger("postroom.transport"), settings.hostname
+            )
             yield Runtime(
                 settings=settings,
                 engine=engine,

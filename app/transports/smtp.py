@@ -9,6 +9,7 @@ command). Every library error becomes a TransportError in `_translate`, the one 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -108,7 +109,8 @@ class SmtpConfig(CamelModel):
     """None: the first the server offers of PLAIN, LOGIN, CRAM-MD5 (nodemailer's order)."""
     oauth2: OAuth2Settings | None = None
     name: SafeStr | None = Field(None, max_length=253, pattern=r"^[^\s]+$")
-    """The EHLO host name; defaults to this machine's name."""
+    """The EHLO host name; default: POSTROOM_HOSTNAME, else this machine's name when it is a
+    real one (not localhost), else the address literal of the connection ([192.0.2.1])."""
     ca_certificates: str | None = Field(None, max_length=200_000)
     client_certificate: str | None = Field(None, max_length=200_000)
     client_key: SecretStr | None = Field(None, max_length=200_000)
@@ -180,6 +182,46 @@ class SmtpConfig(CamelModel):
 
 def default_port(secure: bool) -> int:
     return 465 if secure else 25
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_real_name(name: str) -> bool:
+    """A name that tells the server who we are: a dotted host name, not localhost (RFC 5321
+    4.1.4 wants the client's FQDN, else an address literal)."""
+    labels = name.rstrip(".").split(".")
+    return (
+        len(labels) >= 2
+        and labels[0].lower() not in _LOOPBACK_NAMES
+        and labels[-1].lower() != "localdomain"
+        and all(_LABEL.fullmatch(label) for label in labels)
+    )
+
+
+def choose_ehlo_name(fqdn: str, hostname: str) -> str | None:
+    """This machine's name for EHLO: `getfqdn()` when it is a real name, else `gethostname()`
+    when that is. `getfqdn()` answers `localhost` on the common /etc/hosts layout (127.0.0.1
+    localhost <name>), which servers distrust; None means: use the address literal."""
+    for name in (fqdn, hostname):
+        if is_real_name(name):
+            return name.rstrip(".")
+    return None
+
+
+def machine_name() -> str:
+    """choose_ehlo_name of this machine ("" when it has no real name); blocking (DNS)."""
+    return choose_ehlo_name(socket.getfqdn(), socket.gethostname()) or ""
+
+
+def address_literal(address: str) -> str:
+    """RFC 5321 4.1.3's address literal of the connection's local address: [192.0.2.1] or
+    [IPv6:2001:db8::1]."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return f"[{ip}]" if ip.version == 4 else f"[IPv6:{ip}]"
 
 
 Phase = Literal[
@@ -262,7 +304,10 @@ class SmtpTransport:
         self.config = config
         self._context = context
         self._events = context.logger if config.logger else None
-        self._ehlo_name = config.name
+        self._ehlo_name = config.name or context.hostname
+        """The EHLO name when set (the profile's `name`, else POSTROOM_HOSTNAME)."""
+        self._machine_name: str | None = None
+        """This machine's name when it is a real one ("" when it is not: use the address)."""
         self._tls: ssl.SSLContext | None = None
         self._sessions = 0
         self.tokens: TokenCache | None = None
@@ -377,14 +422,17 @@ class SmtpTransport:
         sock = await self._open_socket(tracker)
         connection: _Connection | None = None
         try:
-            if self._ehlo_name is None:
-                self._ehlo_name = await asyncio.to_thread(socket.getfqdn)
+            ehlo_name = self._ehlo_name
+            if ehlo_name is None:
+                if self._machine_name is None:
+                    self._machine_name = await asyncio.to_thread(machine_name)
+                ehlo_name = self._machine_name or address_literal(sock.getsockname()[0])
             client = _Client(
                 hostname=config.host,
                 sock=sock,
                 use_tls=config.secure,
                 start_tls=False,
-                local_hostname=self._ehlo_name,
+                local_hostname=ehlo_name,
                 timeout=self.socket_timeout,
             )
             self._sessions += 1
