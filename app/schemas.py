@@ -6,6 +6,7 @@ import re
 from functools import lru_cache
 from typing import Annotated
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import (
     CASE_INSENSITIVE_MAILBOX_NAMES,
@@ -79,6 +80,28 @@ def _email(value: str) -> str:
 
 EmailAddress = Annotated[str, AfterValidator(_email)]
 """An address email-validator accepts (`#` and `&` are fine in the local part), normalised."""
+
+
+@lru_cache(maxsize=4096)
+def a_label_domain(domain: str) -> str:
+    """The domain in A-labels (IDNA 2008, UTS 46), as DNS and SMTP take it: bücher.example ->
+    xn--bcher-kva.example. An ASCII domain, or one IDNA refuses, is returned as it is."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return domain
+
+
+def a_labels(address: str) -> str:
+    """The address as it goes on the wire, its domain in A-labels (as nodemailer sends it):
+    bob@bücher.example -> bob@xn--bcher-kva.example. A non-ASCII local part stays: only
+    SMTPUTF8 (RFC 6531) can carry it."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    return f"{local}@{a_label_domain(domain)}"
 
 
 Integer = Annotated[int, Strict()]

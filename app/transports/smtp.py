@@ -41,7 +41,7 @@ from python_socks.async_.asyncio import Proxy
 
 from app.egress import EgressDenied
 from app.errors import FieldsError
-from app.schemas import CamelModel, Integer, SafeStr
+from app.schemas import CamelModel, Integer, SafeStr, a_labels
 from app.transports.base import (
     OutgoingMessage,
     TransportContext,
@@ -552,34 +552,46 @@ class _Connection:
     async def deliver(self, message: OutgoingMessage) -> SendResult:
         """MAIL, RCPT for each recipient, DATA: a status per recipient.
 
+        Domains go in A-labels (IDNA); an address with a non-ASCII local part needs SMTPUTF8, and
+        a server without it fails that recipient only. When that is every recipient (or the
+        sender), nothing is sent: UnsupportedFeature, so the profile's fallback may carry it.
+
         When the server offers PIPELINING (RFC 2920) MAIL, every RCPT and DATA go in one write and
         their replies are read after it: one round trip for the envelope instead of one each.
         """
         client, phase = self._client, self._tracker.phase
         recipients = list(dict.fromkeys(message.recipients))
+        wire = {recipient: a_labels(recipient) for recipient in recipients}
+        sender = a_labels(message.envelope_from)
         content = _LINE_ENDINGS.sub(b"\r\n", message.mime)
         if not content.endswith(b"\r\n"):
             content += b"\r\n"
         with phase("mail"):
-            options = self._mail_options(message, content)
+            unsendable = self._needing_smtputf8(sender, wire)
+            targets = list(dict.fromkeys(wire[r] for r in recipients if r not in unsendable))
+            options = self._mail_options(sender, targets, content)
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         pipelining = client.supports_extension("pipelining")
         envelope = self._pipelined_envelope if pipelining else self._envelope
-        refused, data_reply = await envelope(message.envelope_from, recipients, options, encoding)
-        if len(refused) == len(recipients):
+        refused, data_reply = await envelope(sender, targets, options, encoding)
+        if len(refused) == len(targets):
             await self._reset()
-            return SendResult(recipients=refused, tls_version=self.tls_version)
+            return SendResult(
+                recipients={r: unsendable.get(r) or refused[wire[r]] for r in recipients},
+                tls_version=self.tls_version,
+            )
         reply = await self._data(_LEADING_DOT.sub(b"..", content), data_reply)
         sent = RecipientResult("sent", reply.code, reply.message)
+        results = {r: unsendable.get(r) or refused.get(wire[r], sent) for r in recipients}
         self._transport.event(
             "message %s accepted for %d of %d recipients: %s",
             message.message_id,
-            len(recipients) - len(refused),
+            sum(result is sent for result in results.values()),
             len(recipients),
             reply,
         )
         return SendResult(
-            recipients={recipient: refused.get(recipient, sent) for recipient in recipients},
+            recipients=results,
             provider_id=reply.message,
             reply_code=reply.code,
             tls_version=self.tls_version,
@@ -734,15 +746,31 @@ class _Connection:
         else:
             await client.auth_crammd5(user, password)
 
-    def _mail_options(self, message: OutgoingMessage, content: bytes) -> list[str]:
+    def _needing_smtputf8(self, sender: str, wire: dict[str, str]) -> dict[str, RecipientResult]:
+        """The recipients this server cannot take (a non-ASCII local part, no SMTPUTF8), failed;
+        raises UnsupportedFeature when it is the sender's address."""
+        if self._client.supports_extension("smtputf8"):
+            return {}
+        if not sender.isascii():
+            raise UnsupportedFeature(
+                f"the non-ASCII sender address {sender} (the server does not offer SMTPUTF8)",
+                self._transport.name,
+            )
+        unsendable = {
+            recipient: RecipientResult("failed", None, NEEDS_SMTPUTF8)
+            for recipient, address in wire.items()
+            if not address.isascii()
+        }
+        if len(unsendable) == len(wire):
+            raise UnsupportedFeature(
+                "non-ASCII addresses (the server does not offer SMTPUTF8)", self._transport.name
+            )
+        return unsendable
+
+    def _mail_options(self, sender: str, recipients: list[str], content: bytes) -> list[str]:
         client = self._client
         options = [f"SIZE={len(content)}"] if client.supports_extension("size") else []
-        if not all(address.isascii() for address in (message.envelope_from, *message.recipients)):
-            if not client.supports_extension("smtputf8"):
-                raise UnsupportedFeature(
-                    "non-ASCII addresses (the server does not offer SMTPUTF8)",
-                    self._transport.name,
-                )
+        if not all(address.isascii() for address in (sender, *recipients)):
             options.append("SMTPUTF8")
         if not content.isascii() and client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
@@ -1060,6 +1088,10 @@ _TLS_SETTINGS: dict[str, str | None] = {
 }
 """TLS failures an admin must fix, by OpenSSL reason, and the setting to look at."""
 
+NEEDS_SMTPUTF8 = (
+    "not sent: the address has a non-ASCII local part, which needs SMTPUTF8, and the server "
+    "does not offer it"
+)
 NO_STARTTLS = "requireTLS is set and the server does not offer STARTTLS"
 CLOSED_AFTER_HANDSHAKE = (
     "the server closed the connection right after the TLS handshake; it may require a client "
