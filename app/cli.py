@@ -27,6 +27,7 @@ from app.main import create_app, open_runtime, running_dispatcher
 from app.messages import service as messages
 from app.messages.schemas import MessageIn
 from app.messages.service import Caller
+from app.schemas import local_domains
 from app.security import Principal
 from app.servers.models import ServerProfile
 from app.users import service as users
@@ -55,8 +56,10 @@ def _freeze_start_up_objects() -> None:
 
 def _run(work: Callable[[Runtime], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with open_runtime(Settings()) as runtime:
-            return await work(runtime)
+        settings = Settings()
+        with local_domains(settings.allow_local_domains):
+            async with open_runtime(settings) as runtime:
+                return await work(runtime)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
@@ -156,9 +159,10 @@ def send(
     server: Annotated[str | None, typer.Option(help="A profile name (default profile).")] = None,
 ) -> None:
     """Queue a message, as POST /api/v1/messages would; a running dispatcher delivers it."""
-    body = MessageIn.model_validate(
-        {"to": to, "subject": subject, "text": text, "from": sender, "server": server}
-    )
+    with local_domains(Settings().allow_local_domains):
+        body = MessageIn.model_validate(
+            {"to": to, "subject": subject, "text": text, "from": sender, "server": server}
+        )
 
     async def work(runtime: Runtime) -> str:
         caller = Caller(Principal("cli", "admin"), None)

@@ -31,6 +31,7 @@ from app.limits import BodyLimit
 from app.messages.intake import Intake
 from app.messages.router import router as messages_router
 from app.metrics import Metrics
+from app.schemas import LocalDomains
 from app.security import Authenticator
 from app.servers.router import router as servers_router
 from app.themes.router import router as themes_router
@@ -103,7 +104,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         egress = egress_policy(settings)
         async with http_client(egress, settings.http_timeout) as http:
             box = load_secret_box(settings)
-            context = TransportContext(http, egress, logging.getLogger("postroom.transport"))
+            context = TransportContext(
+                http, egress, logging.getLogger("postroom.transport"), settings.hostname
+            )
             yield Runtime(
                 settings=settings,
                 engine=engine,
@@ -225,6 +228,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_message_bytes)
+    if settings.allow_local_domains:
+        app.add_middleware(LocalDomains)
     app.include_router(messages_router)  # first: routes are matched in order, this is the hot one
     app.include_router(servers_router)
     app.include_router(branding_router)

@@ -31,7 +31,7 @@ from app.themes.render import Layout
 from app.themes.service import layout_of
 from app.transports.base import Address, OutgoingMessage, Transport
 from app.transports.errors import (
-    CredentialsError,
+    ConfigurationError,
     PermanentError,
     TemporaryError,
     TransportError,
@@ -446,7 +446,7 @@ class Dispatcher:
             outcome = "deferred" if isinstance(error, TemporaryError) else "failed"
             if error.ambiguous:
                 self.metrics.ambiguous.inc()
-            if isinstance(error, CredentialsError):
+            if isinstance(error, ConfigurationError):
                 job.config_error = str(error)
                 self.metrics.configuration_errors.labels(profile=server, code=error.code).inc()
         self.metrics.transactions.labels(outcome=outcome).inc()

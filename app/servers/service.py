@@ -156,7 +156,9 @@ async def replace_profile(
     profile = await get_profile(session, name)
     raw = copy.deepcopy(raw)
     if raw.get("type") == profile.type and isinstance(raw.get("settings", {}), dict):
-        stored = ctx.box.decrypt(profile.secrets) if profile.secrets else {}
+        decrypted = ctx.box.decrypt(profile.secrets) if profile.secrets else {}
+        config = TRANSPORTS[profile.type].config
+        stored = secret_settings.stored(config, profile.settings, decrypted)
         raw["settings"] = secret_settings.keep_omitted(raw.get("settings", {}), stored)
     return await _update(session, ctx, profile, raw)
 
