@@ -283,3 +283,45 @@ async def test_an_unexpected_exception_in_verify_or_test_is_a_report_not_a_500(
     assert tested.status_code == 200, tested.text
     assert (tested.json()["ok"], tested.json()["errorCode"]) == (False, "EINTERNAL")
     assert "ZeroDivisionError: a bug in send" in tested.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("server_tls", "extra", "reason"),
+    [
+        ("starttls", {"requireTLS": True}, "certificate"),
+        ("none", {"requireTLS": True}, "STARTTLS"),
+    ],
+    ids=["untrusted-certificate", "requireTLS-without-STARTTLS"],
+)
+async def test_a_configuration_error_marks_the_profile_failing_and_is_retried(
+    live: Live,
+    smtp_server_factory: Callable[..., SmtpServer],
+    server_tls: str,
+    extra: dict[str, Any],
+    reason: str,
+) -> None:
+    """Issue 13.5: before, only refused credentials marked a profile failing; a certificate that
+    fails verification or a server without the required STARTTLS retried quietly for 24 h."""
+    server = smtp_server_factory(tls=server_tls)
+    await add_smtp_profile(live.admin, server, "relay", settings={"ignoreTLS": False, **extra})
+    message_id = await send(live.admin, to=["ann@example.com"])
+
+    async def failing() -> bool:
+        profile = (await live.admin.get("/api/v1/servers/relay")).json()
+        return bool(profile["health"]["status"] == "failing")
+
+    await live.until(failing, 10, "the profile to be marked failing")
+    profile = (await live.admin.get("/api/v1/servers/relay")).json()
+    assert reason in profile["health"]["error"]
+    answer = (await live.admin.get(f"/api/v1/messages/{message_id}")).json()
+    assert answer["status"] == "queued", "retried on the normal schedule"
+    assert answer["attemptLog"][0]["outcome"] == "deferred"
+    assert server.transactions == []
+    samples = _samples((await live.admin.get("/metrics")).text)
+    refused = [
+        value
+        for (name, labels), value in samples.items()
+        if name == "postroom_configuration_errors_total" and ("profile", "relay") in labels
+    ]
+    assert refused == [1]
+    assert samples[("postroom_profile_failing", (("profile", "relay"), ("type", "smtp")))] == 1
