@@ -109,21 +109,33 @@ async def enforce(
     from_named: bool,
 ) -> None:
     """Refuse (403) a message its sender may not send: through `profile` (named in `server`, or
-    the default), from `sender` (given in `from` when `from_named`, else the profile's or
-    the branding's)."""
+    the default), or from `sender` when the message chose it (`from_named`).
+
+    The From a message gets when it gives none (its profile's sender, else the branding's) is
+    an admin's choice, never a forgery: it is always allowed, given or not. A `from` of the
+    sender's own must match allowedFrom, or when that is null, be the branding sender or the
+    sender of a profile it may use."""
     bounds = await lookups.caller_bounds(user)
     if bounds is None:
         raise Forbidden(f"user {user} no longer exists")
     await _check_server(lookups, bounds, server, profile)
-    if bounds.allowed_from is not None:
-        if not bounds.from_allowed(sender):
-            raise _refused_from(bounds, sender, from_named, ", ".join(bounds.allowed_from))
-        return
     if not from_named:
-        return  # the sender of an allowed profile, or the branding's
+        return
+    if bounds.allowed_from is not None and bounds.from_allowed(sender):
+        return
+    if comparable(sender) == comparable(await _implicit_sender(lookups, profile)):
+        return
+    if bounds.allowed_from is not None:
+        raise _refused_from(bounds, sender, ", ".join(bounds.allowed_from))
     if not await _default_sender(lookups, bounds, profile, sender):
         allowed = ", ".join(await _default_senders(lookups, bounds, profile))
-        raise _refused_from(bounds, sender, from_named, allowed)
+        raise _refused_from(bounds, sender, allowed)
+
+
+async def _implicit_sender(lookups: Lookups, profile: ServerProfile | None) -> str:
+    if profile is not None and profile.sender_email:
+        return profile.sender_email
+    return (await lookups.branding_sender())[0] or ""
 
 
 async def _check_server(
@@ -184,13 +196,15 @@ async def _default_senders(
     return list(dict.fromkeys(allowed))
 
 
-def _refused_from(bounds: Bounds, sender: str, from_named: bool, allowed: str) -> Forbidden:
-    what = "from" if from_named else "from its profile's or the branding's sender"
+def _refused_from(bounds: Bounds, sender: str, allowed: str) -> Forbidden:
     if bounds.allowed_from is not None:
         why = f"allowed are {allowed} (allowedFrom)" if allowed else "allowedFrom is empty"
     else:
         why = "allowed are the branding sender and the senders of the profiles it may use: " + (
             allowed or "none is set"
         )
-    message = f"user {bounds.user} may not send {what} {sender}: {why}; set allowedFrom on the user"
+    message = (
+        f"user {bounds.user} may not send from {sender}: {why}, or no `from` for its "
+        "profile's own sender; set allowedFrom on the user"
+    )
     return Forbidden(message, details=[{"field": "from", "message": message}])

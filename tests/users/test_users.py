@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -234,7 +235,7 @@ async def test_a_senders_bounds_are_set_shown_and_reset(admin: httpx.AsyncClient
 async def test_invalid_bounds_are_422_naming_the_entry(admin: httpx.AsyncClient) -> None:
     await create(admin, profile("sendgrid", "main"))
     await admin.post("/api/v1/users", json={"name": "billing", "role": "sender"})
-    for bounds, fields in [
+    cases: list[tuple[dict[str, Any], list[str]]] = [
         ({"allowedFrom": ["a@example.com", "not an address"]}, ["allowedFrom[1]"]),
         ({"allowedFrom": ["@example.com"]}, ["allowedFrom[0]"]),
         ({"allowedFrom": ["*.example.com"]}, ["allowedFrom[0]"]),
@@ -248,7 +249,8 @@ async def test_invalid_bounds_are_422_naming_the_entry(admin: httpx.AsyncClient)
             ["allowedServers[1]", "allowedServers[3]"],
         ),
         ({"allowedServers": [7]}, ["allowedServers[0]"]),
-    ]:
+    ]
+    for bounds, fields in cases:
         for method, url, extra in [
             ("POST", "/api/v1/users", {"name": "x", "role": "sender"}),
             ("PATCH", "/api/v1/users/billing", {}),
