@@ -41,7 +41,7 @@ from app.throttle import Throttle
 from app.transports import smtp
 from app.transports.errors import ConfigError
 from app.users import passwords
-from tests.conftest import ADMIN, SENDER, basic, raw_dump
+from tests.conftest import ADMIN, SENDER, allow_sender, basic, raw_dump
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.reliability.conftest import FULL, Report
 from tests.servers.helpers import BODIES, SECRETS, body
@@ -884,6 +884,7 @@ async def test_debug_logs_hold_no_credential(
         "settings": {"apiKey": api_key, "baseUrl": "https://sg.example.test"},
     }
     assert (await admin.post("/api/v1/servers", json=provider)).status_code == 201
+    await allow_sender(admin, "sg")
     for name in ("plain", "login", "sg"):
         await send(sender, to=["ann@example.com"], server=name)
     await dispatcher.drain()
