@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.deps import AdminUser, SessionDep
+from app.deps import AdminUser, RuntimeDep, SessionDep
 from app.users import service
 from app.users.schemas import UserCreate, UserCreated, UserList, UserOut, UserUpdate
 
