@@ -7,7 +7,7 @@ that every replica reports the same queue, the same loops and the same profiles.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -73,6 +73,18 @@ class Metrics:
             buckets=ATTEMPT_BUCKETS,
             registry=r,
         )
+        self.delivery_events = Counter(
+            "postroom_delivery_events",
+            "Delivery events recorded by this process (Postroom's own and reported ones), by "
+            "event type and server profile.",
+            ["type", "profile"],
+            registry=r,
+        )
+
+    def count_events(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Add committed delivery events, counted by (type, profile)."""
+        for (type_, profile), count in counts.items():
+            self.delivery_events.labels(type=type_, profile=profile).inc(count)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when it has none yet), by its exposed name."""

@@ -18,11 +18,13 @@ from app.config import Settings
 from app.db import among, transaction, update_by_id, utcnow
 from app.delivery import outbox
 from app.delivery.compose import compose, group_names
+from app.delivery.events import attempt_event
 from app.delivery.grouping import plan
 from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats
 from app.delivery.models import ATTEMPTS, MESSAGES, RECIPIENTS, Message, Recipient
 from app.delivery.outbox import Claim, RetryPolicy
-from app.delivery.transports import TransportCache
+from app.delivery.transports import BUILTIN, TransportCache
+from app.events.service import DeliveryEvent, record_events, tally
 from app.metrics import Metrics
 from app.servers.models import ServerProfile
 from app.servers.service import record_health
@@ -71,6 +73,8 @@ class Job:
     config_error: str | None = None
     """Why the profile's configuration was refused (credentials, TLS, DNS): marks it failing."""
     delivered_any: bool = False
+    servers: dict[str, str] = field(default_factory=dict)
+    """The profile each recipient's last transaction went through (a fallback's, maybe)."""
 
 
 class Dispatcher:
@@ -410,6 +414,7 @@ class Dispatcher:
             for r in recipients
         }
         job.results.update(statuses)
+        job.servers.update(dict.fromkeys(recipients, transport.name))
         values = set(s.status for s in statuses.values())
         outcome = "sent" if values <= FINAL_OK else ("failed" if values <= PERMANENT else "partial")
         if values == {"deferred"}:
@@ -551,15 +556,36 @@ class Dispatcher:
             ]
             if rows:
                 await session.execute(*update_by_id(RECIPIENTS, rows))
+            events = [event for job, _ in live for event in self._events(job, now)]
+            events = await record_events(session, events)
             attempts = [row for job, _ in live for row in job.attempts]
             if attempts:
                 await session.execute(insert(ATTEMPTS), attempts)
             await self._record_health(session, [job for job, _ in live])
+        self.metrics.count_events(tally(events))
         for job, values in live:
             if values["status"] != "queued":
                 self.metrics.messages.labels(status=values["status"]).inc()
                 age = (now - job.message.created_at).total_seconds()
                 self.metrics.delivery_latency.observe(age)
+
+    def _events(self, job: Job, now: datetime) -> list[DeliveryEvent]:
+        """Each recipient's outcome of this attempt, as an event (after `_outcome`, which turns
+        the deferrals of an expired message into failures)."""
+        profile = job.profile.name if job.profile is not None else BUILTIN
+        recipients = {r.email: r.id for r in job.recipients}
+        return [
+            attempt_event(
+                job.message.id,
+                recipients[email],
+                email,
+                result,
+                profile=job.servers.get(email, profile),
+                at=now,
+            )
+            for email, result in job.results.items()
+            if email in recipients
+        ]
 
     def _outcome(self, job: Job, now: datetime) -> dict[str, Any]:
         """The message row's new values after this attempt: queued for a retry, or final."""

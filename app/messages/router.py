@@ -9,11 +9,13 @@ from pydantic import AfterValidator, BeforeValidator
 
 from app.deps import RuntimeDep, SenderUser, SessionDep, client_address
 from app.errors import BadRequest
+from app.events.models import EventType
 from app.messages import service
 from app.messages.schemas import (
     Accepted,
     BatchIn,
     BatchOut,
+    EventOut,
     MessageIn,
     MessageOut,
     MessagePage,
@@ -69,6 +71,7 @@ async def send_message(
         response.headers["Idempotent-Replayed"] = "true"
     else:
         runtime.queued()
+        runtime.metrics.count_events(accepted.events)
     return accepted
 
 
@@ -90,6 +93,8 @@ async def send_batch(
     )
     if any(item.status == 202 for item in results):
         runtime.queued()
+    for item in results:
+        runtime.metrics.count_events(item.events)
     accepted = sum(item.status == 202 for item in results)
     return BatchOut(accepted=accepted, rejected=len(results) - accepted, results=results)
 
@@ -106,12 +111,14 @@ async def search_messages(
     resource: str | None = None,
     server: str | None = None,
     status: MessageStatus | None = None,
+    event: EventType | None = None,
     created_from: Annotated[IsoDateTime | None, Query(alias="createdFrom")] = None,
     created_to: Annotated[IsoDateTime | None, Query(alias="createdTo")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> MessagePage:
     """The sending records, newest first; pass `nextCursor` back as `cursor` for the next page.
+    `event` keeps the messages with at least one event of that type (e.g. `bounced`).
 
     A sender sees the messages it posted; an admin sees all, or one user's with `createdBy`."""
     if not principal.is_admin:
@@ -127,6 +134,7 @@ async def search_messages(
         resource=resource,
         server=server,
         status=status,
+        event=event,
         created_from=created_from,
         created_to=created_to,
     )
@@ -137,6 +145,15 @@ async def search_messages(
 
 @router.get("/{message_id}", response_model=MessageOut)
 async def get_message(message_id: str, principal: SenderUser, session: SessionDep) -> MessageOut:
-    """A message's status, its recipients' results and every attempt."""
-    message = await service.get_message(session, message_id, principal)
-    return MessageOut.model_validate(message, from_attributes=True)
+    """A message's status, its recipients' results and events, and every attempt."""
+    message, events = await service.get_message(session, message_id, principal)
+    answer = MessageOut.model_validate(message, from_attributes=True)
+    per_recipient: dict[int | None, list[EventOut]] = {}
+    for event in events:
+        per_recipient.setdefault(event.recipient_pk, []).append(
+            EventOut.model_validate(event, from_attributes=True)
+        )
+    for row, out in zip(message.recipients, answer.recipients, strict=True):
+        out.events = per_recipient.get(row.id, [])
+    answer.events = per_recipient.get(None, [])
+    return answer

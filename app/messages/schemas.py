@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
 from app.errors import FieldsError
+from app.events.models import BounceType, EventType
 from app.schemas import CamelModel, EmailAddress, SafeStr
 from app.servers.schemas import ProfileName
 
@@ -138,7 +140,22 @@ class MessageIn(CamelModel):
         return self.recipients is not None
 
 
-class Accepted(CamelModel):
+class _CountsEvents(CamelModel):
+    """An answer that also carries, off the wire, the delivery events its request recorded: the
+    router counts them in the metrics once they are committed."""
+
+    _events: Counter[tuple[str, str]] = PrivateAttr(default_factory=Counter)
+
+    def queued(self, profile: str, recipients: int) -> None:
+        self._events["queued", profile] += recipients
+
+    @property
+    def events(self) -> Counter[tuple[str, str]]:
+        """How many events of each (type, profile)."""
+        return self._events
+
+
+class Accepted(_CountsEvents):
     """The answer to POST /messages: the message is stored and will be delivered."""
 
     id: str
@@ -156,7 +173,7 @@ class BatchIn(CamelModel):
     """Each item is a message as POST /api/v1/messages takes it."""
 
 
-class BatchItem(CamelModel):
+class BatchItem(_CountsEvents):
     """One message's outcome: 202 with its id, or the 4xx error it would have had alone."""
 
     status: int
@@ -171,12 +188,26 @@ class BatchOut(CamelModel):
     results: list[BatchItem]
 
 
+class EventOut(CamelModel):
+    """One delivery event: Postroom's own (`source` postroom), a provider's or a bounce report's."""
+
+    type: EventType
+    bounce_type: BounceType | None
+    occurred_at: datetime
+    source: str
+    reason: str | None
+    diagnostic_code: str | None
+    provider_event_id: str | None
+
+
 class RecipientOut(CamelModel):
     email: str
     kind: str
     status: str
     code: int | None
     response: str | None
+    events: list[EventOut] = Field(default_factory=list)
+    """What happened to the message for this recipient, oldest first."""
 
 
 class AttemptOut(CamelModel):
@@ -217,6 +248,8 @@ class MessageSummary(CamelModel):
 class MessageOut(MessageSummary):
     recipients: list[RecipientOut]
     attempt_log: list[AttemptOut]
+    events: list[EventOut] = Field(default_factory=list)
+    """Events about the whole message rather than one recipient, oldest first."""
 
 
 class MessagePage(CamelModel):
