@@ -572,7 +572,7 @@ class Dispatcher:
     def _events(self, job: Job, now: datetime) -> list[DeliveryEvent]:
         """Each recipient's outcome of this attempt, as an event (after `_outcome`, which turns
         the deferrals of an expired message into failures)."""
-        profile = job.profile.name if job.profile is not None else BUILTIN
+        profile = job.message.server or BUILTIN
         recipients = {r.email: r.id for r in job.recipients}
         return [
             attempt_event(

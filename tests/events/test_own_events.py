@@ -139,3 +139,24 @@ async def test_queued_events_for_a_batch_and_the_builtin_server(
     assert counted(runtime, "queued", profile="builtin") == 3
     found = await search(admin, event="queued")
     assert len(found.json()["items"]) == 2
+
+
+async def test_a_deferral_past_the_maximum_age_is_a_failed_event(
+    admin: httpx.AsyncClient,
+    sender: httpx.AsyncClient,
+    runtime: Runtime,
+    smtp_server_factory: StartServer,
+) -> None:
+    server = smtp_server_factory(replies={"MAIL": "451 4.3.0 try again later"})
+    await add_smtp_profile(admin, server)
+    message_id = await send(sender, to=["ann@example.com"])
+    settings = runtime.settings.model_copy(update={"max_message_age": 0.001})
+    dispatcher = Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics)
+    await dispatcher.drain()
+
+    saved = await record(sender, message_id)
+    assert saved["status"] == "failed"
+    assert [e["type"] for e in events(saved, "ann@example.com")] == ["queued", "failed"]
+    failed = events(saved, "ann@example.com")[1]
+    assert failed["reason"].startswith("gave up after 1 attempts")
+    assert counted(runtime, "deferred") == 0
