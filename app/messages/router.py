@@ -148,12 +148,13 @@ async def get_message(message_id: str, principal: SenderUser, session: SessionDe
     """A message's status, its recipients' results and events, and every attempt."""
     message, events = await service.get_message(session, message_id, principal)
     answer = MessageOut.model_validate(message, from_attributes=True)
+    queued = EventOut.accepted(message.created_at)
     per_recipient: dict[int | None, list[EventOut]] = {}
     for event in events:
         per_recipient.setdefault(event.recipient_pk, []).append(
             EventOut.model_validate(event, from_attributes=True)
         )
     for row, out in zip(message.recipients, answer.recipients, strict=True):
-        out.events = per_recipient.get(row.id, [])
+        out.events = [queued, *per_recipient.get(row.id, [])]
     answer.events = per_recipient.get(None, [])
     return answer

@@ -199,6 +199,19 @@ class EventOut(CamelModel):
     diagnostic_code: str | None
     provider_event_id: str | None
 
+    @classmethod
+    def accepted(cls, at: datetime) -> EventOut:
+        """Every recipient's first event, `queued`: the message's acceptance (not a row)."""
+        return cls(
+            type="queued",
+            bounce_type=None,
+            occurred_at=at,
+            source="postroom",
+            reason=None,
+            diagnostic_code=None,
+            provider_event_id=None,
+        )
+
 
 class RecipientOut(CamelModel):
     email: str
