@@ -27,6 +27,7 @@ from app.transports._http import (
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import PermanentError
 from app.transports.result import SendResult
+from app.transports.urls import HttpUrl
 
 REGION_URLS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
 
@@ -38,7 +39,7 @@ class MailgunConfig(CamelModel):
     api_key: SecretStr = Field(min_length=1, max_length=500)
     domain: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")
     region: Literal["us", "eu"] = "us"
-    base_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    base_url: HttpUrl | None = None
     """Overrides the region's API host."""
 
     @property

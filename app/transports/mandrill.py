@@ -29,6 +29,7 @@ from app.transports._http import (
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import UnsupportedFeature
 from app.transports.result import RecipientResult, RecipientStatus, SendResult
+from app.transports.urls import HttpUrl
 
 
 class MandrillConfig(CamelModel):
@@ -36,7 +37,7 @@ class MandrillConfig(CamelModel):
     """The settings that hold the credentials, as an admin checks them when they are refused."""
 
     api_key: SecretStr = Field(min_length=1, max_length=500)
-    base_url: str = Field("https://mandrillapp.com/api/1.0", pattern=r"^https?://\S+$")
+    base_url: HttpUrl = "https://mandrillapp.com/api/1.0"
 
 
 _STATUSES: dict[str, RecipientStatus] = {

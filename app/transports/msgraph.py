@@ -26,6 +26,7 @@ from app.transports.base import OutgoingMessage, TransportContext, VerifyReport,
 from app.transports.errors import CredentialsError, PermanentError, UnsupportedFeature
 from app.transports.oauth import TokenCache, TokenRequest
 from app.transports.result import SendResult
+from app.transports.urls import HttpUrl
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -41,8 +42,8 @@ class MsgraphConfig(CamelModel):
     client_secret: SecretStr = Field(min_length=1, max_length=1000)
     user_id: str = Field(min_length=1, max_length=320, pattern=r"^[^\s/]+$")
     """The mailbox that sends: its id or user principal name."""
-    login_url: str = Field("https://login.microsoftonline.com", pattern=r"^https?://\S+$")
-    graph_url: str = Field("https://graph.microsoft.com", pattern=r"^https?://\S+$")
+    login_url: HttpUrl = "https://login.microsoftonline.com"
+    graph_url: HttpUrl = "https://graph.microsoft.com"
 
 
 def _refusal(response: httpx.Response) -> Refusal:

@@ -31,6 +31,7 @@ from app.transports.base import (
 )
 from app.transports.errors import CredentialsError, UnsupportedFeature
 from app.transports.result import SendResult
+from app.transports.urls import HttpUrl
 
 
 class SendgridConfig(CamelModel):
@@ -38,7 +39,7 @@ class SendgridConfig(CamelModel):
     """The settings that hold the credentials, as an admin checks them when they are refused."""
 
     api_key: SecretStr = Field(min_length=1, max_length=500)
-    base_url: str = Field("https://api.sendgrid.com", pattern=r"^https?://\S+$")
+    base_url: HttpUrl = "https://api.sendgrid.com"
     """https://api.eu.sendgrid.com for EU-pinned subusers."""
 
 

@@ -31,6 +31,7 @@ from app.transports._http import (
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import PermanentError
 from app.transports.result import SendResult
+from app.transports.urls import HttpUrl
 
 
 class SesConfig(CamelModel):
@@ -40,7 +41,7 @@ class SesConfig(CamelModel):
     access_key_id: str = Field(min_length=16, max_length=128, pattern=r"^[A-Z0-9]+$")
     secret_access_key: SecretStr = Field(min_length=1, max_length=500)
     region: str = Field(min_length=1, max_length=50, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
-    endpoint_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    endpoint_url: HttpUrl | None = None
     """Overrides https://email.{region}.amazonaws.com (a VPC endpoint, or a local test server)."""
     configuration_set_name: str | None = Field(None, max_length=64)
 
