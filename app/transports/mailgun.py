@@ -70,12 +70,12 @@ class MailgunTransport(HttpTransport):
     api = API
 
     def __init__(self, name: str, config: MailgunConfig, context: TransportContext) -> None:
-        super().__init__(name, context)
+        super().__init__(name, config, context)
         self._auth = httpx.BasicAuth("api", config.api_key.get_secret_value())
         self._domain_url = f"{config.api_url}/v3/domains/{quote(config.domain)}"
         self._send_url = f"{config.api_url}/v3/{quote(config.domain)}/messages.mime"
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
         response = await self._request(
             "POST",
@@ -95,7 +95,7 @@ class MailgunTransport(HttpTransport):
             provider_id=message_id,
         )
 
-    async def verify(self) -> VerifyReport:
+    async def _verify(self) -> VerifyReport:
         """GET /v3/domains/{domain}: the key works on this region and the domain can send."""
         report = VerifyReport(
             unchecked=["whether the sender address belongs to the domain (Mailgun may rewrite it)"]

@@ -78,11 +78,11 @@ class MandrillTransport(HttpTransport):
     api = API
 
     def __init__(self, name: str, config: MandrillConfig, context: TransportContext) -> None:
-        super().__init__(name, context)
+        super().__init__(name, config, context)
         self._key = config.api_key
         self._base = config.base_url.rstrip("/")
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
         try:
             raw = message.mime.decode()
@@ -97,7 +97,7 @@ class MandrillTransport(HttpTransport):
         response = await self._request("POST", f"{self._base}/messages/send-raw.json", json=payload)
         return _result(message, response)
 
-    async def verify(self) -> VerifyReport:
+    async def _verify(self) -> VerifyReport:
         report = VerifyReport(
             unchecked=[
                 "whether the sender's domain is verified in Mandrill",

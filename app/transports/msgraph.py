@@ -81,7 +81,7 @@ class MsgraphTransport(HttpTransport):
     api = API
 
     def __init__(self, name: str, config: MsgraphConfig, context: TransportContext) -> None:
-        super().__init__(name, context)
+        super().__init__(name, config, context)
         self._user_id = config.user_id
         self._send_url = (
             f"{config.graph_url.rstrip('/')}/v1.0/users/{quote(config.user_id, safe='@')}/sendMail"
@@ -99,7 +99,7 @@ class MsgraphTransport(HttpTransport):
             ),
         )
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
         mime = message.mime_with_bcc or message.mime
         _check_envelope(message, mime)
@@ -129,7 +129,7 @@ class MsgraphTransport(HttpTransport):
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
         return await self._request("POST", self._send_url, content=body, headers=headers)
 
-    async def verify(self) -> VerifyReport:
+    async def _verify(self) -> VerifyReport:
         """A token fetch checks the tenant and the client credentials; the token's `roles` claim
         tells whether the app was granted Mail.Send."""
         report = VerifyReport(

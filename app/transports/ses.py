@@ -114,12 +114,12 @@ class SesTransport(HttpTransport):
     api = API
 
     def __init__(self, name: str, config: SesConfig, context: TransportContext) -> None:
-        super().__init__(name, context)
+        super().__init__(name, config, context)
         self._base = config.endpoint
         self._configuration_set = config.configuration_set_name
         self._auth = signer(config)
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
         payload: dict[str, object] = {
             "FromEmailAddress": message.envelope_from,
@@ -142,7 +142,7 @@ class SesTransport(HttpTransport):
             result.extra["requestId"] = request_id
         return result
 
-    async def verify(self) -> VerifyReport:
+    async def _verify(self) -> VerifyReport:
         """GetAccount: the credentials, whether sending is enabled, the sandbox and the quota."""
         report = VerifyReport(
             unchecked=[
