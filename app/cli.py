@@ -39,10 +39,20 @@ cli.add_typer(users_cli, name="users")
 T = TypeVar("T")
 
 
+QUIET_AT_DEBUG = ("aiosqlite",)
+"""Loggers kept at INFO when POSTROOM_LOG_LEVEL is DEBUG: aiosqlite logs every call it makes, 9 of
+10 lines, burying the SMTP transcripts that DEBUG is asked for."""
+
+
 def _logging(settings: Settings) -> None:
+    """The root logger at POSTROOM_LOG_LEVEL; alembic no longer resets it (app/migrate.py)."""
     logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if logging.getLogger().level <= logging.DEBUG:
+        for name in QUIET_AT_DEBUG:
+            logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _freeze_start_up_objects() -> None:
@@ -109,7 +119,9 @@ def worker(
 @cli.command()
 def migrate(revision: str = "head") -> None:
     """Upgrade the database schema to REVISION (default: the latest)."""
-    migrations.upgrade(Settings(), revision)
+    settings = Settings()
+    _logging(settings)
+    migrations.upgrade(settings, revision)
 
 
 @users_cli.command("add")

@@ -17,6 +17,9 @@ def alembic_config(settings: Settings) -> Config:
     config.set_main_option("script_location", str(ROOT / "migrations"))
     config.set_main_option("sqlalchemy.url", settings.url.replace("%", "%%"))
     config.attributes["settings"] = settings
+    config.attributes["configure_logger"] = False
+    """Logging is Postroom's (POSTROOM_LOG_LEVEL, set up by the CLI): alembic.ini's fileConfig
+    would put the root logger back to WARNING mid-start-up, hiding every debug transcript."""
     return config
 
 
