@@ -27,6 +27,7 @@ from app.limits import BodyLimit
 from app.messages.intake import Intake
 from app.messages.router import router as messages_router
 from app.metrics import Metrics
+from app.openapi import install as install_openapi
 from app.security import Authenticator, RateLimit
 from app.servers.router import router as servers_router
 from app.themes.router import router as themes_router
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_message_bytes)
     app.include_router(messages_router)  # first: routes are matched in order, this is the hot one
     app.include_router(servers_router)
