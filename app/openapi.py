@@ -76,11 +76,18 @@ def merge_patch_schema(schemas: dict[str, Any], names: list[str]) -> dict[str, A
         "type": "object",
         "title": f"{names[0] if len(names) == 1 else 'Profile'}Patch",
         "properties": {
-            key: {} if key in differ else {"anyOf": [schema, {"type": "null"}]}
+            key: {} if key in differ else _nullable(schema)
             for key, schema in sorted(properties.items())
         },
         "additionalProperties": False,
     }
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, or null: as it is when it already allows null (no anyOf nested in an anyOf)."""
+    if {"type": "null"} in schema.get("anyOf", []):
+        return schema
+    return {"anyOf": [schema, {"type": "null"}]}
 
 
 def _close(node: Any) -> None:
