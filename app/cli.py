@@ -185,9 +185,11 @@ def _run(work: Callable[[Runtime], Awaitable[T]], settings: Settings | None = No
 
     async def main() -> T:
         from app.main import open_runtime
+        from app.schemas import local_domains
 
-        async with open_runtime(settings) as runtime:
-            return await work(runtime)
+        with local_domains(settings.allow_local_domains):
+            async with open_runtime(settings) as runtime:
+                return await work(runtime)
 
     with user_errors(settings):
         check_secret_keys(settings)
@@ -312,14 +314,16 @@ def send(
     from pydantic import ValidationError
 
     from app.messages.schemas import MessageIn
+    from app.schemas import local_domains
 
+    settings = _settings()
     try:
-        body = MessageIn.model_validate(
-            {"to": to, "subject": subject, "text": text, "from": sender, "server": server}
-        )
+        with local_domains(settings.allow_local_domains):
+            body = MessageIn.model_validate(
+                {"to": to, "subject": subject, "text": text, "from": sender, "server": server}
+            )
     except ValidationError as err:
         raise typer.BadParameter(_input_errors(err)) from err
-    settings = _settings()
 
     async def work() -> str:
         from app import migrate as migrations

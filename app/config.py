@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     egress_ports: str = ""
     """Comma-separated ports SMTP may connect to; empty: any. (Provider APIs: any port.)"""
 
+    hostname: str | None = Field(None, min_length=1, max_length=253, pattern=r"^\S+$")
+    """The EHLO name of SMTP profiles that set no `name`. Default: this machine's name when
+    it is a real (dotted, not localhost) one, else the connection's address literal."""
+    allow_local_domains: bool = False
+    """Accept sender and recipient addresses at local domains: `.local`, `.lan`, `localhost`,
+    single-label names (an Active Directory `corp`, `root@localhost`). Off: they are a 422."""
+
     auth_cache_seconds: float = Field(60.0, ge=0)
     login_failures_per_minute: int = Field(10, ge=1)
     """Failed logins per client address per minute before 429."""

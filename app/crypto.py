@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 from pathlib import Path
@@ -24,6 +27,12 @@ class SecretBox:
         if not keys:
             raise ValueError("at least one key")
         self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
+        self._first = base64.urlsafe_b64decode(keys[0].encode())
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for `purpose`, derived from the first key: the same on every replica
+        that shares POSTROOM_SECRET_KEYS (or the key file), unknown to a reader of the database."""
+        return hmac.new(self._first, purpose.encode(), hashlib.sha256).digest()
 
     def encrypt(self, values: dict[str, str]) -> str:
         return self._fernet.encrypt(json.dumps(values, sort_keys=True).encode()).decode()

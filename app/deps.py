@@ -15,12 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.crypto import SecretBox
+from app.delivery.dispatcher import Dispatcher
 from app.delivery.transports import TransportCache
 from app.egress import EgressPolicy
 from app.messages.intake import Intake
 from app.metrics import Metrics
-from app.security import Authenticator, Principal, RateLimit, require_role
+from app.security import Authenticator, Principal, require_role
 from app.servers.service import Profiles
+from app.throttle import Throttle
 from app.transports.base import TransportContext
 
 
@@ -38,13 +40,16 @@ class Runtime:
     transport_context: TransportContext
     transports: TransportCache
     metrics: Metrics
-    test_sends: RateLimit
-    sends: RateLimit | None
-    """Per-user POST /messages limit, when configured."""
+    test_sends: Throttle
+    """Test sends per profile per minute, shared by every replica."""
+    sends: Throttle | None
+    """Per-user POST /messages limit, when configured, shared by every replica."""
     intake: Intake
     """Stores POST /messages in shared transactions (group commit)."""
     wake: Callable[[], None] = lambda: None
     """Tells the in-process dispatcher that a message was queued."""
+    dispatcher: Dispatcher | None = None
+    """This process's dispatcher, while it runs one (for /readyz)."""
 
     def queued(self) -> None:
         self.wake()

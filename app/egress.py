@@ -82,17 +82,22 @@ class EgressPolicy:
         return addresses
 
 
-async def check_host(policy: EgressPolicy, host: str, port: int, field: str) -> None:
-    """Check a host at save time: a port or an address the policy denies is a 422 naming `field`.
-
-    A name that does not resolve from here is accepted: it is checked again at every connect.
-    """
+def check_port_setting(policy: EgressPolicy, port: int, field: str) -> None:
+    """A port the policy denies is a 422 naming `field` (at save time; no I/O)."""
     try:
         policy.check_port(port)
     except EgressDenied as err:
-        raise Invalid(err.message, field=field.rpartition(".")[0] + ".port") from err
+        raise Invalid(err.message, field=field) from err
+
+
+async def check_host_setting(policy: EgressPolicy, host: str, field: str) -> None:
+    """A host that resolves to an address the policy denies is a 422 naming `field`.
+
+    It resolves DNS, so callers run it before they open a database transaction. A name that
+    does not resolve from here is accepted: it is checked again at every connect.
+    """
     try:
-        await asyncio.wait_for(policy.resolve(host, port), timeout=3.0)
+        await asyncio.wait_for(policy.resolve(host, 0, check_port=False), timeout=3.0)
     except EgressDenied as err:
         raise Invalid(f"{host}: {err.message}", field=field) from err
     except (OSError, TimeoutError, UnicodeError):

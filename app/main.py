@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -17,6 +20,7 @@ from app.branding.router import router as branding_router
 from app.config import Settings
 from app.crypto import load_secret_box
 from app.db import check_durability, create_engine, sessionmaker, transaction
+from app.delivery import liveness
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.router import router as probe_router
 from app.delivery.transports import TransportCache
@@ -28,9 +32,11 @@ from app.messages.intake import Intake
 from app.messages.router import router as messages_router
 from app.metrics import Metrics
 from app.openapi import install as install_openapi
-from app.security import Authenticator, RateLimit
+from app.schemas import LocalDomains
+from app.security import Authenticator
 from app.servers.router import router as servers_router
 from app.themes.router import router as themes_router
+from app.throttle import Throttle
 from app.transports.base import TransportContext
 from app.users import service as users
 from app.users.router import router as users_router
@@ -99,7 +105,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         egress = egress_policy(settings)
         async with http_client(egress, settings.http_timeout) as http:
             box = load_secret_box(settings)
-            context = TransportContext(http, egress, logging.getLogger("postroom.transport"))
+            context = TransportContext(
+                http, egress, logging.getLogger("postroom.transport"), settings.hostname
+            )
             yield Runtime(
                 settings=settings,
                 engine=engine,
@@ -107,7 +115,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 box=box,
                 egress=egress,
                 auth=Authenticator(
-                    sessions,
+                    engine,
+                    pepper=box.derive("postroom trusted logins"),
                     cache_seconds=settings.auth_cache_seconds,
                     failures_per_minute=settings.login_failures_per_minute,
                     lockout_failures=settings.account_lockout_failures,
@@ -117,9 +126,16 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 transport_context=context,
                 transports=TransportCache(settings, box, context),
                 metrics=Metrics(),
-                test_sends=RateLimit(settings.test_sends_per_minute, "test sends"),
+                test_sends=Throttle(
+                    engine,
+                    name="test-send",
+                    limit=settings.test_sends_per_minute,
+                    what="test sends",
+                ),
                 sends=(
-                    RateLimit(settings.send_rate_per_minute, "messages")
+                    Throttle(
+                        engine, name="send", limit=settings.send_rate_per_minute, what="messages"
+                    )
                     if settings.send_rate_per_minute
                     else None
                 ),
@@ -131,17 +147,24 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
 
 
 @asynccontextmanager
-async def running_dispatcher(runtime: Runtime) -> AsyncIterator[Dispatcher]:
+async def running_dispatcher(
+    runtime: Runtime, loop: str = "dispatcher"
+) -> AsyncIterator[Dispatcher]:
     """Run the dispatcher in the background for the duration of the block, then stop it cleanly."""
-    dispatcher = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, loop=loop
+    )
     stopping = asyncio.Event()
-    task = asyncio.create_task(dispatcher.run(stopping))
+    await dispatcher.heartbeats.beat(time.monotonic())
+    dispatcher.task = asyncio.create_task(dispatcher.run(stopping))
     runtime.wake = dispatcher.notify
+    runtime.dispatcher = dispatcher
     try:
         yield dispatcher
     finally:
+        runtime.dispatcher = None
         stopping.set()
-        await task
+        await asyncio.gather(dispatcher.task, return_exceptions=True)
         await runtime.transports.aclose()
 
 
@@ -163,6 +186,37 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
+async def readiness(runtime: Runtime) -> dict[str, Any]:
+    """What /readyz answers: `ready`, or `unavailable` with the reasons."""
+    dispatcher = runtime.dispatcher
+    reasons: list[str] = []
+    answer: dict[str, Any] = {}
+    try:
+        async with runtime.sessions() as session:
+            await session.execute(text("SELECT 1"))
+            age = None
+            if dispatcher is not None:
+                age = await liveness.heartbeat_age(session, dispatcher.heartbeats.id)
+    except (OSError, SQLAlchemyError) as err:
+        return {"status": "unavailable", "reasons": [f"the database does not answer: {err}"]}
+    if runtime.settings.dispatcher:
+        if dispatcher is None or dispatcher.task is None or dispatcher.task.done():
+            reasons.append("the dispatcher is not running")
+        elif age is None or age > liveness.STALE_AFTER:
+            since = "its row is gone" if age is None else f"the last was {age:.0f} s ago"
+            reasons.append(
+                f"the dispatcher's heartbeat is stale ({since}; "
+                f"stale after {liveness.STALE_AFTER:g} s)"
+            )
+        if dispatcher is not None:
+            answer["dispatcher"] = {"id": dispatcher.heartbeats.id, "heartbeatAge": age}
+            if dispatcher.last_error:
+                answer["dispatcher"]["lastError"] = dispatcher.last_error
+    if reasons:
+        return {"status": "unavailable", "reasons": reasons} | answer
+    return {"status": "ready"} | answer
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(
@@ -176,6 +230,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_message_bytes)
+    if settings.allow_local_domains:
+        app.add_middleware(LocalDomains)
     app.include_router(messages_router)  # first: routes are matched in order, this is the hot one
     app.include_router(servers_router)
     app.include_router(branding_router)
@@ -184,9 +240,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(themes_router)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
-        """Counters in Prometheus' text format."""
-        return PlainTextResponse(runtime.metrics.render())
+    async def metrics(runtime: RuntimeDep) -> Response:
+        """Prometheus' text format: this process's counters and histograms, and the queue,
+        loops and profiles as read from the database (the same on every replica)."""
+        try:
+            async with runtime.sessions() as session:
+                shared = await liveness.snapshot(session)
+        except (OSError, SQLAlchemyError) as err:
+            log.warning("/metrics: the database could not be read: %s", err)
+            shared = None
+        return Response(runtime.metrics.render(shared), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"], response_class=PlainTextResponse)
     async def healthz() -> PlainTextResponse:
@@ -195,12 +258,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz(runtime: RuntimeDep) -> JSONResponse:
-        """Readiness: the database answers."""
-        try:
-            async with runtime.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except (OSError, SQLAlchemyError) as err:
-            return JSONResponse({"status": "unavailable", "database": str(err)}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        """Readiness: the database answers, and this process's dispatcher (when it runs one)
+        is running and has beaten within the last 30 s. A 503 says why."""
+        ready = await readiness(runtime)
+        return JSONResponse(ready, status_code=200 if ready["status"] == "ready" else 503)
 
     return app

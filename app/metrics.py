@@ -1,29 +1,178 @@
-"""Process-local counters, rendered in Prometheus' text format at GET /metrics."""
+"""Metrics in Prometheus' text format (prometheus_client), at GET /metrics.
+
+Two kinds: counters and histograms of what this process did (Prometheus scrapes every replica and
+sums them), and gauges of the shared state read from the database at scrape time (`Snapshot`), so
+that every replica reports the same queue, the same loops and the same profiles.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86_400)
+"""Accept to final status: seconds for a healthy relay, hours when retries are at work."""
+
+ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class Metrics:
+    """This process's counters and histograms, each in its own registry (tests run many apps)."""
+
     def __init__(self) -> None:
-        self._counts: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.transactions = Counter(
+            "postroom_transactions",
+            "SMTP transactions and provider API calls, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "postroom_messages",
+            "Messages that reached a final status in this process, by status.",
+            ["status"],
+            registry=r,
+        )
+        self.ambiguous = Counter(
+            "postroom_ambiguous_attempts",
+            "Transactions whose content may have been delivered though no reply came back.",
+            registry=r,
+        )
+        self.configuration_errors = Counter(
+            "postroom_configuration_errors",
+            "Attempts refused for a profile's configuration (credentials, TLS, DNS), by profile.",
+            ["profile", "code"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "postroom_internal_errors",
+            "Unexpected exceptions while delivering one message (recorded as a deferred attempt).",
+            registry=r,
+        )
+        self.loop_errors = Counter(
+            "postroom_loop_errors",
+            "Exceptions a supervised loop survived (it logs them, backs off and goes on).",
+            ["loop"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "postroom_delivery_latency_seconds",
+            "From a message's acceptance to its final status (sent, partially_sent or failed).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempt_duration = Histogram(
+            "postroom_attempt_duration_seconds",
+            "One SMTP transaction or provider API call, by profile type.",
+            ["type"],
+            buckets=ATTEMPT_BUCKETS,
+            registry=r,
+        )
 
-    def inc(self, name: str, amount: int = 1, **labels: str) -> None:
-        self._counts[(name, tuple(sorted(labels.items())))] += amount
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 when it has none yet), by its exposed name."""
+        return self.registry.get_sample_value(name, labels) or 0.0
 
-    def value(self, name: str, **labels: str) -> int:
-        return self._counts[(name, tuple(sorted(labels.items())))]
+    def render(self, snapshot: Snapshot | None) -> bytes:
+        """This process's metrics, then the database's gauges when they could be read."""
+        text = generate_latest(self.registry)
+        if snapshot is not None:
+            shared = CollectorRegistry()
+            shared.register(_SnapshotCollector(snapshot))
+            text += generate_latest(shared)
+        return text
 
-    def render(self) -> str:
-        lines: list[str] = []
-        seen: set[str] = set()
-        for (name, labels), count in sorted(self._counts.items()):
-            if name not in seen:
-                lines.append(f"# TYPE postroom_{name} counter")
-                seen.add(name)
-            label_text = ",".join(f'{key}="{value}"' for key, value in labels)
-            lines.append(
-                f"postroom_{name}{{{label_text}}} {count}" if labels else f"postroom_{name} {count}"
-            )
-        return "\n".join(lines) + "\n"
+
+@dataclass(frozen=True, slots=True)
+class LoopBeat:
+    id: str
+    loop: str
+    host: str
+    age: float
+    """Seconds since its last heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailingProfile:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The shared state, read from the database at scrape time."""
+
+    messages: dict[str, int]
+    """Messages by status."""
+    oldest_due: float
+    """Seconds the oldest due queued message has waited past its due time (0: none)."""
+    loops: list[LoopBeat]
+    stale_after: float
+    profiles: dict[str, int]
+    """Profiles by health."""
+    failing: list[FailingProfile] = field(default_factory=list)
+
+
+STATUSES = ("queued", "sending", "sent", "partially_sent", "failed")
+HEALTHS = ("unknown", "ok", "failing")
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot
+        yield _family(
+            "postroom_queue_messages",
+            "Messages in the database, by status.",
+            ["status"],
+            ((st, s.messages.get(st, 0)) for st in STATUSES),
+        )
+        yield GaugeMetricFamily(
+            "postroom_queue_oldest_due_seconds",
+            "How long the oldest due queued message has waited past its due time.",
+            value=s.oldest_due,
+        )
+        live = sum(1 for beat in s.loops if beat.age <= s.stale_after)
+        yield GaugeMetricFamily(
+            "postroom_dispatchers_live",
+            f"Dispatchers and workers whose heartbeat is at most {s.stale_after:g} s old.",
+            value=live,
+        )
+        ages = GaugeMetricFamily(
+            "postroom_dispatcher_heartbeat_age_seconds",
+            "Seconds since each registered dispatcher or worker last beat.",
+            labels=["id", "loop", "host"],
+        )
+        for beat in s.loops:
+            ages.add_metric([beat.id, beat.loop, beat.host], beat.age)
+        yield ages
+        yield _family(
+            "postroom_profiles",
+            "Server profiles, by health.",
+            ["health"],
+            ((h, s.profiles.get(h, 0)) for h in HEALTHS),
+        )
+        failing = GaugeMetricFamily(
+            "postroom_profile_failing",
+            "1 for each profile whose health is failing (the reason is on the profile).",
+            labels=["profile", "type"],
+        )
+        for profile in s.failing:
+            failing.add_metric([profile.name, profile.type], 1)
+        yield failing
+
+
+def _family(
+    name: str, documentation: str, labels: list[str], values: Iterable[tuple[str, int]]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for label, value in values:
+        family.add_metric([label], value)
+    return family

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Annotated
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import (
     CASE_INSENSITIVE_MAILBOX_NAMES,
@@ -14,6 +18,7 @@ from email_validator.rfc_constants import (
 )
 from pydantic import AfterValidator, BaseModel, ConfigDict, Strict
 from pydantic.alias_generators import to_camel
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class CamelModel(BaseModel):
@@ -41,16 +46,87 @@ SafeStr = Annotated[str, AfterValidator(_no_control)]
 """A string that can go into a header or an SMTP command: no CR, LF or NUL."""
 
 
+_LOCAL_DOMAINS: ContextVar[bool] = ContextVar("postroom_allow_local_domains", default=False)
+"""POSTROOM_ALLOW_LOCAL_DOMAINS where addresses are being validated (see `local_domains`)."""
+_LOCAL_TLDS = frozenset({"local", "localhost"})
+_NOT_LOCAL = frozenset({"invalid", "onion", "arpa", "test"})
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+LOCAL_DOMAINS_HINT = (
+    "Addresses at local domains (.local, localhost, single-label names such as corp) are "
+    "accepted when the admin sets POSTROOM_ALLOW_LOCAL_DOMAINS=true."
+)
+
+
+@contextmanager
+def local_domains(allowed: bool) -> Iterator[None]:
+    """Within the block, addresses at local domains are accepted (or not): the setting, made
+    visible to the module-level address validator without a global."""
+    token = _LOCAL_DOMAINS.set(allowed)
+    try:
+        yield
+    finally:
+        _LOCAL_DOMAINS.reset(token)
+
+
+class LocalDomains:
+    """ASGI middleware that accepts addresses at local domains in every request, for
+    POSTROOM_ALLOW_LOCAL_DOMAINS=true (request bodies are validated in the request's task).
+    Installed only when the setting is on: the default costs nothing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with local_domains(True):
+            await self.app(scope, receive, send)
+
+
+def is_local_domain(domain: str) -> bool:
+    """A name only a LAN resolves: one label (corp, localhost), `.local` (mDNS, Active
+    Directory), `.localhost`, `.home.arpa` (RFC 8375)."""
+    labels = domain.lower().rstrip(".").split(".")
+    if len(labels) == 1:
+        return bool(labels[0]) and labels[0] not in _NOT_LOCAL
+    return labels[-1] in _LOCAL_TLDS or labels[-2:] == ["home", "arpa"]
+
+
 def _validated(value: str) -> str:
     try:
         result = validate_email(value, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as err:
-        raise ValueError(str(err)) from err
+        if not is_local_domain(value.rpartition("@")[2]):
+            raise ValueError(str(err)) from err
+        accepted = _local_address(value)  # a fault of its own (the local part, say) comes first
+        if _LOCAL_DOMAINS.get():
+            return accepted
+        raise ValueError(f"{err} {LOCAL_DOMAINS_HINT}") from err
     return result.normalized
 
 
+def _local_address(value: str) -> str:
+    """An address at a local domain: the local part judged by email-validator (at a stand-in
+    domain), the domain by the host name rules (letters, digits, hyphens; IDN allowed)."""
+    local, _, domain = value.rpartition("@")
+    if len(value) > EMAIL_MAX_LENGTH:
+        raise ValueError(f"The email address is too long ({len(value)} > {EMAIL_MAX_LENGTH}).")
+    try:
+        result = validate_email(
+            f"{local}@example.com", check_deliverability=False, allow_smtputf8=True
+        )
+    except EmailNotValidError as err:
+        raise ValueError(str(err)) from err
+    name = domain.rstrip(".").lower()
+    ascii_name = a_label_domain(name)
+    if not ascii_name.isascii() or not all(
+        _LABEL.fullmatch(label) for label in ascii_name.split(".")
+    ):
+        raise ValueError(f"The part after the @-sign is not a valid host name: {domain!r}.")
+    return f"{result.local_part}@{name}"
+
+
 @lru_cache(maxsize=4096)
-def _domain(domain: str) -> str:
+def _domain(domain: str, local_allowed: bool) -> str:
+    """The domain as email-validator normalises it, cached per domain and per policy."""
     return _validated(f"x@{domain}").partition("@")[2]
 
 
@@ -68,7 +144,7 @@ def _email(value: str) -> str:
         and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES
     ):
         try:
-            normalized = _domain(domain)
+            normalized = _domain(domain, _LOCAL_DOMAINS.get())
         except ValueError:
             pass  # validated whole below, to say why
         else:
@@ -79,6 +155,28 @@ def _email(value: str) -> str:
 
 EmailAddress = Annotated[str, AfterValidator(_email)]
 """An address email-validator accepts (`#` and `&` are fine in the local part), normalised."""
+
+
+@lru_cache(maxsize=4096)
+def a_label_domain(domain: str) -> str:
+    """The domain in A-labels (IDNA 2008, UTS 46), as DNS and SMTP take it: bücher.example ->
+    xn--bcher-kva.example. An ASCII domain, or one IDNA refuses, is returned as it is."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return domain
+
+
+def a_labels(address: str) -> str:
+    """The address as it goes on the wire, its domain in A-labels (as nodemailer sends it):
+    bob@bücher.example -> bob@xn--bcher-kva.example. A non-ASCII local part stays: only
+    SMTPUTF8 (RFC 6531) can carry it."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    return f"{local}@{a_label_domain(domain)}"
 
 
 Integer = Annotated[int, Strict()]

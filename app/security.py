@@ -1,5 +1,6 @@
-"""HTTP Basic auth: verified credentials cached briefly, failed logins throttled per client and
-per account."""
+"""HTTP Basic auth: verified credentials cached per process but checked against the users table
+twice a second, failed logins throttled and accounts locked through the database, so every
+replica enforces the same limits and sees a password, role or user change within a second."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.errors import Forbidden, TooManyRequests, Unauthorized
+from app.errors import Forbidden, Unauthorized
+from app.lockout import Lockout
+from app.throttle import Throttle
 from app.users.models import User
 from app.users.passwords import DUMMY_HASH, verify_password
 
@@ -24,6 +26,15 @@ VERIFYING_AT_ONCE = 2
 """argon2 verifications running at once, at most: each holds 19 MiB while it runs (before, when
 a cached credential expired under load, every request carrying it verified it, six at a time in
 the default executor: 100 MiB of transient RSS)."""
+
+RECHECK_SECONDS = 0.5
+"""A cached credential's user row (role, password hash) is read again after this long: a
+password change, role change or deletion on any replica takes effect here within about that.
+One indexed SELECT per credential per half second, where one per request would be a second
+transaction on every POST /messages (SQLite has a single connection)."""
+
+MAX_CACHED = 10_000
+MAX_CLIENTS = 1_000
 
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="postroom", charset="UTF-8"'}
 
@@ -53,163 +64,142 @@ def parse_basic(header: str | None) -> tuple[str, str]:
     return name, password
 
 
-class RateLimit:
-    """At most `limit` events per key in a sliding window; past it, `check` answers 429."""
+@dataclass(slots=True)
+class _Verified:
+    """A credential verified against `stored` (the user's password hash at the time)."""
 
-    def __init__(self, limit: int, what: str, window: float = 60.0) -> None:
-        self.limit = limit
-        self.what = what
-        self.window = window
-        self._events: dict[str, deque[float]] = {}
-
-    def check(self, key: str) -> None:
-        events = self._recent(key)
-        if len(events) >= self.limit:
-            retry = int(events[0] + self.window - time.monotonic()) + 1
-            raise TooManyRequests(f"too many {self.what}; try again later", retry_after=retry)
-
-    def record(self, key: str) -> None:
-        self._recent(key).append(time.monotonic())
-
-    def _recent(self, key: str) -> deque[float]:
-        events = self._events.setdefault(key, deque())
-        cutoff = time.monotonic() - self.window
-        while events and events[0] < cutoff:
-            events.popleft()
-        if not events and len(self._events) > 100_000:
-            self._events.clear()
-            events = self._events.setdefault(key, deque())
-        return events
+    stored: str
+    principal: Principal
+    until: float
+    """Monotonic time after which argon2 runs again (POSTROOM_AUTH_CACHE_SECONDS)."""
+    checked: float
+    """Monotonic time the user row was last read."""
+    clients: set[str] = field(default_factory=set)
+    """Addresses that logged in with it: trusted, so the lockout need not be read for them."""
 
 
-class AccountLockout:
-    """Consecutive failed logins per user name (known or not, so a lock reveals nothing): after
-    `limit` of them in a row the name is locked for `seconds` (NIST SP 800-63B 5.2.2: at most 100).
-
-    While locked, only a client that logged in with that very password before (same address,
-    same name and password) is still let in, so an attacker can lock a service account away from
-    new guesses but not from its own clients; such a success does not lift the lock.
-    """
-
-    def __init__(self, limit: int, seconds: float) -> None:
-        self.limit = limit
-        self.seconds = seconds
-        self._failures: dict[str, tuple[int, float]] = {}
-        """name -> (consecutive failures, locked until on the monotonic clock, or 0)."""
-
-    def locked(self, name: str) -> bool:
-        until = self._failures.get(name, (0, 0.0))[1]
-        if until and until <= time.monotonic():
-            self._failures.pop(name, None)
-            return False
-        return bool(until)
-
-    def check(self, name: str, *, trusted: bool) -> None:
-        if self.locked(name) and not trusted:
-            until = self._failures[name][1]
-            raise TooManyRequests(
-                "too many failed logins for this account; try again later",
-                retry_after=int(until - time.monotonic()) + 1,
-            )
-
-    def failed(self, name: str) -> None:
-        count, until = self._failures.get(name, (0, 0.0))
-        count += 1
-        if count >= self.limit and not until:
-            until = time.monotonic() + self.seconds
-        if len(self._failures) > 100_000:
-            self._failures = {n: v for n, v in self._failures.items() if v[1]}
-        self._failures[name] = (count, until)
-
-    def succeeded(self, name: str) -> None:
-        if not self._failures.get(name, (0, 0.0))[1]:
-            self._failures.pop(name, None)
-
-    def failures(self, name: str) -> int:
-        return self._failures.get(name, (0, 0.0))[0]
+@dataclass(frozen=True, slots=True)
+class _Row:
+    name: str
+    role: str
+    password_hash: str
 
 
 class Authenticator:
     """Checks Basic credentials against the users table.
 
-    A verified (name, password) pair is remembered for `cache_seconds` under an HMAC of both, so
-    argon2 is paid once per client per period rather than on every request. Unknown users are
-    verified against a dummy hash, so they take as long as a wrong password. Failed logins are
-    throttled per client address (`failures_per_minute`) and per account (AccountLockout).
+    A verified credential is cached in this process under an HMAC of name and password, with the
+    hash it was verified against: argon2 is paid once per credential per `cache_seconds`, and
+    the user row is read again every RECHECK_SECONDS, so a changed hash or a deleted user drops
+    the entry and a changed role applies. Unknown users are verified against a dummy hash, so
+    they take as long as a wrong password. Failed logins are throttled per client address
+    (`failures_per_minute`, a Throttle) and counted by the Lockout, both in the database.
     """
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
         *,
+        pepper: bytes,
         cache_seconds: float,
         failures_per_minute: int,
         lockout_failures: int = 100,
         lockout_seconds: float = 900.0,
     ) -> None:
-        self._sessions = sessions
+        self._engine = engine
         self._cache_seconds = cache_seconds
-        self._cache: dict[bytes, tuple[float, Principal]] = {}
-        self._trusted: set[bytes] = set()
-        """(client address, name, password) of every login since start (or since `forget`), as
-        their HMAC: who still gets in while the account is locked."""
+        self._cache: dict[bytes, _Verified] = {}
         self._pepper = secrets.token_bytes(32)
-        self.throttle = RateLimit(failures_per_minute, "failed logins")
-        self.lockout = AccountLockout(lockout_failures, lockout_seconds)
-        self._verifying: dict[bytes, asyncio.Future[Principal | None]] = {}
+        """Keys the cache's HMAC: per process, as the cache is."""
+        self.throttle = Throttle(
+            engine, name="login", limit=failures_per_minute, what="failed logins"
+        )
+        self.lockout = Lockout(
+            engine, limit=lockout_failures, seconds=lockout_seconds, pepper=pepper
+        )
+        self._logins: dict[tuple[bytes, str], asyncio.Future[Principal]] = {}
         self._argon2 = asyncio.Semaphore(VERIFYING_AT_ONCE)
-
-    def forget(self) -> None:
-        """Drop every cached credential (a user changed or was deleted)."""
-        self._cache.clear()
-        self._trusted.clear()
 
     async def authenticate(self, header: str | None, client: str) -> Principal:
         name, password = parse_basic(header)
         key = hmac.new(self._pepper, f"{name}\0{password}".encode(), hashlib.sha256).digest()
-        known = hmac.new(self._pepper, f"{client}\0".encode() + key, hashlib.sha256).digest()
-        trusted = known in self._trusted
-        principal = self._cached(key, name, trusted=trusted)
-        if principal is not None:
-            return principal
-        self.throttle.check(client)
-        self.lockout.check(name, trusted=trusted)
-        verifying = self._verifying.get(key)
-        if verifying is None:
-            verifying = asyncio.ensure_future(self._verify(name, password))
-            self._verifying[key] = verifying
-            verifying.add_done_callback(lambda _: self._verifying.pop(key, None))
-        principal = await asyncio.shield(verifying)
-        if principal is None:
-            self.throttle.record(client)
-            self.lockout.failed(name)
+        entry = self._cache.get(key)
+        if entry is not None and await self._still_valid(key, entry, name, client):
+            return entry.principal
+        flight = (key, client)
+        login = self._logins.get(flight)
+        if login is None:
+            login = asyncio.ensure_future(self._login(name, password, client, key))
+            self._logins[flight] = login
+            login.add_done_callback(lambda _: self._logins.pop(flight, None))
+        return await asyncio.shield(login)
+
+    async def _still_valid(self, key: bytes, entry: _Verified, name: str, client: str) -> bool:
+        """Whether the cached entry lets this client in now (re-reading the row when due)."""
+        now = time.monotonic()
+        if entry.until <= now or client not in entry.clients:
+            return False
+        return now - entry.checked < RECHECK_SECONDS or await self._recheck(key, entry, name)
+
+    async def _recheck(self, key: bytes, entry: _Verified, name: str) -> bool:
+        """Read the user row again: False (and the entry dropped) when the user is gone or its
+        hash changed. Requests meanwhile keep using the entry: one read per credential."""
+        before, entry.checked = entry.checked, time.monotonic()
+        try:
+            row = await self._user(name)
+        except BaseException:
+            entry.checked = before  # the next request tries again
+            raise
+        if row is None or row.password_hash != entry.stored:
+            if self._cache.get(key) is entry:
+                del self._cache[key]
+            return False
+        if row.role != entry.principal.role:
+            entry.principal = Principal(row.name, row.role)
+        return True
+
+    async def _login(self, name: str, password: str, client: str, key: bytes) -> Principal:
+        """The slow path, once at a time per credential and client: throttle, lockout, argon2
+        (unless this process verified the credential against the same hash already)."""
+        await self.throttle.check(client)
+        row = await self._user(name)
+        state = await self.lockout.state(name, client)
+        stored = row.password_hash if row is not None else DUMMY_HASH
+        locked = state.locked_until is not None
+        if locked and not await self.lockout.trusted(name, client, password, stored):
+            raise self.lockout.refuse(state)
+        entry = self._cache.get(key)
+        now = time.monotonic()
+        known = entry is not None and entry.until > now and entry.stored == stored
+        if row is not None and known:
+            valid = True
+        else:
+            async with self._argon2:
+                valid = await asyncio.to_thread(verify_password, password, stored)
+        if row is None or not valid:
+            await self.throttle.record(client)
+            await self.lockout.failed(name, client)
             raise Unauthorized("invalid credentials", headers=CHALLENGE)
-        self.lockout.succeeded(name)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        if len(self._trusted) > 10_000:
-            self._trusted.clear()
-        self._cache[key] = (time.monotonic() + self._cache_seconds, principal)
-        self._trusted.add(known)
+        await self.lockout.succeeded(name, client, password, stored, state)
+        principal = Principal(row.name, row.role)
+        if entry is None or not known:
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            entry = _Verified(stored, principal, now + self._cache_seconds, now)
+            self._cache[key] = entry
+        if len(entry.clients) >= MAX_CLIENTS:
+            entry.clients.clear()
+        entry.clients.add(client)
+        entry.principal, entry.checked = principal, now
         return principal
 
-    async def _verify(self, name: str, password: str) -> Principal | None:
-        """The user these credentials are valid for, or None. Requests carrying the same
-        credentials at the same time share one call, and at most VERIFYING_AT_ONCE run argon2."""
-        async with self._sessions() as session:
-            query = select(User).where(User.name == name)
-            user = None if "\0" in name else await session.scalar(query)  # PG refuses NUL
-            stored = user.password_hash if user is not None else DUMMY_HASH
-        async with self._argon2:
-            valid = await asyncio.to_thread(verify_password, password, stored)
-        return Principal(user.name, user.role) if user is not None and valid else None
-
-    def _cached(self, key: bytes, name: str, *, trusted: bool) -> Principal | None:
-        cached = self._cache.get(key)
-        fresh = cached is not None and cached[0] > time.monotonic()
-        if cached is not None and fresh and (trusted or not self.lockout.locked(name)):
-            return cached[1]
-        return None
+    async def _user(self, name: str) -> _Row | None:
+        if "\0" in name:  # PostgreSQL refuses NUL in text; no user has one
+            return None
+        query = select(User.name, User.role, User.password_hash).where(User.name == name)
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(query)).first()
+        return _Row(found.name, found.role, found.password_hash) if found is not None else None
 
 
 def require_role(principal: Principal, *roles: str) -> Principal:

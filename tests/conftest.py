@@ -25,6 +25,9 @@ pytest_plugins = ["tests.smtpd"]
 PG_URL = os.environ.get("POSTROOM_TEST_DATABASE_URL")
 ADMIN = ("admin", "admin-password-123")
 SENDER = ("sender", "sender-password-123")
+SENDER_FROM = ["example.com"]
+"""The test sender may send from any example.com address (tests/messages/test_sender_bounds.py
+checks the bounds themselves, with users of its own)."""
 
 
 @pytest.fixture(scope="session")
@@ -135,7 +138,13 @@ async def sender(
     admin: httpx.AsyncClient, app_runtime: tuple[Any, Runtime]
 ) -> AsyncIterator[httpx.AsyncClient]:
     response = await admin.post(
-        "/api/v1/users", json={"name": SENDER[0], "role": "sender", "password": SENDER[1]}
+        "/api/v1/users",
+        json={
+            "name": SENDER[0],
+            "role": "sender",
+            "password": SENDER[1],
+            "allowedFrom": SENDER_FROM,
+        },
     )
     assert response.status_code == 201, response.text
     transport = httpx.ASGITransport(app=app_runtime[0], client=("203.0.113.9", 5555))
@@ -158,3 +167,14 @@ def raw_dump(settings: Settings) -> bytes:
     for table in Base.metadata.sorted_tables:
         rows += _pg(settings.url, f"SELECT row_to_json(t)::text FROM {table.name} t")
     return "\n".join(row[0] for row in rows).encode()
+
+
+async def allow_sender(admin: httpx.AsyncClient, *servers: str) -> None:
+    """Let the test sender, when there is one, send through these profiles too: a sender may
+    use only the default profile unless allowedServers names others."""
+    current = await admin.get(f"/api/v1/users/{SENDER[0]}")
+    if current.status_code == 404:
+        return
+    allowed = [*(current.json()["allowedServers"] or []), *servers]
+    response = await admin.patch(f"/api/v1/users/{SENDER[0]}", json={"allowedServers": allowed})
+    assert response.status_code == 200, response.text

@@ -116,6 +116,7 @@ class SmtpServer:
         drop_mid_data_after: int | None = None,
         require_starttls: bool = False,
         pipelining: bool = True,
+        smtputf8: bool = True,
         hostname: str = "smtp.test",
     ) -> None:
         if tls != "none" and (ca is None or certificate is None):
@@ -142,6 +143,8 @@ class SmtpServer:
         self.pipelining = pipelining
         """Offer PIPELINING, as every mainstream server does (aiosmtpd reads one command at a
         time, so it takes pipelined commands as they come)."""
+        self.smtputf8 = smtputf8
+        """Offer SMTPUTF8 (RFC 6531); without it, non-ASCII in commands is refused."""
         self.hostname = hostname
         self.port = 0
         self.open_sessions = 0
@@ -260,7 +263,7 @@ class SmtpServer:
             auth_require_tls=self.auth_require_tls,
             auth_exclude_mechanism=excluded,
             authenticator=handler.authenticate,
-            enable_SMTPUTF8=True,
+            enable_SMTPUTF8=self.smtputf8,
             loop=self._loop,
         )
 

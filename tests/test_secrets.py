@@ -83,9 +83,11 @@ def tracked_secrets() -> tuple[list[dict[str, Any]], list[str], str]:
         },
         "clientCertificate": cert_pem,
         "clientKey": key_pem,
+        "proxy": "socks5://prx-user:Prx-Secret-Hq4@proxy.example:1080",
     }
     payloads.append(smtp)
     secrets += ["o365-pass-Wv3#&", "oauth-ClientSecret-Pk7", "oauth-RefreshToken-Jm2"]
+    secrets += ["Prx-Secret-Hq4", "prx-user:Prx-Secret-Hq4@proxy.example"]
     secrets += pem_needles(key_pem)
     return payloads, secrets, key_pem
 

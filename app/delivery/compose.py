@@ -18,6 +18,7 @@ from typing import Any
 
 from app.db import new_id
 from app.delivery.grouping import Batch
+from app.schemas import a_label_domain, a_labels
 from app.themes.render import Layout, RenderError, dress
 from app.transports.base import Address, Attachment, Content, OutgoingMessage
 from app.transports.errors import PermanentError
@@ -31,7 +32,7 @@ _ATOMS = re.compile(r"[!-~]+( [!-~]+)*")
 
 
 def new_message_id(sender: str) -> str:
-    domain = sender.rpartition("@")[2] or "postroom.invalid"
+    domain = a_label_domain(sender.rpartition("@")[2]) or "postroom.invalid"
     return f"<{new_id()}@{domain}>"
 
 
@@ -195,15 +196,16 @@ def _parameter(name: str, value: str) -> str:
 
 def _mailbox(address: Address) -> str:
     """`Name <email>`: the name quoted when it holds specials, RFC 2047 encoded when not ASCII.
-    A non-ASCII address stays UTF-8 (RFC 6532): the SMTP transport then needs SMTPUTF8."""
-    name = address.name
+    An IDN domain goes in A-labels (bob@xn--bcher-kva.example, as nodemailer writes it); a
+    non-ASCII local part stays UTF-8 (RFC 6532): the SMTP transport then needs SMTPUTF8."""
+    name, email = address.name, a_labels(address.email)
     if not name:
-        return address.email
+        return email
     if not name.isascii():
         name = Header(name, "utf-8").encode(linesep="\r\n")
     elif _SPECIALS.search(name) or not _ATOMS.fullmatch(name):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{name} <{address.email}>"
+    return f"{name} <{email}>"
 
 
 def _address_header(name: str, addresses: tuple[Address, ...]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from app.db import among, transaction, update_by_id, utcnow
 from app.delivery import outbox
 from app.delivery.compose import compose, group_names
 from app.delivery.grouping import plan
+from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats
 from app.delivery.models import ATTEMPTS, MESSAGES, RECIPIENTS, Message, Recipient
 from app.delivery.outbox import Claim, RetryPolicy
 from app.delivery.transports import TransportCache
@@ -29,7 +31,7 @@ from app.themes.render import Layout
 from app.themes.service import layout_of
 from app.transports.base import Address, OutgoingMessage, Transport
 from app.transports.errors import (
-    CredentialsError,
+    ConfigurationError,
     PermanentError,
     TemporaryError,
     TransportError,
@@ -41,6 +43,10 @@ log = logging.getLogger("postroom.dispatcher")
 CONNECTION_LEVEL = frozenset({"ECONNECTION", "ETIMEDOUT", "EDNS", "ETLS", "EAUTH", "EPOLICY"})
 """Errors that say the server cannot be reached at all: the rest of an attempt is not tried."""
 
+
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+"""Seconds a failed pass waits before the next: doubling from BACKOFF_BASE up to BACKOFF_MAX."""
 
 BUSY_POLL = 0.02
 """Seconds between claims while messages keep coming: a worker in another process than the API
@@ -62,7 +68,8 @@ class Job:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     """The attempts table's rows for this attempt's transactions, written by `_finish`."""
     retry_after: float | None = None
-    credentials_error: str | None = None
+    config_error: str | None = None
+    """Why the profile's configuration was refused (credentials, TLS, DNS): marks it failing."""
     delivered_any: bool = False
 
 
@@ -77,6 +84,8 @@ class Dispatcher:
         settings: Settings,
         transports: TransportCache,
         metrics: Metrics,
+        *,
+        loop: str = "dispatcher",
     ) -> None:
         self.sessions = sessions
         self.settings = settings
@@ -89,41 +98,88 @@ class Dispatcher:
         self._in_flight = 0
         """Claimed messages whose result is not written yet."""
         self._closing = False
+        self._next_sweep = 0.0
+        self.heartbeats = Heartbeats(sessions, loop)
+        self.task: asyncio.Task[None] | None = None
+        """The running loop, set by whoever starts it (for /readyz)."""
+        self.last_error: str | None = None
+        """The last exception a pass survived; cleared by the next heartbeat's pass."""
 
     def notify(self) -> None:
         """Something was queued: look now rather than at the next poll."""
         self.wakeup.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Deliver until `stopping` is set, then finish what is in flight."""
+        """Deliver until `stopping` is set, then finish what is in flight.
+
+        Supervised: a pass that raises (the database away, a bug) is logged with its traceback
+        and counted, and the loop backs off and goes on. It beats only after passes that
+        worked, so a loop that keeps failing goes stale in /readyz and /metrics."""
         sending: set[asyncio.Task[None]] = set()
         self._closing = False
         writer = asyncio.create_task(self._write_results())
-        next_sweep = 0.0
+        failures = 0
         try:
             while not stopping.is_set():
-                if time.monotonic() >= next_sweep:
-                    await self._sweep()
-                    next_sweep = time.monotonic() + min(self.settings.lease_seconds / 4, 30.0)
-                self.wakeup.clear()
-                free = self.settings.dispatcher_concurrency - self._in_flight
-                jobs: list[Job] = []
-                if free >= self._claim_at() or (free > 0 and not self._in_flight):
-                    jobs = await self._claim(min(free, self.settings.dispatcher_batch))
-                for job in jobs:
-                    task = asyncio.create_task(self._attempt_and_queue(job))
-                    sending.add(task)
-                    task.add_done_callback(sending.discard)
-                if not jobs:
-                    await self._idle(stopping, self.settings.poll_interval)
-                elif free <= len(jobs) or len(jobs) < self.settings.dispatcher_batch:
-                    await self._idle(stopping, BUSY_POLL)
+                try:
+                    await self._pass(stopping, sending)
+                    failures = 0
+                except Exception as err:
+                    failures += 1
+                    await self._survive(err, failures, stopping)
             if sending:
                 await asyncio.gather(*sending, return_exceptions=True)
         finally:
             self._closing = True
             self._done_changed.set()
             await writer
+            await self._say_goodbye()
+
+    async def _pass(self, stopping: asyncio.Event, sending: set[asyncio.Task[None]]) -> None:
+        """Sweep and beat when due, claim what there is room for, and wait a little."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            await self._sweep()
+            self._next_sweep = now + min(self.settings.lease_seconds / 4, 30.0)
+        self.wakeup.clear()
+        free = self.settings.dispatcher_concurrency - self._in_flight
+        jobs: list[Job] = []
+        if free >= self._claim_at() or (free > 0 and not self._in_flight):
+            jobs = await self._claim(min(free, self.settings.dispatcher_batch))
+        for job in jobs:
+            task = asyncio.create_task(self._attempt_and_queue(job))
+            sending.add(task)
+            task.add_done_callback(sending.discard)
+        beat = self.heartbeats.last
+        if beat is None or now - beat >= HEARTBEAT_EVERY:
+            await self.heartbeats.beat(now)
+        if not jobs:
+            await self._idle(stopping, min(self.settings.poll_interval, HEARTBEAT_EVERY))
+        elif free <= len(jobs) or len(jobs) < self.settings.dispatcher_batch:
+            await self._idle(stopping, BUSY_POLL)
+
+    async def _survive(self, err: Exception, failures: int, stopping: asyncio.Event) -> None:
+        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+        log.error(
+            "%s pass failed (%d in a row); trying again in %.1f s",
+            self.heartbeats.loop,
+            failures,
+            delay,
+            exc_info=err,
+        )
+        self.metrics.loop_errors.labels(loop=self.heartbeats.loop).inc()
+        self.last_error = f"{type(err).__name__}: {err}"
+        try:
+            await self.heartbeats.failed(self.last_error)
+        except Exception as unrecorded:
+            log.warning("the error could not be recorded on the heartbeat row: %s", unrecorded)
+        await self._idle(stopping, delay)
+
+    async def _say_goodbye(self) -> None:
+        try:
+            await self.heartbeats.remove()
+        except Exception as err:
+            log.warning("the heartbeat row %s stays behind: %s", self.heartbeats.id, err)
 
     def _claim_at(self) -> int:
         """Free slots worth a claim: claiming for every slot freed would make many tiny claims."""
@@ -167,12 +223,7 @@ class Dispatcher:
                 waiter.cancel()
 
     async def _attempt_and_queue(self, job: Job) -> None:
-        try:
-            await self._attempt(job)
-        except Exception:
-            self._in_flight -= 1
-            self.wakeup.set()
-            return
+        await self._attempt(job)
         self._done.append(job)
         self._done_changed.set()
 
@@ -203,10 +254,7 @@ class Dispatcher:
                 return
 
     async def drain(self) -> None:
-        """Deliver everything due now, then return (for tests and `postroom worker --once`).
-
-        An attempt that crashed is not finished (its lease expires); the first such error is
-        raised once the others are written."""
+        """Deliver everything due now, then return (for tests and `postroom worker --once`)."""
         while True:
             async with transaction(self.sessions) as session:
                 claims = await outbox.claim(
@@ -215,31 +263,36 @@ class Dispatcher:
             if not claims:
                 return
             jobs = await self._load(claims)
-            outcomes = await asyncio.gather(
-                *(self._attempt(job) for job in jobs), return_exceptions=True
-            )
-            await self._finish([job for job, out in zip(jobs, outcomes, strict=True) if not out])
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            await asyncio.gather(*(self._attempt(job) for job in jobs))
+            await self._finish(jobs)
 
     async def _attempt(self, job: Job) -> None:
-        """One delivery attempt, its outcome recorded in the job; bounded by attempt_timeout."""
+        """One delivery attempt, its outcome recorded in the job; bounded by attempt_timeout.
+
+        An unexpected exception (a bug, a library's surprise) is logged with its traceback and
+        recorded on the message as a deferred attempt: it is retried on the normal schedule
+        rather than left in `sending` until its lease expires."""
+        started_at, started = utcnow(), time.perf_counter()
         try:
-            started_at, started = utcnow(), time.perf_counter()
-            try:
-                async with asyncio.timeout(self.settings.attempt_timeout) as deadline:
-                    await self._send(job)
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
+            async with asyncio.timeout(self.settings.attempt_timeout) as deadline:
+                await self._send(job)
+        except TimeoutError:
+            if not deadline.expired():
+                self._unexpected(job, started_at, started)
+            else:
                 self._cut(job, started_at, started)
         except Exception:
-            log.exception(
-                "delivering message %s failed; its lease will expire and it is retried",
-                job.claim.id,
-            )
-            raise
+            self._unexpected(job, started_at, started)
+
+    def _unexpected(self, job: Job, started_at: datetime, started: float) -> None:
+        log.exception("delivering message %s failed unexpectedly; it is retried", job.claim.id)
+        self.metrics.internal_errors.inc()
+        kind, raised = sys.exc_info()[:2]
+        error = TemporaryError(
+            f"internal error: {kind.__name__ if kind else 'Exception'}: {raised}"[:1000],
+            code="EINTERNAL",
+        )
+        self._fail_waiting(job, started_at, started, error)
 
     async def _load(self, claims: list[Claim]) -> list[Job]:
         """What the claimed messages need, in one short transaction: rows, recipients, profiles
@@ -373,7 +426,6 @@ class Dispatcher:
             reply_code=result.reply_code,
             provider_id=result.provider_id,
         )
-        self.metrics.inc("transactions_total", outcome=outcome)
 
     def _record(
         self,
@@ -389,20 +441,23 @@ class Dispatcher:
         reply_code: int | None = None,
         provider_id: str | None = None,
     ) -> None:
+        duration = time.perf_counter() - started
         if error is not None:
             outcome = "deferred" if isinstance(error, TemporaryError) else "failed"
             if error.ambiguous:
-                self.metrics.inc("ambiguous_attempts_total")
-            if isinstance(error, CredentialsError):
-                job.credentials_error = str(error)
-            self.metrics.inc("transactions_total", outcome=outcome)
+                self.metrics.ambiguous.inc()
+            if isinstance(error, ConfigurationError):
+                job.config_error = str(error)
+                self.metrics.configuration_errors.labels(profile=server, code=error.code).inc()
+        self.metrics.transactions.labels(outcome=outcome).inc()
+        self.metrics.attempt_duration.labels(type=_type_of(job, server)).observe(duration)
         job.attempts.append(
             {
                 "message_pk": job.message.id,
                 "number": job.claim.attempt,
                 "server": server,
                 "started_at": started_at,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "duration_ms": round(duration * 1000, 3),
                 "outcome": outcome,
                 "recipients": count,
                 "tls_version": error.tls_version if error else tls_version,
@@ -424,6 +479,12 @@ class Dispatcher:
             code="ETIMEDOUT",
             ambiguous=True,
         )
+        self._fail_waiting(job, started_at, started, error)
+
+    def _fail_waiting(
+        self, job: Job, started_at: datetime, started: float, error: TransportError
+    ) -> None:
+        """Record `error` as an attempt for every recipient this attempt has no result for."""
         waiting = [
             r.email
             for r in job.recipients
@@ -494,9 +555,11 @@ class Dispatcher:
             if attempts:
                 await session.execute(insert(ATTEMPTS), attempts)
             await self._record_health(session, [job for job, _ in live])
-        for _, values in live:
+        for job, values in live:
             if values["status"] != "queued":
-                self.metrics.inc("messages_total", status=values["status"])
+                self.metrics.messages.labels(status=values["status"]).inc()
+                age = (now - job.message.created_at).total_seconds()
+                self.metrics.delivery_latency.observe(age)
 
     def _outcome(self, job: Job, now: datetime) -> dict[str, Any]:
         """The message row's new values after this attempt: queued for a retry, or final."""
@@ -533,18 +596,26 @@ class Dispatcher:
         return values
 
     async def _record_health(self, session: AsyncSession, jobs: list[Job]) -> None:
-        """Refused credentials mark a profile failing; a delivery through it marks it ok again."""
+        """A refused configuration marks a profile failing; a delivery through it marks it ok."""
         health: dict[int, str | None] = {}
         for job in jobs:
             profile = job.profile
             if profile is None:
                 continue
-            if job.credentials_error is not None:
-                health[profile.id] = job.credentials_error
+            if job.config_error is not None:
+                health[profile.id] = job.config_error
             elif job.delivered_any and profile.health != "ok":
                 health.setdefault(profile.id, None)
         for profile_id, error in health.items():
             await record_health(session, profile_id, ok=error is None, error=error)
+
+
+def _type_of(job: Job, server: str) -> str:
+    """The type of the profile a transaction went through (its fallback's, or the built-in)."""
+    for profile in (job.profile, job.fallback):
+        if profile is not None and profile.name == server:
+            return profile.type
+    return "builtin"
 
 
 def _theme_name(message: Message, profiles: dict[str, ServerProfile]) -> str | None:

@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import Field
 
+from app.branding import service as branding
 from app.delivery import probe
 from app.delivery.probe import TestOutcome, VerifyOutcome
-from app.deps import AdminUser, RuntimeDep, SessionDep
+from app.deps import AdminUser, RuntimeDep
 from app.errors import Invalid
 from app.schemas import CamelModel, EmailAddress
 
@@ -26,24 +27,34 @@ class TestBody(ProbeBody):
     """Default: the profile's sender."""
 
 
+# Neither endpoint holds a database session while it talks to the server: the profile is read in
+# a session of its own that is closed before any I/O (a verify whose AUTH never answers must not
+# keep the dispatcher, or anyone, from the database).
+
+
 @router.post("/{name}/test", response_model=TestOutcome)
-async def test_server(
-    name: str, body: TestBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
-) -> TestOutcome:
-    """Send the test mail now, not queued; at most a few a minute per profile."""
-    found = await probe.candidate(session, runtime.profiles, name, body.changes)
-    to = body.to or (found.sender.email if found.sender else None)
+async def test_server(name: str, body: TestBody, _: AdminUser, runtime: RuntimeDep) -> TestOutcome:
+    """Send the test mail now, not queued; at most a few a minute per profile (all replicas
+    together). `to` defaults to the profile's sender, else the branding sender."""
+    async with runtime.sessions() as session:
+        found = await probe.candidate(session, runtime.profiles, name, body.changes)
+        to = body.to or (found.sender.email if found.sender else None)
+        if to is None:
+            to = (await branding.get_branding(session)).sender_email
     if to is None:
-        raise Invalid("give `to`: the profile has no sender to default to", field="to")
-    runtime.test_sends.check(name)
-    runtime.test_sends.record(name)
+        raise Invalid(
+            "give `to`: neither the profile nor the branding has a sender to default to",
+            field="to",
+        )
+    await runtime.test_sends.hit(name)
     return await probe.send_test(found, to, runtime.transport_context)
 
 
 @router.post("/{name}/verify", response_model=VerifyOutcome)
 async def verify_server(
-    name: str, body: ProbeBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+    name: str, body: ProbeBody, _: AdminUser, runtime: RuntimeDep
 ) -> VerifyOutcome:
     """Connect, greet, EHLO, TLS, AUTH and quit (or check an API's credentials): nothing is sent."""
-    found = await probe.candidate(session, runtime.profiles, name, body.changes)
+    async with runtime.sessions() as session:
+        found = await probe.candidate(session, runtime.profiles, name, body.changes)
     return await probe.verify(found, runtime.transport_context)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.errors import AppError
 from app.messages import service
+from app.messages.bounds import BoundsCache
 from app.messages.schemas import Accepted, MessageIn
 from app.messages.service import Caller
 
@@ -45,6 +46,8 @@ class Intake:
         self._settings = settings
         self._waiting: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
+        self.bounds = BoundsCache()
+        """Senders' bounds, reused for up to a second (POST /messages and /messages/batch)."""
 
     async def submit(
         self, caller: Caller, body: MessageIn, idempotency_key: str | None = None
@@ -89,6 +92,7 @@ class Intake:
                     session,
                     self._settings,
                     [(r.caller, r.body, r.idempotency_key) for r in batch],
+                    self.bounds,
                 )
         except Exception as err:
             log.warning("storing %d messages failed: %s", len(batch), err)

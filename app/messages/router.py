@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import AfterValidator, BeforeValidator
 
-from app.deps import AdminUser, RuntimeDep, SenderUser, SessionDep, client_address
+from app.deps import RuntimeDep, SenderUser, SessionDep, client_address
 from app.errors import BadRequest
 from app.messages import service
 from app.messages.schemas import (
@@ -62,8 +62,7 @@ async def send_message(
             details=[{"field": "Idempotency-Key", "message": "too long"}],
         )
     if runtime.sends is not None:
-        runtime.sends.check(principal.name)
-        runtime.sends.record(principal.name)
+        await runtime.sends.hit(principal.name)
     caller = Caller(principal, client_address(request))
     accepted, replayed = await runtime.intake.submit(caller, body, idempotency_key)
     if replayed:
@@ -83,12 +82,12 @@ async def send_batch(
 ) -> BatchOut:
     """Queue many messages in one request and one transaction. Each item is checked on its own:
     its result is 202 with the id, or the 4xx error it would have had when posted alone."""
-    if runtime.sends is not None:
-        for _ in body.messages:
-            runtime.sends.check(principal.name)
-            runtime.sends.record(principal.name)
+    if runtime.sends is not None:  # all of the batch fits, or none of it is counted
+        await runtime.sends.hit(principal.name, len(body.messages))
     caller = Caller(principal, client_address(request))
-    results = await service.enqueue_batch(session, runtime.settings, caller, body.messages)
+    results = await service.enqueue_batch(
+        session, runtime.settings, caller, body.messages, runtime.intake.bounds
+    )
     if any(item.status == 202 for item in results):
         runtime.queued()
     accepted = sum(item.status == 202 for item in results)
@@ -97,9 +96,10 @@ async def send_batch(
 
 @router.get("", response_model=MessagePage)
 async def search_messages(
-    _: AdminUser,
+    principal: SenderUser,
     session: SessionDep,
     sender: str | None = None,
+    created_by: Annotated[str | None, Query(alias="createdBy")] = None,
     recipient: str | None = None,
     template: str | None = None,
     theme: str | None = None,
@@ -111,9 +111,16 @@ async def search_messages(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> MessagePage:
-    """The sending records, newest first; pass `nextCursor` back as `cursor` for the next page."""
+    """The sending records, newest first; pass `nextCursor` back as `cursor` for the next page.
+
+    A sender sees the messages it posted; an admin sees all, or one user's with `createdBy`."""
+    if not principal.is_admin:
+        if created_by not in (None, principal.name):
+            return MessagePage(items=[], next_cursor=None)
+        created_by = principal.name
     where = RecordFilter(
         sender=sender,
+        created_by=created_by,
         recipient=recipient,
         template=template,
         theme=theme,

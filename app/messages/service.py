@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from app.branding.service import get_branding
 from app.config import Settings
 from app.db import new_id, utcnow
 from app.delivery.compose import new_message_id
@@ -26,16 +25,16 @@ from app.errors import (
     AppError,
     BadRequest,
     Conflict,
-    Forbidden,
     Invalid,
     NotFound,
     error_body,
     invalid_body,
 )
+from app.messages.bounds import BoundsCache, enforce
+from app.messages.lookups import Lookups
 from app.messages.schemas import LINE_BREAKS, Accepted, BatchItem, MessageIn
 from app.security import Principal
 from app.servers.models import ServerProfile
-from app.servers.service import get_routing
 from app.themes import service as themes
 
 PERSONAL_FACTOR = 10
@@ -51,26 +50,6 @@ class Caller:
 def request_hash(body: MessageIn) -> str:
     canonical = json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-@dataclass
-class Lookups:
-    """The profiles and the branding the messages of one request resolve to, looked up once."""
-
-    session: AsyncSession
-    profiles: dict[str | None, ServerProfile | None] = field(default_factory=dict)
-    branding: tuple[str | None, str | None] | None = None
-
-    async def profile(self, name: str | None) -> ServerProfile | None:
-        if name not in self.profiles:
-            self.profiles[name] = await _profile_for(self.session, name)
-        return self.profiles[name]
-
-    async def branding_sender(self) -> tuple[str | None, str | None]:
-        if self.branding is None:
-            branding = await get_branding(self.session)
-            self.branding = (branding.sender_email, branding.sender_name)
-        return self.branding
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +81,16 @@ async def enqueue_each(
     session: AsyncSession,
     settings: Settings,
     requests: Sequence[tuple[Caller, MessageIn, str | None]],
+    bounds: BoundsCache | None = None,
 ) -> list[tuple[Accepted, bool] | AppError]:
     """Store each (caller, body, Idempotency-Key) in the session; a message that cannot be
     accepted gets its AppError in its place, and the others are stored all the same.
 
     The rows go in with one INSERT per table for the lot (SQLAlchemy's bulk insert), except a
     message with an Idempotency-Key: it is inserted at once in a savepoint, so that a concurrent
-    duplicate fails alone (409)."""
-    lookups = Lookups(session)
+    duplicate fails alone (409). A sender's message is held to its bounds (`bounds` caches
+    them between calls)."""
+    lookups = Lookups(session, bounds)
     outcomes: list[tuple[Accepted, bool] | AppError] = []
     pending: list[_Rows] = []
     for caller, body, key in requests:
@@ -155,6 +136,15 @@ async def _accept(
             return (replay, True), None
     profile = await lookups.profile(body.server)
     sender_email, sender_name = await _sender(lookups, body, profile)
+    if not caller.principal.is_admin:
+        await enforce(
+            lookups,
+            caller.principal.name,
+            server=body.server,
+            profile=profile,
+            sender=sender_email,
+            from_named=body.from_ is not None,
+        )
     if body.theme is not None:
         await themes.find_theme(session, body.theme)
     payload = body.model_dump(
@@ -198,7 +188,11 @@ async def _accept(
 
 
 async def enqueue_batch(
-    session: AsyncSession, settings: Settings, caller: Caller, items: list[dict[str, Any]]
+    session: AsyncSession,
+    settings: Settings,
+    caller: Caller,
+    items: list[dict[str, Any]],
+    bounds: BoundsCache | None = None,
 ) -> list[BatchItem]:
     """Store each valid message; an invalid one gets the error it would have had alone."""
     results: list[BatchItem | None] = []
@@ -209,7 +203,7 @@ async def enqueue_batch(
             results.append(None)
         except ValidationError as err:
             results.append(BatchItem(status=422, error=invalid_body(err.errors())["error"]))
-    outcomes = iter(await enqueue_each(session, settings, valid))
+    outcomes = iter(await enqueue_each(session, settings, valid, bounds))
     return [result or _batch_item(next(outcomes)) for result in results]
 
 
@@ -342,24 +336,6 @@ async def _replay(
     return Accepted(id=earlier.id, status="queued", message_id=earlier.message_id)
 
 
-async def _profile_for(session: AsyncSession, name: str | None) -> ServerProfile | None:
-    """The profile a message goes through; None is the built-in server."""
-    if name is not None:
-        profile = await session.scalar(select(ServerProfile).where(ServerProfile.name == name))
-        if profile is None:
-            raise Invalid(f"no server profile {name!r}", field="server")
-        return profile
-    routing = await get_routing(session)
-    if routing.profile_id is not None:
-        return await session.get(ServerProfile, routing.profile_id)
-    if routing.builtin:
-        return None
-    raise Invalid(
-        "there is no default server profile: name one in `server`, or make a profile the default",
-        field="server",
-    )
-
-
 async def _sender(
     lookups: Lookups, body: MessageIn, profile: ServerProfile | None
 ) -> tuple[str, str | None]:
@@ -383,16 +359,16 @@ async def get_message(session: AsyncSession, message_id: str, principal: Princip
         .where(Message.id == message_id)
         .options(selectinload(Message.recipients), selectinload(Message.attempt_log))
     )
-    if message is None:
-        raise NotFound(f"no message {message_id!r}")
-    if not principal.is_admin and message.created_by != principal.name:
-        raise Forbidden("a sender can read only the messages it sent")
+    if message is None or not (principal.is_admin or message.created_by == principal.name):
+        raise NotFound(f"no message {message_id!r}")  # a sender cannot tell others' ids exist
     return message
 
 
 @dataclass(frozen=True, slots=True)
 class RecordFilter:
     sender: str | None = None
+    created_by: str | None = None
+    """The user who posted them: a sender's search is always held to its own."""
     recipient: str | None = None
     template: str | None = None
     theme: str | None = None
@@ -428,6 +404,7 @@ async def search(
     query = select(Message)
     for column, value in (
         (Message.sender, where.sender),
+        (Message.created_by, where.created_by),
         (Message.template, where.template),
         (Message.theme, where.theme),
         (Message.resource, where.resource),

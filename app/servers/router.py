@@ -50,6 +50,7 @@ async def post_email_server(
     body: EmailServerBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
 ) -> EmailServerOut:
     """Sisense v1.0: set the custom SMTP server; `enable: false` uses the built-in server again."""
+    await service.check_host(runtime.profiles, body, field="host")
     return await sisense.write(session, runtime.profiles, body)
 
 
@@ -62,6 +63,7 @@ async def list_servers(_: AdminUser, session: SessionDep, runtime: RuntimeDep) -
 async def create_server(
     body: ProfileBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
 ) -> ProfileOut:
+    await service.check_host(runtime.profiles, body.settings)
     profile = await service.create_profile(session, runtime.profiles, body)
     return service.to_out(profile, await service.get_routing(session), runtime.box)
 
@@ -83,6 +85,7 @@ async def replace_server(
     body: dict[str, Any] = Body(),
 ) -> ProfileOut:
     """Replace the whole profile; secrets the body does not mention are kept, `null` clears one."""
+    await service.check_host(runtime.profiles, body.get("settings"))
     profile = await service.replace_profile(session, runtime.profiles, name, body)
     return service.to_out(profile, await service.get_routing(session), runtime.box)
 
@@ -96,6 +99,7 @@ async def patch_server(
     body: dict[str, Any] = Body(),
 ) -> ProfileOut:
     """A JSON merge patch: the fields given change, `null` resets one (and clears a secret)."""
+    await service.check_host(runtime.profiles, body.get("settings"))
     profile = await service.patch_profile(session, runtime.profiles, name, body)
     return service.to_out(profile, await service.get_routing(session), runtime.box)
 
@@ -114,6 +118,7 @@ async def duplicate_server(
     name: str, body: DuplicateBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
 ) -> ProfileOut:
     """Copy a profile without its secrets: the body gives the copy's secrets (and maybe a name)."""
+    await service.check_host(runtime.profiles, body.settings)
     profile = await service.duplicate_profile(
         session, runtime.profiles, name, body.name, body.settings
     )

@@ -2,6 +2,10 @@
 
 A settings model marks its secrets with SecretStr. Secrets are kept under their dotted camelCase
 path ("pass", "oauth2.clientSecret"); the API shows each only as `<name>Set: true|false`.
+
+A setting that became a secret after rows were stored (SMTP `proxy`, which may carry user:pass)
+may still be held in clear in a row's public settings: `view` and `stored` treat that value as
+the secret (set, never shown), and the next save moves it to the encrypted secrets. No migration.
 """
 
 from __future__ import annotations
@@ -87,12 +91,27 @@ def view(
         key = info.alias or name
         sub = _submodel(info.annotation)
         if _is_secret(info.annotation):
-            shown[f"{key}Set"] = f"{prefix}{key}" in secrets
+            shown[f"{key}Set"] = f"{prefix}{key}" in secrets or public.get(key) is not None
         elif sub is not None and isinstance(public.get(key), dict):
             shown[key] = view(sub, public[key], secrets, f"{prefix}{key}.")
         elif key in public:
             shown[key] = public[key]
     return shown
+
+
+def stored(model_class: type[BaseModel], public: dict[str, Any], secrets: Secrets) -> Secrets:
+    """A row's secrets: the decrypted ones, plus any secret setting the row still holds in clear
+    in its public settings (stored before that setting became a secret)."""
+    found = dict(secrets)
+    for path in secret_paths(model_class):
+        if path in found:
+            continue
+        node: Any = public
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str):
+            found[path] = node
+    return found
 
 
 def secret_paths(model_class: type[BaseModel], prefix: str = "") -> list[str]:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.crypto import SecretBox
 from app.db import utcnow
-from app.egress import EgressPolicy, check_host
+from app.egress import EgressPolicy, check_host_setting, check_port_setting
 from app.errors import Conflict, Invalid, NotFound
 from app.schemas import CamelModel
 from app.servers import secrets as secret_settings
@@ -156,7 +156,9 @@ async def replace_profile(
     profile = await get_profile(session, name)
     raw = copy.deepcopy(raw)
     if raw.get("type") == profile.type and isinstance(raw.get("settings", {}), dict):
-        stored = ctx.box.decrypt(profile.secrets) if profile.secrets else {}
+        decrypted = ctx.box.decrypt(profile.secrets) if profile.secrets else {}
+        config = TRANSPORTS[profile.type].config
+        stored = secret_settings.stored(config, profile.settings, decrypted)
         raw["settings"] = secret_settings.keep_omitted(raw.get("settings", {}), stored)
     return await _update(session, ctx, profile, raw)
 
@@ -220,9 +222,7 @@ async def _apply(
         if theme is None:
             raise Invalid(f"no theme {body.theme!r}", field="theme")
     if isinstance(body.settings, SmtpConfig):
-        await check_host(
-            ctx.egress, body.settings.host, body.settings.effective_port, "settings.host"
-        )
+        check_port_setting(ctx.egress, body.settings.effective_port, "settings.port")
     public, stored = secret_settings.split(body.settings)
     profile.type = body.type
     profile.description = body.description
@@ -235,6 +235,15 @@ async def _apply(
     profile.settings = public
     profile.secrets = ctx.box.encrypt(stored) if stored else None
     profile.updated_at = utcnow()
+
+
+async def check_host(ctx: Profiles, settings: Any, field: str = "settings.host") -> None:
+    """The egress check of a host a request sets (an SMTP profile's `host`), before the profile's
+    transaction: it resolves DNS, and no transaction is held across network I/O. A host the
+    request leaves as it is was checked when it was saved, and is again at every connect."""
+    host = settings.get("host") if isinstance(settings, dict) else getattr(settings, "host", None)
+    if isinstance(host, str) and host:
+        await check_host_setting(ctx.egress, host, field)
 
 
 def _make_default(routing: MailRouting, profile: ServerProfile) -> None:

@@ -156,7 +156,6 @@ async def _write(session: AsyncSession, ctx: Profiles, body: EmailServerBody) ->
         if enable is True:
             patch["isDefault"] = True
         await service.patch_profile(session, ctx, CUSTOM, patch)
-        routing = await service.get_routing(session)
-        if enable is False and routing.profile_id == profile.id:
+        if enable is False:
             await service.set_builtin_default(session)
     return await read(session, ctx)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -36,10 +37,12 @@ from app.servers.secrets import split as split_secrets
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
 from app.transports.errors import (
     ConfigError,
+    ConfigurationError,
     CredentialsError,
     PermanentError,
     TemporaryError,
     TransportError,
+    unknown_host,
 )
 from app.transports.result import SendResult
 
@@ -111,6 +114,10 @@ async def request(
         raise ConfigError(
             f"{api.provider}: {err.message}", field=api.url_setting, code="EPOLICY"
         ) from err
+    except (httpx.InvalidURL, UnicodeError) as err:  # a host name IDNA cannot encode
+        raise ConfigurationError(
+            f"{api.provider}: {url} is not a valid URL: {err}", code="EDNS", field=api.url_setting
+        ) from err
     except (httpx.ConnectTimeout, httpx.PoolTimeout) as err:
         raise TemporaryError(
             f"{api.provider}: timed out connecting to {url}", code="ETIMEDOUT", before_data=True
@@ -122,9 +129,7 @@ async def request(
             ambiguous=isinstance(err, httpx.ReadTimeout),
         ) from err
     except (httpx.ConnectError, httpx.ProxyError) as err:
-        raise TemporaryError(
-            f"{api.provider}: cannot connect to {url}: {err}", code="ECONNECTION", before_data=True
-        ) from err
+        raise connect_error(api, url, err) from err
     except httpx.TransportError as err:
         raise TemporaryError(
             f"{api.provider}: connection to {url} failed: {err!r}",
@@ -136,6 +141,23 @@ async def request(
     if not response.is_success:
         raise refusal_error(api, response)
     return response
+
+
+def connect_error(api: Api, url: str, err: httpx.TransportError) -> TemporaryError:
+    """No connection to the API. A host that does not exist or a certificate that fails
+    verification is a ConfigurationError naming the URL's setting: an admin must fix it, the
+    profile's health shows it."""
+    message = f"{api.provider}: cannot connect to {url}: {err}"
+    cause: BaseException | None = err
+    for _ in range(10):
+        if cause is None:
+            break
+        if unknown_host(cause):
+            return ConfigurationError(message, code="EDNS", field=api.url_setting)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return ConfigurationError(message, code="ETLS", field=api.url_setting)
+        cause = cause.__cause__ or cause.__context__
+    return TemporaryError(message, code="ECONNECTION", before_data=True)
 
 
 def refusal_error(api: Api, response: httpx.Response) -> TransportError:

@@ -99,6 +99,8 @@ class TransportContext:
     egress: EgressPolicy
     """Checked on the resolved address before every connection a transport opens itself."""
     logger: logging.Logger
+    hostname: str | None = None
+    """The EHLO name of SMTP profiles that set none (POSTROOM_HOSTNAME); None: the machine's."""
 
 
 @dataclass(slots=True)

@@ -2,7 +2,10 @@
 
     TransportError                 code: nodemailer's words (ECONNECTION, ETIMEDOUT, EAUTH, ...)
     ├── TemporaryError             retry later (SMTP 4xx, timeouts, HTTP 408/429/5xx, ...)
-    │   └── CredentialsError       credentials refused (SMTP 535, HTTP 401/403): an admin can fix it
+    │   └── ConfigurationError     a setting is wrong (untrusted certificate, requireTLS without
+    │       │                      STARTTLS, client certificate refused, host that does not
+    │       │                      exist): retried, and shown on the profile's health
+    │       └── CredentialsError   credentials refused (SMTP 535, HTTP 401/403): an admin can fix it
     └── PermanentError             do not retry (SMTP 5xx on MAIL or DATA, other HTTP 4xx)
         ├── UnsupportedFeature     the transport cannot carry something the message asks for
         └── ConfigError            the profile cannot work as configured (names the field)
@@ -11,6 +14,8 @@ Partial failure (one recipient refused) is not an error: it is data in the SendR
 """
 
 from __future__ import annotations
+
+import socket
 
 ErrorCode = str
 """ECONNECTION, ETIMEDOUT, EDNS, ETLS, EAUTH, EENVELOPE, EMESSAGE, EPROTOCOL, ECONFIG, EUNSUPPORTED,
@@ -57,7 +62,44 @@ class TemporaryError(TransportError):
     """Retry later: the same send may succeed."""
 
 
-class CredentialsError(TemporaryError):
+class ConfigurationError(TemporaryError):
+    """The profile's settings (or the server's, or DNS) are wrong in a way an admin must fix.
+
+    Still temporary: retried on the normal schedule, since the admin (or the server's) fix
+    makes the same send work; meanwhile the dispatcher marks the profile's health `failing`
+    with this message. `field` names the setting to look at, when one is known.
+
+    Unlike ConfigError (a profile that cannot work at all as configured: permanent), this is
+    what the server or the network said about the settings.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode,
+        field: str | None = None,
+        reply_code: int | None = None,
+        reply: str | None = None,
+        before_data: bool = True,
+        ambiguous: bool = False,
+        retry_after: float | None = None,
+        tls_version: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            code=code,
+            reply_code=reply_code,
+            reply=reply,
+            before_data=before_data,
+            ambiguous=ambiguous,
+            retry_after=retry_after,
+            tls_version=tls_version,
+        )
+        self.field = field
+
+
+class CredentialsError(ConfigurationError):
     """The server refused the credentials. Retried, and shown on the profile's health."""
 
 
@@ -91,3 +133,16 @@ class ConfigError(PermanentError):
     ) -> None:
         super().__init__(message, code=code, before_data=True, reply_code=reply_code, reply=reply)
         self.field = field
+
+
+_NO_SUCH_HOST = frozenset(
+    getattr(socket, name)
+    for name in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY")
+    if hasattr(socket, name)
+)
+
+
+def unknown_host(err: BaseException) -> bool:
+    """True when DNS answered that the name has no address (a typo, a name that is gone): an
+    admin must fix it. A DNS failure (EAI_AGAIN: no answer) is not this, it is temporary."""
+    return isinstance(err, socket.gaierror) and err.errno in _NO_SUCH_HOST

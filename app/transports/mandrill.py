@@ -16,6 +16,7 @@ import httpx
 from pydantic import Field, SecretStr
 
 from app.schemas import CamelModel
+from app.transports._addresses import ascii_address
 from app.transports._http import (
     Api,
     HttpTransport,
@@ -91,8 +92,9 @@ class MandrillTransport(HttpTransport):
         payload = {
             "key": self._key.get_secret_value(),
             "raw_message": raw,
-            "from_email": message.content.sender.email,
-            "to": list(message.recipients),
+            # `format: email` in the send-raw schema: RFC 5321's ASCII form (see _addresses).
+            "from_email": ascii_address(message.content.sender.email, API.provider),
+            "to": [ascii_address(rcpt, API.provider) for rcpt in message.recipients],
         }
         response = await self._request("POST", f"{self._base}/messages/send-raw.json", json=payload)
         return _result(message, response)

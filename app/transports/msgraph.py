@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 from email.headerregistry import AddressHeader
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import default as default_policy
 from typing import ClassVar
 from urllib.parse import quote
@@ -164,7 +164,10 @@ class MsgraphTransport(HttpTransport):
 
 def _check_envelope(message: OutgoingMessage, mime: bytes) -> None:
     """Graph sends to the header recipients: refuse when they are not exactly the envelope."""
-    headers = BytesHeaderParser(policy=default_policy).parsebytes(mime)
+    # Parsed as text: the bytes parser reads a UTF-8 (RFC 6532) address as surrogate escapes, so
+    # a message to an internationalised address never matched its envelope and was refused.
+    head = mime.partition(b"\r\n\r\n")[0].decode("utf-8", "surrogateescape")
+    headers = HeaderParser(policy=default_policy).parsestr(head)
     listed = {
         address.addr_spec.lower()
         for name in ("to", "cc", "bcc")

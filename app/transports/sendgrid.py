@@ -8,18 +8,21 @@ and separate personalizations are its way of sending privately. Each recipient t
 address where the other transports show `undisclosed-recipients:;`.
 
 What SendGrid cannot carry raises UnsupportedFeature: a header it reserves, an empty subject or
-body, Cc without To, visible recipients left out of the envelope (a retry would send them copies).
+body, Cc without To, visible recipients left out of the envelope (a retry would send them copies),
+an address with a non-ASCII local part (its schema's `format: email`; domains go as Punycode).
 """
 
 from __future__ import annotations
 
 import base64
+from email.header import Header
 from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr
 
 from app.schemas import CamelModel
+from app.transports._addresses import ascii_address
 from app.transports._http import Api, HttpTransport, Refusal, json_body, probe, text_of
 from app.transports.base import (
     Address,
@@ -159,7 +162,7 @@ def payload(message: OutgoingMessage) -> dict[str, Any]:
     for name, value in content.headers:
         if name.lower() in RESERVED_HEADERS:
             raise UnsupportedFeature(f"the {name} header", API.provider)
-        headers[name] = value
+        headers[name] = _encoded(name, value)
     body["headers"] = headers
     return body
 
@@ -203,10 +206,20 @@ def _bodies(content: Content) -> list[dict[str, str]]:
     return parts
 
 
+def _encoded(name: str, value: str) -> str:
+    """The spec's `headers`: "You must ensure these are properly encoded if they contain unicode
+    characters" (sendgrid-oai mail_send.json): RFC 2047 encoded-words, unfolded."""
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", header_name=name).encode(linesep="")
+
+
 def _address(address: Address) -> dict[str, str]:
+    """The spec's `email` fields are `format: email`, RFC 5321's ASCII form: see _addresses."""
+    email = ascii_address(address.email, API.provider)
     if address.name:
-        return {"email": address.email, "name": address.name}
-    return {"email": address.email}
+        return {"email": email, "name": address.name}
+    return {"email": email}
 
 
 def create(name: str, config: SendgridConfig, context: TransportContext) -> SendgridTransport:

@@ -18,6 +18,7 @@ from httpx_auth import AWS4Auth
 from pydantic import Field, SecretStr
 
 from app.schemas import CamelModel
+from app.transports._addresses import ascii_address
 from app.transports._http import (
     Api,
     HttpTransport,
@@ -121,9 +122,12 @@ class SesTransport(HttpTransport):
 
     async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
+        # SESv2 `Destination`: no SMTPUTF8, so 7-bit local parts and Punycode domains.
         payload: dict[str, object] = {
-            "FromEmailAddress": message.envelope_from,
-            "Destination": {"ToAddresses": list(message.recipients)},
+            "FromEmailAddress": ascii_address(message.envelope_from, API.provider),
+            "Destination": {
+                "ToAddresses": [ascii_address(rcpt, API.provider) for rcpt in message.recipients]
+            },
             "Content": {"Raw": {"Data": base64.b64encode(message.mime).decode("ascii")}},
         }
         if self._configuration_set:

@@ -9,6 +9,7 @@ command). Every library error becomes a TransportError in `_translate`, the one 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -40,7 +41,7 @@ from python_socks.async_.asyncio import Proxy
 
 from app.egress import EgressDenied
 from app.errors import FieldsError
-from app.schemas import CamelModel, Integer, SafeStr
+from app.schemas import CamelModel, Integer, SafeStr, a_labels
 from app.transports.base import (
     OutgoingMessage,
     TransportContext,
@@ -50,14 +51,17 @@ from app.transports.base import (
 )
 from app.transports.errors import (
     ConfigError,
+    ConfigurationError,
     CredentialsError,
     PermanentError,
     TemporaryError,
     TransportError,
     UnsupportedFeature,
+    unknown_host,
 )
 from app.transports.oauth import TokenCache, TokenRequest
 from app.transports.pool import ConnectionPool, PoolClosed
+from app.transports.proxy import http_tunnel
 from app.transports.result import RecipientResult, RecipientStatus, SendResult
 
 SecurityMode = Literal["none", "starttls", "starttls_required", "tls"]
@@ -105,11 +109,14 @@ class SmtpConfig(CamelModel):
     """None: the first the server offers of PLAIN, LOGIN, CRAM-MD5 (nodemailer's order)."""
     oauth2: OAuth2Settings | None = None
     name: SafeStr | None = Field(None, max_length=253, pattern=r"^[^\s]+$")
-    """The EHLO host name; defaults to this machine's name."""
+    """The EHLO host name; default: POSTROOM_HOSTNAME, else this machine's name when it is a
+    real one (not localhost), else the address literal of the connection ([192.0.2.1])."""
     ca_certificates: str | None = Field(None, max_length=200_000)
     client_certificate: str | None = Field(None, max_length=200_000)
     client_key: SecretStr | None = Field(None, max_length=200_000)
-    proxy: str | None = Field(None, max_length=2000, pattern=r"^(socks5h?|socks4a?|http)://\S+$")
+    proxy: SecretStr | None = Field(None, max_length=2000)
+    """socks5://, socks5h://, socks4://, socks4a:// or http://[user:pass@]host[:port]. A secret as
+    a whole, since it may carry credentials: encrypted at rest, answered as `proxySet`."""
     pool: bool = False
     max_connections: Integer = Field(5, ge=1, le=100)
     max_messages: Integer = Field(100, ge=1, le=100_000)
@@ -157,6 +164,16 @@ class SmtpConfig(CamelModel):
                 raise ValueError("is not a valid PEM certificate") from err
         return value
 
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                _ProxyUrl.parse(value.get_secret_value())
+            except ConfigError as err:  # its message never holds the URL: it is a secret
+                raise ValueError(err.message) from None
+        return value
+
     @property
     def effective_port(self) -> int:
         """`port`, or the default for the mode: 465 with implicit TLS, else 25."""
@@ -165,6 +182,46 @@ class SmtpConfig(CamelModel):
 
 def default_port(secure: bool) -> int:
     return 465 if secure else 25
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_real_name(name: str) -> bool:
+    """A name that tells the server who we are: a dotted host name, not localhost (RFC 5321
+    4.1.4 wants the client's FQDN, else an address literal)."""
+    labels = name.rstrip(".").split(".")
+    return (
+        len(labels) >= 2
+        and labels[0].lower() not in _LOOPBACK_NAMES
+        and labels[-1].lower() != "localdomain"
+        and all(_LABEL.fullmatch(label) for label in labels)
+    )
+
+
+def choose_ehlo_name(fqdn: str, hostname: str) -> str | None:
+    """This machine's name for EHLO: `getfqdn()` when it is a real name, else `gethostname()`
+    when that is. `getfqdn()` answers `localhost` on the common /etc/hosts layout (127.0.0.1
+    localhost <name>), which servers distrust; None means: use the address literal."""
+    for name in (fqdn, hostname):
+        if is_real_name(name):
+            return name.rstrip(".")
+    return None
+
+
+def machine_name() -> str:
+    """choose_ehlo_name of this machine ("" when it has no real name); blocking (DNS)."""
+    return choose_ehlo_name(socket.getfqdn(), socket.gethostname()) or ""
+
+
+def address_literal(address: str) -> str:
+    """RFC 5321 4.1.3's address literal of the connection's local address: [192.0.2.1] or
+    [IPv6:2001:db8::1]."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return f"[{ip}]" if ip.version == 4 else f"[IPv6:{ip}]"
 
 
 Phase = Literal[
@@ -213,6 +270,7 @@ _PROXY_SCHEMES: dict[str, tuple[ProxyType, bool, int]] = {
     "socks4a": (ProxyType.SOCKS4, True, 1080),
     "http": (ProxyType.HTTP, True, 8080),
 }
+_BLANK = re.compile(r"\s")
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _NOT_IN_ENVELOPE = re.compile("[\r\n\0<>]")
@@ -246,7 +304,10 @@ class SmtpTransport:
         self.config = config
         self._context = context
         self._events = context.logger if config.logger else None
-        self._ehlo_name = config.name
+        self._ehlo_name = config.name or context.hostname
+        """The EHLO name when set (the profile's `name`, else POSTROOM_HOSTNAME)."""
+        self._machine_name: str | None = None
+        """This machine's name when it is a real one ("" when it is not: use the address)."""
         self._tls: ssl.SSLContext | None = None
         self._sessions = 0
         self.tokens: TokenCache | None = None
@@ -304,7 +365,7 @@ class SmtpTransport:
         report = VerifyReport(
             unchecked=["whether the server accepts the sender and the recipients"]
         )
-        tracker = _Tracker(report, field="proxy" if self.config.proxy else "host")
+        tracker = self._tracker(report)
         try:
             connection = await self._connect(tracker)
         except TransportError:
@@ -345,21 +406,33 @@ class SmtpTransport:
             method = next((name for name in _AUTO_AUTH_ORDER if name in offered), "plain")
         return method, config.user
 
+    def _tracker(self, report: VerifyReport | None = None) -> _Tracker:
+        config = self.config
+        return _Tracker(
+            report,
+            field="proxy" if config.proxy else "host",
+            secure=config.secure,
+            client_certificate=config.client_certificate is not None,
+        )
+
     async def _connect(self, tracker: _Tracker | None = None) -> _Connection:
         config = self.config
         if tracker is None:
-            tracker = _Tracker(field="proxy" if config.proxy else "host")
+            tracker = self._tracker()
         sock = await self._open_socket(tracker)
         connection: _Connection | None = None
         try:
-            if self._ehlo_name is None:
-                self._ehlo_name = await asyncio.to_thread(socket.getfqdn)
+            ehlo_name = self._ehlo_name
+            if ehlo_name is None:
+                if self._machine_name is None:
+                    self._machine_name = await asyncio.to_thread(machine_name)
+                ehlo_name = self._machine_name or address_literal(sock.getsockname()[0])
             client = _Client(
                 hostname=config.host,
                 sock=sock,
                 use_tls=config.secure,
                 start_tls=False,
-                local_hostname=self._ehlo_name,
+                local_hostname=ehlo_name,
                 timeout=self.socket_timeout,
             )
             self._sessions += 1
@@ -385,7 +458,7 @@ class SmtpTransport:
         port = config.effective_port
         deadline = asyncio.get_running_loop().time() + config.connection_timeout / 1000
         with tracker.phase("dns") as step:
-            proxy = _ProxyUrl.parse(config.proxy) if config.proxy else None
+            proxy = _ProxyUrl.parse(config.proxy.get_secret_value()) if config.proxy else None
             host, host_port = (proxy.host, proxy.port) if proxy else (config.host, port)
             async with asyncio.timeout_at(deadline):
                 addresses = await self._context.egress.resolve(host, host_port)
@@ -467,11 +540,7 @@ class _Connection:
                     await self._ehlo(step)
             elif config.require_tls:
                 with phase("tls"):
-                    raise TemporaryError(
-                        "TLS: requireTLS is set and the server does not offer STARTTLS",
-                        code="ETLS",
-                        before_data=True,
-                    )
+                    raise ConfigurationError(f"TLS: {NO_STARTTLS}", code="ETLS", field="requireTLS")
         plan = transport.auth_plan(client)
         if plan is not None:
             method, user = plan
@@ -483,34 +552,46 @@ class _Connection:
     async def deliver(self, message: OutgoingMessage) -> SendResult:
         """MAIL, RCPT for each recipient, DATA: a status per recipient.
 
+        Domains go in A-labels (IDNA); an address with a non-ASCII local part needs SMTPUTF8, and
+        a server without it fails that recipient only. When that is every recipient (or the
+        sender), nothing is sent: UnsupportedFeature, so the profile's fallback may carry it.
+
         When the server offers PIPELINING (RFC 2920) MAIL, every RCPT and DATA go in one write and
         their replies are read after it: one round trip for the envelope instead of one each.
         """
         client, phase = self._client, self._tracker.phase
         recipients = list(dict.fromkeys(message.recipients))
+        wire = {recipient: a_labels(recipient) for recipient in recipients}
+        sender = a_labels(message.envelope_from)
         content = _LINE_ENDINGS.sub(b"\r\n", message.mime)
         if not content.endswith(b"\r\n"):
             content += b"\r\n"
         with phase("mail"):
-            options = self._mail_options(message, content)
+            unsendable = self._needing_smtputf8(sender, wire)
+            targets = list(dict.fromkeys(wire[r] for r in recipients if r not in unsendable))
+            options = self._mail_options(sender, targets, content)
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         pipelining = client.supports_extension("pipelining")
         envelope = self._pipelined_envelope if pipelining else self._envelope
-        refused, data_reply = await envelope(message.envelope_from, recipients, options, encoding)
-        if len(refused) == len(recipients):
+        refused, data_reply = await envelope(sender, targets, options, encoding)
+        if len(refused) == len(targets):
             await self._reset()
-            return SendResult(recipients=refused, tls_version=self.tls_version)
+            return SendResult(
+                recipients={r: unsendable.get(r) or refused[wire[r]] for r in recipients},
+                tls_version=self.tls_version,
+            )
         reply = await self._data(_LEADING_DOT.sub(b"..", content), data_reply)
         sent = RecipientResult("sent", reply.code, reply.message)
+        results = {r: unsendable.get(r) or refused.get(wire[r], sent) for r in recipients}
         self._transport.event(
             "message %s accepted for %d of %d recipients: %s",
             message.message_id,
-            len(recipients) - len(refused),
+            sum(result is sent for result in results.values()),
             len(recipients),
             reply,
         )
         return SendResult(
-            recipients={recipient: refused.get(recipient, sent) for recipient in recipients},
+            recipients=results,
             provider_id=reply.message,
             reply_code=reply.code,
             tls_version=self.tls_version,
@@ -665,15 +746,31 @@ class _Connection:
         else:
             await client.auth_crammd5(user, password)
 
-    def _mail_options(self, message: OutgoingMessage, content: bytes) -> list[str]:
+    def _needing_smtputf8(self, sender: str, wire: dict[str, str]) -> dict[str, RecipientResult]:
+        """The recipients this server cannot take (a non-ASCII local part, no SMTPUTF8), failed;
+        raises UnsupportedFeature when it is the sender's address."""
+        if self._client.supports_extension("smtputf8"):
+            return {}
+        if not sender.isascii():
+            raise UnsupportedFeature(
+                f"the non-ASCII sender address {sender} (the server does not offer SMTPUTF8)",
+                self._transport.name,
+            )
+        unsendable = {
+            recipient: RecipientResult("failed", None, NEEDS_SMTPUTF8)
+            for recipient, address in wire.items()
+            if not address.isascii()
+        }
+        if len(unsendable) == len(wire):
+            raise UnsupportedFeature(
+                "non-ASCII addresses (the server does not offer SMTPUTF8)", self._transport.name
+            )
+        return unsendable
+
+    def _mail_options(self, sender: str, recipients: list[str], content: bytes) -> list[str]:
         client = self._client
         options = [f"SIZE={len(content)}"] if client.supports_extension("size") else []
-        if not all(address.isascii() for address in (message.envelope_from, *message.recipients)):
-            if not client.supports_extension("smtputf8"):
-                raise UnsupportedFeature(
-                    "non-ASCII addresses (the server does not offer SMTPUTF8)",
-                    self._transport.name,
-                )
+        if not all(address.isascii() for address in (sender, *recipients)):
             options.append("SMTPUTF8")
         if not content.isascii() and client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
@@ -811,10 +908,20 @@ class _Transcript:
 class _Tracker:
     """Runs each phase of a session: maps its errors (`_translate`) and, in verify, records it."""
 
-    def __init__(self, report: VerifyReport | None = None, *, field: str) -> None:
+    def __init__(
+        self,
+        report: VerifyReport | None = None,
+        *,
+        field: str,
+        secure: bool = False,
+        client_certificate: bool = False,
+    ) -> None:
         self.report = report
         self.field = field
         """The setting an egress denial points at: `host`, or `proxy` when one is used."""
+        self.secure = secure
+        self.client_certificate = client_certificate
+        """Whether a client certificate is configured (to read a TLS refusal right)."""
         self.tls_version: str | None = None
 
     def phase(self, phase: Phase) -> _Phase:
@@ -852,21 +959,21 @@ class _Phase:
         if isinstance(err, TransportError):
             tracker._failed(step, err)
         elif isinstance(err, SMTPException | OSError | ProxyError | EgressDenied | ValueError):
-            mapped = _translate(
-                err, self._phase, tls_version=tracker.tls_version, field=tracker.field
-            )
+            mapped = _translate(err, self._phase, tracker)
             if mapped is not None:
                 tracker._failed(step, mapped)
                 raise mapped from err
 
 
-def _translate(
-    err: Exception, phase: Phase, *, tls_version: str | None, field: str
-) -> TransportError | None:
+def _translate(err: Exception, phase: Phase, tracker: _Tracker) -> TransportError | None:
     """The one mapping of aiosmtplib, socket, ssl, proxy and egress errors to TransportError.
 
+    What an admin must fix (a host that does not exist, a certificate that fails verification,
+    a TLS refusal of the client certificate, implicit TLS against a plain-text server) is a
+    ConfigurationError naming the setting: still retried, and shown on the profile's health.
     None for an error that is not one of these (a bug): it propagates unchanged.
     """
+    tls_version, field = tracker.tls_version, tracker.field
     where = _PHASE_TEXT[phase]
     before_data = phase not in _AFTER_DATA
     ambiguous = phase == "end-of-data"
@@ -875,10 +982,22 @@ def _translate(
     if isinstance(err, EgressDenied):
         return ConfigError(err.message, field=field, code="EPOLICY")
     if isinstance(err, socket.gaierror):
+        if unknown_host(err):
+            return ConfigurationError(f"{where}: {err.strerror or err}", code="EDNS", field=field)
         return TemporaryError(f"{where}: {err.strerror or err}", code="EDNS", before_data=True)
     tls_error = _ssl_cause(err)
     if tls_error is not None or (phase == "tls" and not isinstance(err, TimeoutError)):
         detail = str(tls_error) if tls_error is not None else (reply or str(err))
+        setting = _tls_setting(tls_error, tracker) if tls_error is not None else _NOT_CONFIG
+        if setting is not _NOT_CONFIG:
+            return ConfigurationError(
+                f"TLS: {detail}",
+                code="ETLS",
+                field=setting,
+                reply_code=reply_code,
+                reply=reply,
+                tls_version=tls_version,
+            )
         return TemporaryError(
             f"TLS: {detail}",
             code="ETLS",
@@ -886,6 +1005,10 @@ def _translate(
             reply=reply,
             before_data=before_data,
             tls_version=tls_version,
+        )
+    if _lost_after_handshake(err, phase, tracker):
+        return ConfigurationError(
+            f"{where}: {CLOSED_AFTER_HANDSHAKE}", code="ETLS", field="clientCertificate"
         )
     if isinstance(err, TimeoutError):
         return TemporaryError(
@@ -936,6 +1059,72 @@ def _translate(
     return None
 
 
+_NOT_CONFIG = "<not a configuration error>"
+_CLIENT_CERTIFICATE_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+"""The server's TLS alerts about our client certificate: missing, or not trusted."""
+_TLS_SETTINGS: dict[str, str | None] = {
+    **dict.fromkeys(_CLIENT_CERTIFICATE_ALERTS, "clientCertificate"),
+    # TLS 1.2 servers answer a missing client certificate (or no common cipher) with this
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "clientCertificate",
+    # a plain-text reply (the 220 greeting) read as a TLS record: implicit TLS on a STARTTLS port
+    "WRONG_VERSION_NUMBER": "secure",
+    "RECORD_LAYER_FAILURE": "secure",
+    "PACKET_LENGTH_TOO_LONG": "secure",
+    # the server speaks only TLS older than 1.2
+    "TLSV1_ALERT_PROTOCOL_VERSION": None,
+    "UNSUPPORTED_PROTOCOL": None,
+    "NO_PROTOCOLS_AVAILABLE": None,
+}
+"""TLS failures an admin must fix, by OpenSSL reason, and the setting to look at."""
+
+NEEDS_SMTPUTF8 = (
+    "not sent: the address has a non-ASCII local part, which needs SMTPUTF8, and the server "
+    "does not offer it"
+)
+NO_STARTTLS = "requireTLS is set and the server does not offer STARTTLS"
+CLOSED_AFTER_HANDSHAKE = (
+    "the server closed the connection right after the TLS handshake; it may require a client "
+    "certificate (clientCertificate and clientKey)"
+)
+"""Read by the hints (app/delivery/probe.py): what the server did, in the error's message."""
+
+
+def _tls_setting(error: ssl.SSLError, tracker: _Tracker) -> str | None:
+    """The setting to fix for a TLS failure that is a configuration error, None when no one
+    setting is at fault, or _NOT_CONFIG when it is not a configuration error."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        mismatch = "mismatch" in (error.verify_message or "")
+        return "host" if mismatch else "caCertificates"
+    reason = error.reason or ""
+    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and tracker.client_certificate:
+        return None  # a certificate was sent: more likely no common cipher or version
+    return _TLS_SETTINGS.get(reason, _NOT_CONFIG)
+
+
+def _lost_after_handshake(err: Exception, phase: Phase, tracker: _Tracker) -> bool:
+    """The connection closed by the server just after TLS was set up and before it said a word:
+    a TLS 1.3 server refusing a missing client certificate does that (its alert may be lost).
+    Only said when no client certificate is configured."""
+    if tracker.client_certificate or not isinstance(err, SMTPServerDisconnected | SMTPConnectError):
+        return False
+    lost = err if isinstance(err, SMTPServerDisconnected) else err.__cause__
+    if not isinstance(lost, SMTPServerDisconnected):
+        return False
+    after_starttls = phase == "ehlo" and tracker.tls_version is not None and not tracker.secure
+    return after_starttls or (phase == "greeting" and tracker.secure)
+
+
 def _ssl_cause(err: BaseException) -> ssl.SSLError | None:
     current: BaseException | None = err
     for _ in range(10):
@@ -957,9 +1146,11 @@ class _ProxyUrl:
     def parse(cls, url: str) -> _ProxyUrl:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        if scheme not in _PROXY_SCHEMES or not parts.hostname:
+        if scheme not in _PROXY_SCHEMES or not parts.hostname or _BLANK.search(url):
             raise ConfigError(
-                "proxy must be socks5://, socks4:// or http://host:port", field="proxy"
+                "must be a socks5://, socks5h://, socks4://, socks4a:// or http:// URL: "
+                "scheme://[user:password@]host[:port]",
+                field="proxy",
             )
         try:
             port = parts.port or _PROXY_SCHEMES[scheme][2]
@@ -980,8 +1171,26 @@ class _ProxyUrl:
         return f"{self.scheme}://{host}:{self.port}"
 
     async def connect(self, addresses: list[str], host: str, port: int) -> socket.socket:
-        """A socket tunnelled to host:port through the proxy at the first address that answers."""
+        """A socket tunnelled to host:port through the proxy at the first address that answers.
+
+        HTTP CONNECT is done here (app/transports/proxy.py) so that the server's greeting, when it
+        comes in the proxy's 200 segment, is not lost; SOCKS goes through python-socks."""
         proxy_type, remote_dns, _ = _PROXY_SCHEMES[self.scheme]
+        if proxy_type is ProxyType.HTTP:
+            tunnel = await _tcp_connect(addresses, self.port)
+            try:
+                await http_tunnel(
+                    tunnel,
+                    host,
+                    port,
+                    username=self.username,
+                    password=self.password,
+                    proxy=f"the proxy {self.display}",
+                )
+            except BaseException:
+                tunnel.close()
+                raise
+            return tunnel
         error: OSError = OSError(f"no address for the proxy {self.display}")
         for address in addresses:
             proxy = Proxy(

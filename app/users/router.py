@@ -18,7 +18,14 @@ async def list_users(_: AdminUser, session: SessionDep) -> UserList:
 @router.post("", response_model=UserCreated, status_code=status.HTTP_201_CREATED)
 async def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> UserCreated:
     """Create a user; when no password is given one is generated and shown in this answer only."""
-    user, generated = await service.create_user(session, body.name, body.role, body.password)
+    user, generated = await service.create_user(
+        session,
+        body.name,
+        body.role,
+        body.password,
+        allowed_from=body.allowed_from,
+        allowed_servers=body.allowed_servers,
+    )
     out = UserOut.model_validate(user, from_attributes=True)
     return UserCreated(**out.model_dump(), password=generated)
 
@@ -32,12 +39,20 @@ async def get_user(name: str, _: AdminUser, session: SessionDep) -> UserOut:
 async def update_user(
     name: str, body: UserUpdate, _: AdminUser, session: SessionDep, runtime: RuntimeDep
 ) -> UserOut:
-    user = await service.update_user(session, name, role=body.role, password=body.password)
-    runtime.auth.forget()
+    given = body.model_fields_set
+    user = await service.update_user(
+        session,
+        name,
+        role=body.role,
+        password=body.password,
+        allowed_from=body.allowed_from if "allowed_from" in given else service.KEEP,
+        allowed_servers=body.allowed_servers if "allowed_servers" in given else service.KEEP,
+    )
+    runtime.intake.bounds.forget(name)
     return UserOut.model_validate(user, from_attributes=True)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_user(name: str, _: AdminUser, session: SessionDep, runtime: RuntimeDep) -> None:
     await service.delete_user(session, name)
-    runtime.auth.forget()
+    runtime.intake.bounds.forget(name)

@@ -1,14 +1,55 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
-from app.schemas import CamelModel
+from app.schemas import CamelModel, EmailAddress
+from app.servers.schemas import ProfileName
 
 Role = Literal["admin", "sender"]
 UserName = str
+
+MAX_BOUNDS = 200
+"""Entries in allowedFrom or allowedServers, at most."""
+
+_ADDRESS: TypeAdapter[str] = TypeAdapter(EmailAddress)
+
+
+def _from_entry(value: str) -> str:
+    """An address ("a@example.com") or a domain ("example.com"), normalised as a message's
+    `from` is, so the two compare equal."""
+    if value.startswith("@") or "*" in value:
+        raise ValueError("must be an address (a@example.com) or a domain (example.com)")
+    address = value if "@" in value else f"postmaster@{value}"
+    try:
+        normalized = _ADDRESS.validate_python(address)
+    except ValidationError as err:
+        reason = str(err.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ValueError(
+            f"must be an address (a@example.com) or a domain (example.com): {reason}"
+        ) from err
+    return normalized if "@" in value else normalized.rpartition("@")[2]
+
+
+FromEntry = Annotated[str, Field(min_length=1, max_length=320), AfterValidator(_from_entry)]
+
+
+def _unique(values: list[str] | None) -> list[str] | None:
+    return None if values is None else list(dict.fromkeys(values))
+
+
+AllowedFrom = Annotated[
+    list[FromEntry] | None, Field(max_length=MAX_BOUNDS), AfterValidator(_unique)
+]
+"""The From addresses and domains a sender may use; null: the branding sender and the senders of
+the profiles it may use."""
+
+AllowedServers = Annotated[list[ProfileName] | None, Field(max_length=MAX_BOUNDS)]
+"""The profiles a sender may send through; null: the default profile (and the built-in server
+when mail goes there). Deduplicated once checked against the profiles, so that an error names
+the entry by its place in the request."""
 
 
 class UserCreate(CamelModel):
@@ -16,17 +57,27 @@ class UserCreate(CamelModel):
     role: Role
     password: str | None = Field(None, min_length=12, max_length=1000)
     """Generated and returned once when omitted."""
+    allowed_from: AllowedFrom = None
+    allowed_servers: AllowedServers = None
 
 
 class UserUpdate(CamelModel):
+    """Only the fields given change; `allowedFrom` or `allowedServers` set to null go back to
+    the defaults."""
+
     role: Role | None = None
     password: str | None = Field(None, min_length=12, max_length=1000)
+    allowed_from: AllowedFrom = None
+    allowed_servers: AllowedServers = None
 
 
 class UserOut(CamelModel):
     name: str
     role: Role
     created_at: datetime
+    allowed_from: list[str] | None = None
+    """Admins are not bounded: these apply while the user is a sender."""
+    allowed_servers: list[str] | None = None
 
 
 class UserCreated(UserOut):

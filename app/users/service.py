@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+from types import EllipsisType
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, Invalid, NotFound
+from app.servers.models import ServerProfile
 from app.users.models import User
 from app.users.passwords import generate_password, hash_password
 
+KEEP = ...
+"""An update's "leave this field as it is"."""
+
 
 async def create_user(
-    session: AsyncSession, name: str, role: str, password: str | None = None
+    session: AsyncSession,
+    name: str,
+    role: str,
+    password: str | None = None,
+    *,
+    allowed_from: list[str] | None = None,
+    allowed_servers: list[str] | None = None,
 ) -> tuple[User, str | None]:
     """Create a user; returns the generated password when none was given."""
+    allowed_servers = await _check_servers(session, allowed_servers)
     generated = generate_password() if password is None else None
     user = User(
         name=name,
         role=role,
         password_hash=await asyncio.to_thread(hash_password, password or generated or ""),
+        allowed_from=allowed_from,
+        allowed_servers=allowed_servers,
     )
     session.add(user)
     try:
@@ -44,12 +58,23 @@ async def list_users(session: AsyncSession) -> list[User]:
 
 
 async def update_user(
-    session: AsyncSession, name: str, *, role: str | None, password: str | None
+    session: AsyncSession,
+    name: str,
+    *,
+    role: str | None,
+    password: str | None,
+    allowed_from: list[str] | EllipsisType | None = KEEP,
+    allowed_servers: list[str] | EllipsisType | None = KEEP,
 ) -> User:
+    """Change what is given; `allowed_*` set to None go back to the defaults."""
     user = await get_user(session, name)
+    if not isinstance(allowed_servers, EllipsisType):
+        user.allowed_servers = await _check_servers(session, allowed_servers)
+    if not isinstance(allowed_from, EllipsisType):
+        user.allowed_from = allowed_from
     if role is not None and role != user.role:
-        if user.role == "admin" and await _admin_count(session) == 1:
-            raise Invalid("the last admin cannot lose the admin role", field="role")
+        if user.role == "admin":
+            await _keep_an_admin(session, user, "lose the admin role")
         user.role = role
     if password is not None:
         user.password_hash = await asyncio.to_thread(hash_password, password)
@@ -58,8 +83,8 @@ async def update_user(
 
 async def delete_user(session: AsyncSession, name: str) -> None:
     user = await get_user(session, name)
-    if user.role == "admin" and await _admin_count(session) == 1:
-        raise Conflict("the last admin cannot be deleted")
+    if user.role == "admin":
+        await _keep_an_admin(session, user, "be deleted")
     await session.delete(user)
 
 
@@ -67,6 +92,31 @@ async def count_users(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(User)) or 0)
 
 
-async def _admin_count(session: AsyncSession) -> int:
-    query = select(func.count()).select_from(User).where(User.role == "admin")
-    return int(await session.scalar(query) or 0)
+async def _keep_an_admin(session: AsyncSession, user: User, change: str) -> None:
+    """409 unless another admin remains. The admin rows are locked first (PostgreSQL; SQLite
+    runs one writer at a time anyway), so two requests demoting or deleting the last two admins
+    at once cannot both see the other one and leave none: the second waits for the first to
+    commit, then no longer counts the row it changed."""
+    admins = select(User.id).where(User.role == "admin").order_by(User.id).with_for_update()
+    if not any(admin != user.id for admin in await session.scalars(admins)):
+        raise Conflict(
+            f"{user.name} is the last admin and cannot {change}: make another user an admin first"
+        )
+
+
+async def _check_servers(session: AsyncSession, names: list[str] | None) -> list[str] | None:
+    """The allowedServers entries once each; 422 naming each one that is not a profile."""
+    if not names:
+        return names
+    query = select(ServerProfile.name).where(ServerProfile.name.in_(names))
+    known = set(await session.scalars(query))
+    unknown = [(i, name) for i, name in enumerate(names) if name not in known]
+    if unknown:
+        raise Invalid(
+            "no server profile " + ", ".join(repr(name) for _, name in unknown),
+            details=[
+                {"field": f"allowedServers[{i}]", "message": f"no server profile {name!r}"}
+                for i, name in unknown
+            ],
+        )
+    return list(dict.fromkeys(names))

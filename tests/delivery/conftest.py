@@ -10,6 +10,7 @@ from app.db import transaction, utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
 from app.deps import Runtime
+from tests.conftest import allow_sender
 from tests.smtpd import SmtpServer
 
 
@@ -44,6 +45,7 @@ async def add_smtp_profile(
     }
     response = await admin.post("/api/v1/servers", json=body)
     assert response.status_code == 201, response.text
+    await allow_sender(admin, name)  # these tests are about delivery, not bounds
     result: dict[str, Any] = response.json()
     return result
 

@@ -103,7 +103,8 @@ async def test_test_sends_are_throttled_per_profile(
     ]
     assert codes == [200] * 5 + [429]
     limited = await admin.post("/api/v1/servers/relay/test", json={"to": "me@example.com"})
-    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    # the sliding estimate: 5 sends early in a minute weigh until 12 s into the next one
+    assert 1 <= int(limited.headers["Retry-After"]) <= 72
     assert len(server.transactions) == 5
 
 

@@ -285,7 +285,7 @@ async def test_no_fallback_after_data_was_sent(
     assert [a["server"] for a in saved["attemptLog"]] == ["primary"]
     assert saved["attemptLog"][0]["ambiguous"] is True
     assert backup.transactions == []
-    assert dispatcher.metrics.value("ambiguous_attempts_total") == 1
+    assert dispatcher.metrics.value("postroom_ambiguous_attempts_total") == 1
 
 
 async def test_messages_older_than_the_max_age_fail(

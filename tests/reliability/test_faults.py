@@ -422,7 +422,7 @@ async def test_a_drop_after_the_final_dot_is_retried_and_counted_ambiguous(
     server = smtp_server_factory(replies={"DATA_END": DROP})
     await add_smtp_profile(admin, server)
     message_id = await send(sender, to=[RCPT])
-    before = dispatcher.metrics.value("ambiguous_attempts_total")
+    before = dispatcher.metrics.value("postroom_ambiguous_attempts_total")
     await dispatcher.drain()
     server.replies.clear()
     await play(runtime, dispatcher, clock, TWO_HOURS)
@@ -432,7 +432,7 @@ async def test_a_drop_after_the_final_dot_is_retried_and_counted_ambiguous(
     count = copies(server, saved["messageId"])
     assert count <= 2
     assert len({t.message["Message-ID"] for t in server.transactions}) == 1
-    increment = dispatcher.metrics.value("ambiguous_attempts_total") - before
+    increment = dispatcher.metrics.value("postroom_ambiguous_attempts_total") - before
     assert increment == 1
     metrics = (await admin.get("/metrics")).text
     assert "postroom_ambiguous_attempts_total 1" in metrics

@@ -12,6 +12,7 @@ import respx
 
 from app.delivery.dispatcher import Dispatcher
 from app.deps import Runtime
+from tests.conftest import allow_sender
 from tests.delivery.conftest import record, send
 from tests.reliability.conftest import FakeClock, Report, attempt_times, play
 
@@ -25,6 +26,7 @@ async def add_provider(admin: httpx.AsyncClient, type_: str, name: str, base: st
     body = {"name": name, "type": type_, "senderEmail": "noreply@example.com", "settings": settings}
     response = await admin.post("/api/v1/servers", json=body)
     assert response.status_code == 201, response.text
+    await allow_sender(admin, name)
 
 
 def sendgrid_url(name: str) -> str:

@@ -13,8 +13,6 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.db import transaction
-from app.delivery import outbox
 from app.delivery.dispatcher import Dispatcher
 from app.deps import Runtime
 from tests.delivery.conftest import add_smtp_profile, record, send
@@ -137,8 +135,10 @@ async def test_a_message_that_crashes_every_attempt_is_given_up_at_the_max_age(
     monkeypatch: pytest.MonkeyPatch,
     report: Report,
 ) -> None:
-    """A message whose every attempt crashes the worker (a bug: no result is ever written) comes
-    back after each lease, and fails once it is older than the max age instead of looping."""
+    """A message whose every attempt hits a bug (an exception no transport error explains) is
+    recorded as a deferred EINTERNAL attempt each time, retried on the normal schedule, and
+    fails at the max age instead of looping. (Before issue 13 it stayed in `sending` with no
+    attempt until its lease expired: 15 minutes of nothing to see per crash.)"""
     server = smtp_server_factory()
     await add_smtp_profile(admin, server)
     message_id = await send(sender, to=["ann@example.com"])
@@ -148,23 +148,25 @@ async def test_a_message_that_crashes_every_attempt_is_given_up_at_the_max_age(
 
     monkeypatch.setattr("app.delivery.dispatcher.compose", crash)
     settings = runtime.settings
-    rounds = 0
-    while (await record(admin, message_id))["status"] != "failed":
-        with pytest.raises(RuntimeError):
-            await dispatcher.drain()
-        assert (await record(admin, message_id))["status"] == "sending"
-        clock.advance(settings.lease_seconds + 1)
-        async with transaction(runtime.sessions) as session:
-            await outbox.sweep(session, max_age=settings.max_message_age)
-        rounds += 1
-        assert rounds <= settings.max_message_age / settings.lease_seconds + 2
+    await dispatcher.drain()
+    first = await record(admin, message_id)
+    assert first["status"] == "queued"
+    [attempt] = first["attemptLog"]
+    assert (attempt["outcome"], attempt["errorCode"]) == ("deferred", "EINTERNAL")
+    assert "RuntimeError: a bug in composing" in attempt["error"]
+    await play(runtime, dispatcher, clock, settings.max_message_age + 2 * settings.retry_max)
     saved = await record(admin, message_id)
+    assert saved["status"] == "failed"
     assert saved["recipients"][0]["status"] == "failed"
-    assert saved["lastError"] == outbox.GAVE_UP
+    assert {a["errorCode"] for a in saved["attemptLog"]} == {"EINTERNAL"}
+    rounds = len(saved["attemptLog"])
+    fewest, most = expected_bounds(
+        settings.retry_base, settings.retry_max, settings.max_message_age
+    )
+    assert fewest <= rounds <= most
     assert server.transactions == []
     report(
         12,
-        f"every attempt crashing: swept back {rounds - 1} times (lease "
-        f"{settings.lease_seconds:g} s), then failed at "
-        f"{rounds * (settings.lease_seconds + 1) / 3600:.2f} h",
+        f"every attempt crashing: {rounds} EINTERNAL attempts on the retry schedule, then failed "
+        f"(schedule allows {fewest}-{most})",
     )

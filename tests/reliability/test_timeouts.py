@@ -108,7 +108,7 @@ async def test_an_attempt_is_cut_at_the_attempt_timeout(
     assert (attempt["errorCode"], attempt["ambiguous"]) == ("ETIMEDOUT", True)
     assert 1000 <= attempt["durationMs"] < 2000
     assert "POSTROOM_ATTEMPT_TIMEOUT" in attempt["error"]
-    assert dispatcher.metrics.value("ambiguous_attempts_total") == 1
+    assert dispatcher.metrics.value("postroom_ambiguous_attempts_total") == 1
     report(
         14, f"attempt timeout 1 s cut a 600 s socketTimeout stall at {attempt['durationMs']:.0f} ms"
     )

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import pytest
 
+from tests.conftest import allow_sender
 from tests.servers.helpers import body, create, defaults
 
 pytestmark = pytest.mark.anyio
@@ -101,6 +102,7 @@ async def test_deleting_the_default_leaves_none(
     assert [d["field"] for d in error["details"]] == ["server"]
     assert "default" in error["message"]
 
+    await allow_sender(admin, "spare")
     named = await sender.post("/api/v1/messages", json={**MESSAGE, "server": "spare"})
     assert named.status_code == 202, named.text
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from app.deps import Runtime
+from app.servers import service
 from app.transports.smtp import SmtpConfig
 from tests.servers.helpers import BODIES, SECRETS, body, create, secret, stored_config
 
@@ -462,3 +463,69 @@ async def test_unknown_profile_is_404(admin: httpx.AsyncClient) -> None:
         response = await admin.request(method, path, json=payload)
         assert response.status_code == 404, (method, response.text)
         assert response.json()["error"]["code"] == "not_found"
+
+
+PROXY = "http://proxy%20user:Pr0xy-S3cret%21@proxy.example:3128"
+
+
+async def test_the_smtp_proxy_is_a_secret(admin: httpx.AsyncClient, runtime: Runtime) -> None:
+    """The proxy URL may carry user:pass: encrypted at rest, never answered, `proxySet`."""
+    payload = body("smtp", "relay")
+    payload["settings"]["proxy"] = PROXY
+    created = await create(admin, payload)
+
+    assert "proxy" not in created["settings"]
+    assert created["settings"]["proxySet"] is True
+    assert "Pr0xy" not in str(created)
+    assert "proxy.example" not in str(created)
+    async with runtime.sessions() as session:
+        row = await service.get_profile(session, "relay")
+    assert "proxy" not in row.settings
+    assert "proxy" in runtime.box.decrypt(row.secrets or "")
+    assert secret(await stored_config(runtime, "relay"), "proxy") == PROXY
+
+    # omitted: kept (PATCH and PUT); null: cleared
+    patched = await admin.patch("/api/v1/servers/relay", json={"settings": {"port": 2525}})
+    assert patched.json()["settings"]["proxySet"] is True
+    del payload["settings"]["proxy"]
+    put = await admin.put("/api/v1/servers/relay", json=payload)
+    assert put.json()["settings"]["proxySet"] is True
+    assert secret(await stored_config(runtime, "relay"), "proxy") == PROXY
+    cleared = await admin.patch("/api/v1/servers/relay", json={"settings": {"proxy": None}})
+    assert cleared.json()["settings"]["proxySet"] is False
+    assert secret(await stored_config(runtime, "relay"), "proxy") is None
+
+    # a bad URL is a 422 that does not echo it
+    bad = await admin.patch(
+        "/api/v1/servers/relay", json={"settings": {"proxy": "ftp://u:Leak3d-pw@proxy"}}
+    )
+    assert_422(bad, "settings.proxy")
+    assert "Leak3d" not in bad.text
+
+
+async def test_a_proxy_stored_in_clear_reads_as_the_secret(
+    admin: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """Rows from before the proxy became a secret hold it in the public settings: it reads as
+    set (never shown), sends use it, an update that omits it keeps it, and the next save
+    encrypts it. No migration."""
+    await create(admin, body("smtp", "old"))
+    async with runtime.sessions() as session, session.begin():
+        row = await service.get_profile(session, "old")
+        row.settings = {**row.settings, "proxy": PROXY}
+
+    got = (await admin.get("/api/v1/servers/old")).json()
+    assert got["settings"]["proxySet"] is True
+    assert "proxy" not in got["settings"]
+    assert "Pr0xy" not in str(got)
+    assert secret(await stored_config(runtime, "old"), "proxy") == PROXY
+
+    replacement = body("smtp", "old", description="saved again")
+    put = await admin.put("/api/v1/servers/old", json=replacement)
+    assert put.status_code == 200, put.text
+    assert put.json()["settings"]["proxySet"] is True
+    async with runtime.sessions() as session:
+        row = await service.get_profile(session, "old")
+    assert "proxy" not in row.settings
+    assert runtime.box.decrypt(row.secrets or "")["proxy"] == PROXY
+    assert secret(await stored_config(runtime, "old"), "proxy") == PROXY

@@ -14,7 +14,12 @@ import respx
 
 from app.transports import smtp
 from app.transports.base import TransportContext
-from app.transports.errors import ConfigError, CredentialsError, TemporaryError, TransportError
+from app.transports.errors import (
+    ConfigError,
+    ConfigurationError,
+    CredentialsError,
+    TransportError,
+)
 from app.transports.smtp import SmtpTransport
 from tests.smtpd import SmtpServer, make_message
 
@@ -71,8 +76,8 @@ async def test_require_tls_without_starttls_fails_before_auth_and_mail(
 
     err = await send_failing(transport)
 
-    assert type(err) is TemporaryError
-    assert (err.code, err.before_data) == ("ETLS", True)
+    assert type(err) is ConfigurationError  # retried, and shown on the profile's health
+    assert (err.code, err.before_data, err.field) == ("ETLS", True, "requireTLS")
     assert not CONTENT_VERBS & set(server.sessions[0].verbs)
 
 
@@ -142,8 +147,8 @@ async def test_untrusted_certificate_then_trusted_with_ca_certificates(
 
     err = await send_failing(build(server, smtp_context, **settings))
 
-    assert type(err) is TemporaryError
-    assert (err.code, err.before_data) == ("ETLS", True)
+    assert type(err) is ConfigurationError  # retried, and shown on the profile's health
+    assert (err.code, err.before_data, err.field) == ("ETLS", True, "caCertificates")
     assert "certificate verify failed" in err.message
     assert not CONTENT_VERBS & {verb for s in server.sessions for verb in s.verbs}
 

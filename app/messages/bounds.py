@@ -1,0 +1,210 @@
+"""What a sender may send: the From addresses and domains, and the server profiles, an admin gave
+it (users.allowed_from / users.allowed_servers), or the defaults when they are null.
+
+The rules are read once per request batch from a per-process cache that keeps a user's row for
+at most `BoundsCache.seconds` (1 s): a change an admin makes on any replica binds every replica
+within that second, and POST /messages pays one indexed SELECT per sender per second, not one
+per message. Admins are not bounded and cost nothing here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import idna
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Forbidden
+from app.users.models import User
+
+if TYPE_CHECKING:
+    from app.messages.lookups import Lookups
+    from app.servers.models import ServerProfile
+
+CACHE_SECONDS = 1.0
+"""How long a user's bounds are reused: the longest a change takes to reach every replica."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """A sender's rules as stored: None means the default."""
+
+    user: str
+    allowed_from: tuple[str, ...] | None
+    allowed_servers: frozenset[str] | None
+
+    def from_allowed(self, email: str) -> bool:
+        """Whether allowedFrom lets `email` through: an exact address or its domain, ignoring
+        case (an address's local part is matched case-blind too: a bound, not a mailbox)."""
+        assert self.allowed_from is not None
+        email = comparable(email)
+        domain = email.rpartition("@")[2]
+        return any(entry in (email, domain) for entry in self.allowed_from)
+
+
+def comparable(entry: str) -> str:
+    """An address or a domain in one spelling: lower case, the domain as A-labels (so
+    bücher.example and xn--bcher-kva.example match, whichever one was stored or sent)."""
+    local, at, domain = entry.lower().rpartition("@")
+    if not domain.isascii():
+        with contextlib.suppress(idna.IDNAError):  # else as it is: it matches no A-label
+            domain = idna.encode(domain, uts46=True).decode()
+    return f"{local}{at}{domain}"
+
+
+class BoundsCache:
+    """User name -> their Bounds, each kept for `seconds` (None: no such user any more)."""
+
+    def __init__(self, seconds: float = CACHE_SECONDS) -> None:
+        self.seconds = seconds
+        self._rows: dict[str, tuple[float, Bounds | None]] = {}
+
+    async def get(self, session: AsyncSession, name: str) -> Bounds | None:
+        cached = self._rows.get(name)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        bounds = await load(session, name)
+        if len(self._rows) > 10_000:
+            self._rows.clear()
+        self._rows[name] = (now + self.seconds, bounds)
+        return bounds
+
+    def forget(self, name: str | None = None) -> None:
+        """Drop one user's cached bounds (or all): this replica changed them."""
+        if name is None:
+            self._rows.clear()
+        else:
+            self._rows.pop(name, None)
+
+
+async def load(session: AsyncSession, name: str) -> Bounds | None:
+    """The user's bounds from its row; None when the user is gone."""
+    row = (
+        await session.execute(
+            select(User.allowed_from, User.allowed_servers).where(User.name == name)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    allowed_from, allowed_servers = row
+    return Bounds(
+        user=name,
+        allowed_from=None if allowed_from is None else tuple(map(comparable, allowed_from)),
+        allowed_servers=None if allowed_servers is None else frozenset(allowed_servers),
+    )
+
+
+async def enforce(
+    lookups: Lookups,
+    user: str,
+    *,
+    server: str | None,
+    profile: ServerProfile | None,
+    sender: str,
+    from_named: bool,
+) -> None:
+    """Refuse (403) a message its sender may not send: through `profile` (named in `server`, or
+    the default), or from `sender` when the message chose it (`from_named`).
+
+    The From a message gets when it gives none (its profile's sender, else the branding's) is
+    an admin's choice, never a forgery: it is always allowed, given or not. A `from` of the
+    sender's own must match allowedFrom, or when that is null, be the branding sender or the
+    sender of a profile it may use."""
+    bounds = await lookups.caller_bounds(user)
+    if bounds is None:
+        raise Forbidden(f"user {user} no longer exists")
+    await _check_server(lookups, bounds, server, profile)
+    if not from_named:
+        return
+    if bounds.allowed_from is not None and bounds.from_allowed(sender):
+        return
+    if comparable(sender) == comparable(await _implicit_sender(lookups, profile)):
+        return
+    if bounds.allowed_from is not None:
+        raise _refused_from(bounds, sender, ", ".join(bounds.allowed_from))
+    if not await _default_sender(lookups, bounds, profile, sender):
+        allowed = ", ".join(await _default_senders(lookups, bounds, profile))
+        raise _refused_from(bounds, sender, allowed)
+
+
+async def _implicit_sender(lookups: Lookups, profile: ServerProfile | None) -> str:
+    if profile is not None and profile.sender_email:
+        return profile.sender_email
+    return (await lookups.branding_sender())[0] or ""
+
+
+async def _check_server(
+    lookups: Lookups, bounds: Bounds, server: str | None, profile: ServerProfile | None
+) -> None:
+    if profile is None:
+        return  # the built-in server: it writes files, nothing leaves
+    which = f"server {profile.name}" if server is not None else f"the default server {profile.name}"
+    if bounds.allowed_servers is not None:
+        if profile.name in bounds.allowed_servers:
+            return
+        listed = ", ".join(sorted(bounds.allowed_servers)) or "none"
+        why = f"allowed are {listed} (allowedServers)"
+        hint = "name an allowed one in `server`, or " if bounds.allowed_servers else ""
+    else:
+        default_id = await lookups.default_profile_id()
+        if profile.id == default_id:
+            return
+        default = await lookups.profile(None) if default_id is not None else None
+        why = "allowed is the default server only" + (
+            f" ({default.name})" if default is not None else ", and there is none"
+        )
+        hint = "leave `server` out, or " if default is not None else ""
+    message = (
+        f"user {bounds.user} may not send through {which}: {why}; "
+        f"{hint}set allowedServers on the user"
+    )
+    raise Forbidden(message, details=[{"field": "server", "message": message}])
+
+
+async def _default_sender(
+    lookups: Lookups, bounds: Bounds, profile: ServerProfile | None, sender: str
+) -> bool:
+    """Whether `sender` is one a sender without allowedFrom may use, looking up no more than
+    it takes (the profile in use, then the branding, then the other allowed profiles)."""
+    sender = comparable(sender)
+    if profile is not None and comparable(profile.sender_email or "") == sender:
+        return True
+    if comparable((await lookups.branding_sender())[0] or "") == sender:
+        return True
+    return sender in {comparable(e) for e in await _default_senders(lookups, bounds, profile)}
+
+
+async def _default_senders(
+    lookups: Lookups, bounds: Bounds, profile: ServerProfile | None
+) -> list[str]:
+    """The From addresses a sender without allowedFrom may use: the branding sender and the
+    senders of the profiles it may use (the default profile, unless allowedServers says)."""
+    allowed: list[str] = []
+    if profile is not None and profile.sender_email:
+        allowed.append(profile.sender_email)
+    branding, _ = await lookups.branding_sender()
+    if branding:
+        allowed.append(branding)
+    if bounds.allowed_servers:
+        senders = await lookups.profile_senders(bounds.allowed_servers)
+        allowed += [email for _, email in sorted(senders.items()) if email]
+    return list(dict.fromkeys(allowed))
+
+
+def _refused_from(bounds: Bounds, sender: str, allowed: str) -> Forbidden:
+    if bounds.allowed_from is not None:
+        why = f"allowed are {allowed} (allowedFrom)" if allowed else "allowedFrom is empty"
+    else:
+        why = "allowed are the branding sender and the senders of the profiles it may use: " + (
+            allowed or "none is set"
+        )
+    message = (
+        f"user {bounds.user} may not send from {sender}: {why}, or no `from` for its "
+        "profile's own sender; set allowedFrom on the user"
+    )
+    return Forbidden(message, details=[{"field": "from", "message": message}])
