@@ -158,6 +158,8 @@ async def test_messages(
         refused(await sender.post("/api/v1/messages", json=body), "from.email")
         refused(await sender.post("/api/v1/messages", json={**body, "from": None}), "to[0].email")
         return
+    bounds = {"allowedFrom": ["corp.local"]}
+    assert (await admin.patch("/api/v1/users/sender", json=bounds)).status_code == 200
     message_id = await send(sender, **body)
     await Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics).drain()
 

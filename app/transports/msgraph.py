@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, SecretStr
 
-from app.schemas import CamelModel
+from app.schemas import CamelModel, a_labels
 from app.transports._http import Api, HttpTransport, Refusal, Rule, json_body, probe, text_of
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import CredentialsError, PermanentError, UnsupportedFeature
@@ -169,13 +169,13 @@ def _check_envelope(message: OutgoingMessage, mime: bytes) -> None:
     head = mime.partition(b"\r\n\r\n")[0].decode("utf-8", "surrogateescape")
     headers = HeaderParser(policy=default_policy).parsestr(head)
     listed = {
-        address.addr_spec.lower()
+        a_labels(address.addr_spec).lower()
         for name in ("to", "cc", "bcc")
         for header in headers.get_all(name, [])
         if isinstance(header, AddressHeader)
         for address in header.addresses
     }
-    envelope = {rcpt.lower() for rcpt in message.recipients}
+    envelope = {a_labels(rcpt).lower() for rcpt in message.recipients}
     if listed != envelope:
         raise UnsupportedFeature(
             "an envelope that differs from the To/Cc/Bcc headers"
