@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -145,8 +145,13 @@ def user_errors(settings: Settings | None = None) -> Iterator[None]:
         failure = explain(err, settings)
         if failure is None:
             raise
-        typer.echo(f"postroom: {failure.message}", err=True)
-        raise typer.Exit(failure.exit_code) from None
+        fail(failure.message, failure.exit_code)
+
+
+def fail(message: str, exit_code: int) -> NoReturn:
+    """Say what went wrong in one line on stderr and exit."""
+    typer.echo(f"postroom: {message}", err=True)
+    raise typer.Exit(exit_code)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -274,7 +279,7 @@ def users_add(
     try:
         body = UserCreate.model_validate({"name": name, "role": role, "password": password})
     except ValidationError as err:
-        raise typer.BadParameter(_input_errors(err)) from err
+        fail(f"invalid user: {_input_errors(err)}", 2)
 
     async def work(runtime: Runtime) -> str | None:
         async with transaction(runtime.sessions) as session:
@@ -323,7 +328,7 @@ def send(
                 {"to": to, "subject": subject, "text": text, "from": sender, "server": server}
             )
     except ValidationError as err:
-        raise typer.BadParameter(_input_errors(err)) from err
+        fail(f"invalid message: {_input_errors(err)}", 2)
 
     async def work() -> str:
         from app import migrate as migrations
@@ -395,7 +400,11 @@ def rotate_keys() -> None:
 
 
 def _input_errors(err: Any) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+    """Pydantic's errors on one line, each naming its field ("to.0.email: ...")."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+        for e in err.errors()
+    )
 
 
 M_ARENA_MAX = -8
