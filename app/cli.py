@@ -245,7 +245,7 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with running_dispatcher(runtime):
+        async with running_dispatcher(runtime, loop="worker"):  # supervised: it never dies
             _freeze_start_up_objects()
             await stop.wait()
 
