@@ -1,4 +1,11 @@
-"""The `postroom` command: serve, worker, migrate, users, send, verify, rotate-keys."""
+"""The `postroom` command: serve, worker, migrate, users, send, verify, rotate-keys.
+
+Each command imports what it needs when it runs: `postroom send` must start in well under 2 s, and
+importing the whole app (FastAPI, every router, every transport) took most of that.
+
+An error a user can cause (a bad setting or key, an unknown profile, a database that does not
+answer) is one line on stderr and exit code 2 (a setting) or 1 (anything else), not a traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,41 +16,43 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-import uvloop
-from pydantic import ValidationError
-from sqlalchemy import select
 
-from app import migrate as migrations
 from app.config import Settings
-from app.db import transaction
-from app.delivery import probe
-from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
-from app.main import create_app, open_runtime, running_dispatcher
-from app.messages import service as messages
-from app.messages.schemas import MessageIn
-from app.messages.service import Caller
-from app.schemas import local_domains
-from app.security import Principal
-from app.servers.models import ServerProfile
-from app.users import service as users
-from app.users.schemas import UserCreate
 
-cli = typer.Typer(help="Postroom: outgoing mail as a REST service.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from app.delivery.probe import VerifyOutcome
+    from app.deps import Runtime
+
+cli = typer.Typer(
+    help="Postroom: outgoing mail as a REST service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 users_cli = typer.Typer(help="Manage API users.", no_args_is_help=True)
 cli.add_typer(users_cli, name="users")
 
 T = TypeVar("T")
 
 
+QUIET_AT_DEBUG = ("aiosqlite",)
+"""Loggers kept at INFO when POSTROOM_LOG_LEVEL is DEBUG: aiosqlite logs every call it makes, 9 of
+10 lines, burying the SMTP transcripts that DEBUG is asked for."""
+
+
 def _logging(settings: Settings) -> None:
+    """The root logger at POSTROOM_LOG_LEVEL; alembic no longer resets it (app/migrate.py)."""
     logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if logging.getLogger().level <= logging.DEBUG:
+        for name in QUIET_AT_DEBUG:
+            logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _freeze_start_up_objects() -> None:
@@ -54,15 +63,142 @@ def _freeze_start_up_objects() -> None:
     gc.freeze()
 
 
-def _run(work: Callable[[Runtime], Awaitable[T]]) -> T:
+class Failure(Exception):
+    """An error the user can fix: shown as one line, the process exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def explain(err: BaseException, settings: Settings | None = None) -> Failure | None:
+    """The one line for an error a user can cause; None for a bug (it keeps its traceback)."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import DBAPIError
+
+    from app.crypto import SecretBoxError
+    from app.errors import AppError
+
+    if isinstance(err, Failure):
+        return err
+    if isinstance(err, AppError):
+        return Failure(err.message)
+    if isinstance(err, SecretBoxError):
+        return Failure(
+            f"{err}: put the key that encrypted them in the list (the first key encrypts, every"
+            " key decrypts), then run `postroom rotate-keys`",
+            2,
+        )
+    if isinstance(err, ValidationError) and err.title == "Settings":
+        return Failure(f"invalid setting: {_settings_errors(err)}", 2)
+    main = sys.modules.get("app.main")  # loaded whenever a StartupError can have been raised
+    if main is not None and isinstance(err, main.StartupError):
+        return Failure(str(err), 2)
+    where = _database(settings)
+    if isinstance(err, DBAPIError) and _missing_schema(err):
+        return Failure(
+            f"the database {where} has no Postroom schema, or an old one: run `postroom"
+            " migrate` (or set POSTROOM_MIGRATE_ON_START=true)"
+        )
+    if isinstance(err, DBAPIError | OSError | TimeoutError):
+        reason = str(err.orig if isinstance(err, DBAPIError) else err).strip().splitlines()
+        return Failure(
+            f"cannot use the database {where}: {reason[0] if reason else type(err).__name__}"
+            " (check POSTROOM_DATABASE_URL and that the server is up)"
+        )
+    return None
+
+
+def _settings_errors(err: Any) -> str:
+    return "; ".join(
+        f"POSTROOM_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
+        for e in err.errors()
+    )
+
+
+def _database(settings: Settings | None) -> str:
+    if settings is None:
+        return "(POSTROOM_DATABASE_URL)"
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(settings.url).render_as_string(hide_password=True)
+    except ValueError:
+        return "(POSTROOM_DATABASE_URL)"
+
+
+def _missing_schema(err: Any) -> bool:
+    text = str(err.orig).lower()
+    sqlstate = getattr(err.orig, "sqlstate", None)
+    return "no such table" in text or "no such column" in text or sqlstate in ("42P01", "42703")
+
+
+@contextmanager
+def user_errors(settings: Settings | None = None) -> Iterator[None]:
+    """Turn an error the user can cause into one line on stderr and an exit code."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        failure = explain(err, settings)
+        if failure is None:
+            raise
+        fail(failure.message, failure.exit_code)
+
+
+def fail(message: str, exit_code: int) -> NoReturn:
+    """Say what went wrong in one line on stderr and exit."""
+    typer.echo(f"postroom: {message}", err=True)
+    raise typer.Exit(exit_code)
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment; a bad value is one line naming its variable (exit 2)."""
+    with user_errors():
+        return Settings(**overrides)
+
+
+def check_secret_keys(settings: Settings) -> None:
+    """Each key of POSTROOM_SECRET_KEYS must be a Fernet key: said before anything runs."""
+    from cryptography.fernet import Fernet
+
+    keys = [k.strip() for k in settings.secret_keys.split(",") if k.strip()]
+    for number, key in enumerate(keys, 1):
+        try:
+            Fernet(key.encode())
+        except ValueError as err:
+            raise Failure(
+                f"POSTROOM_SECRET_KEYS: key {number} of {len(keys)} is not a Fernet key (32"
+                " url-safe base64-encoded bytes; make one with `python -c 'from cryptography."
+                "fernet import Fernet; print(Fernet.generate_key().decode())'`)",
+                2,
+            ) from err
+
+
+def _loop(main: Coroutine[Any, Any, T]) -> T:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def _run(work: Callable[[Runtime], Awaitable[T]], settings: Settings | None = None) -> T:
+    """Run `work` with the whole runtime (database, keys, HTTP client), as the service has it."""
+    settings = settings or _settings()
+
     async def main() -> T:
-        settings = Settings()
+        from app.main import open_runtime
+        from app.schemas import local_domains
+
         with local_domains(settings.allow_local_domains):
             async with open_runtime(settings) as runtime:
                 return await work(runtime)
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
+    with user_errors(settings):
+        check_secret_keys(settings)
+        return _loop(main())
 
 
 @cli.command()
@@ -77,7 +213,11 @@ def serve(
     """Run the API and, unless --no-dispatcher, the dispatcher."""
     import uvicorn
 
-    settings = Settings() if dispatcher is None else Settings(dispatcher=dispatcher)
+    from app.main import create_app
+
+    settings = _settings() if dispatcher is None else _settings(dispatcher=dispatcher)
+    with user_errors(settings):
+        check_secret_keys(settings)
     _logging(settings)
     app = create_app(settings)
     _freeze_start_up_objects()
@@ -89,7 +229,10 @@ def worker(
     once: Annotated[bool, typer.Option(help="Deliver what is due now, then exit.")] = False,
 ) -> None:
     """Run the dispatcher alone: several workers share a PostgreSQL outbox."""
-    settings = Settings()
+    from app.delivery.dispatcher import Dispatcher
+    from app.main import running_dispatcher
+
+    settings = _settings()
     _logging(settings)
 
     async def work(runtime: Runtime) -> None:
@@ -102,17 +245,22 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with running_dispatcher(runtime):
+        async with running_dispatcher(runtime, loop="worker"):  # supervised: it never dies
             _freeze_start_up_objects()
             await stop.wait()
 
-    _run(work)
+    _run(work, settings)
 
 
 @cli.command()
 def migrate(revision: str = "head") -> None:
     """Upgrade the database schema to REVISION (default: the latest)."""
-    migrations.upgrade(Settings(), revision)
+    from app import migrate as migrations
+
+    settings = _settings()
+    _logging(settings)
+    with user_errors(settings):
+        migrations.upgrade(settings, revision)
 
 
 @users_cli.command("add")
@@ -121,13 +269,17 @@ def users_add(
     role: Annotated[str, typer.Option(help="admin or sender")] = "sender",
 ) -> None:
     """Add a user. Its password is read from stdin when piped, otherwise generated and printed."""
+    from pydantic import ValidationError
+
+    from app.db import transaction
+    from app.users import service as users
+    from app.users.schemas import UserCreate
+
     password = None if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n") or None
     try:
         body = UserCreate.model_validate({"name": name, "role": role, "password": password})
     except ValidationError as err:
-        raise typer.BadParameter(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        ) from err
+        fail(f"invalid user: {_input_errors(err)}", 2)
 
     async def work(runtime: Runtime) -> str | None:
         async with transaction(runtime.sessions) as session:
@@ -141,6 +293,8 @@ def users_add(
 @users_cli.command("list")
 def users_list() -> None:
     """List the users and their roles."""
+    from app.db import transaction
+    from app.users import service as users
 
     async def work(runtime: Runtime) -> list[tuple[str, str]]:
         async with transaction(runtime.sessions) as session:
@@ -158,26 +312,55 @@ def send(
     sender: Annotated[str | None, typer.Option("--from", help="The sender address.")] = None,
     server: Annotated[str | None, typer.Option(help="A profile name (default profile).")] = None,
 ) -> None:
-    """Queue a message, as POST /api/v1/messages would; a running dispatcher delivers it."""
-    with local_domains(Settings().allow_local_domains):
-        body = MessageIn.model_validate(
-            {"to": to, "subject": subject, "text": text, "from": sender, "server": server}
-        )
+    """Queue a message, as POST /api/v1/messages would; a running dispatcher delivers it.
 
-    async def work(runtime: Runtime) -> str:
-        caller = Caller(Principal("cli", "admin"), None)
-        async with transaction(runtime.sessions) as session:
-            accepted, _ = await messages.enqueue(session, runtime.settings, caller, body)
+    It needs the database only, not the service's runtime (keys, HTTP client, transports): it
+    opens just that, so it starts quickly."""
+    from pydantic import ValidationError
+
+    from app.messages.schemas import MessageIn
+    from app.schemas import local_domains
+
+    settings = _settings()
+    try:
+        with local_domains(settings.allow_local_domains):
+            body = MessageIn.model_validate(
+                {"to": to, "subject": subject, "text": text, "from": sender, "server": server}
+            )
+    except ValidationError as err:
+        fail(f"invalid message: {_input_errors(err)}", 2)
+
+    async def work() -> str:
+        from app import migrate as migrations
+        from app.db import create_engine, sessionmaker, transaction
+        from app.messages import service as messages
+        from app.messages.service import Caller
+        from app.security import Principal
+
+        if settings.is_sqlite:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(settings)
+        try:
+            if settings.migrate_on_start and not await migrations.is_current(engine):
+                await asyncio.to_thread(migrations.upgrade, settings)
+            async with transaction(sessionmaker(engine)) as session:
+                caller = Caller(Principal("cli", "admin"), None)
+                accepted, _ = await messages.enqueue(session, settings, caller, body)
+        finally:
+            await engine.dispose()
         return accepted.id
 
-    typer.echo(_run(work))
+    with user_errors(settings):
+        typer.echo(_loop(work()))
 
 
 @cli.command()
 def verify(name: str) -> None:
     """Check a profile step by step (connect, TLS, AUTH, ...) without sending."""
+    from app.db import transaction
+    from app.delivery import probe
 
-    async def work(runtime: Runtime) -> probe.VerifyOutcome:
+    async def work(runtime: Runtime) -> VerifyOutcome:
         async with transaction(runtime.sessions) as session:
             found = await probe.candidate(session, runtime.profiles, name, {})
         return await probe.verify(found, runtime.transport_context)
@@ -196,6 +379,10 @@ def verify(name: str) -> None:
 @cli.command("rotate-keys")
 def rotate_keys() -> None:
     """Re-encrypt every stored secret with the first key of POSTROOM_SECRET_KEYS."""
+    from sqlalchemy import select
+
+    from app.db import transaction
+    from app.servers.models import ServerProfile
 
     async def work(runtime: Runtime) -> int:
         async with transaction(runtime.sessions) as session:
@@ -210,6 +397,14 @@ def rotate_keys() -> None:
         return len(profiles)
 
     typer.echo(f"re-encrypted the secrets of {_run(work)} profiles")
+
+
+def _input_errors(err: Any) -> str:
+    """Pydantic's errors on one line, each naming its field ("to.0.email: ...")."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+        for e in err.errors()
+    )
 
 
 M_ARENA_MAX = -8

@@ -31,6 +31,7 @@ from app.limits import BodyLimit
 from app.messages.intake import Intake
 from app.messages.router import router as messages_router
 from app.metrics import Metrics
+from app.openapi import install as install_openapi
 from app.schemas import LocalDomains
 from app.security import Authenticator
 from app.servers.router import router as servers_router
@@ -227,6 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_message_bytes)
     if settings.allow_local_domains:
         app.add_middleware(LocalDomains)

@@ -14,6 +14,7 @@ from app.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    # Only for the plain `alembic` command: Postroom (app/migrate.py) keeps its own logging.
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata

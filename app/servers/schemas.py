@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, field_validator
 
+from app.errors import FieldsError
 from app.schemas import CamelModel, EmailAddress, Integer, SafeStr
 from app.transports.mailgun import MailgunConfig
 from app.transports.mandrill import MandrillConfig
@@ -14,6 +15,7 @@ from app.transports.msgraph import MsgraphConfig
 from app.transports.sendgrid import SendgridConfig
 from app.transports.ses import SesConfig
 from app.transports.smtp import SmtpConfig
+from app.transports.urls import check_ehlo_name, check_host, check_http_url, check_proxy_url
 
 ProfileName = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_]+$")]
 ProfileType = Literal["smtp", "mandrill", "ses", "sendgrid", "mailgun", "msgraph"]
@@ -50,6 +52,25 @@ class ProfileFields(CamelModel):
 class SmtpProfile(ProfileFields):
     type: Literal["smtp"]
     settings: SmtpConfig = Field(default_factory=SmtpConfig)
+
+    @field_validator("settings")
+    @classmethod
+    def _encodable_names(cls, config: SmtpConfig) -> SmtpConfig:
+        """Host names and URLs the resolver, the SMTP client or httpx would raise on at send time
+        (an invalid IDNA A-label, an empty label, a bad port) are a 422 naming the setting."""
+        checks = [
+            ("host", check_host, config.host),
+            ("name", check_ehlo_name, config.name),
+            ("proxy", check_proxy_url, config.proxy and config.proxy.get_secret_value()),
+            ("oauth2.tokenUrl", check_http_url, config.oauth2 and config.oauth2.token_url),
+        ]
+        for field, check, value in checks:
+            if value:
+                try:
+                    check(value)
+                except ValueError as err:
+                    raise FieldsError(str(err), field) from err
+        return config
 
 
 class MandrillProfile(ProfileFields):

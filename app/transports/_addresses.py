@@ -9,29 +9,15 @@ form, the same mailbox; a Unicode local part has none, so such a message cannot 
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from email_validator import EmailNotValidError, validate_email
-
+from app.schemas import a_labels
 from app.transports.errors import UnsupportedFeature
 
 
 def ascii_address(address: str, provider: str) -> str:
-    """`address` with its domain in Punycode; UnsupportedFeature for a non-ASCII local part."""
-    if address.isascii():
-        return address
-    local, _, domain = address.rpartition("@")
-    if not local.isascii():
+    """`address` with its domain in A-labels; UnsupportedFeature for a non-ASCII local part."""
+    ascii_form = a_labels(address)
+    if not ascii_form.isascii():
         raise UnsupportedFeature(
             f"the address {address} (a non-ASCII local part needs SMTPUTF8)", provider
         )
-    return f"{local}@{_ascii_domain(domain, provider)}"
-
-
-@lru_cache(maxsize=1024)
-def _ascii_domain(domain: str, provider: str) -> str:
-    """IDNA 2008 (UTS 46), as email-validator, which validated the address, encodes it."""
-    try:
-        return validate_email(f"x@{domain}", check_deliverability=False).ascii_domain
-    except EmailNotValidError as err:
-        raise UnsupportedFeature(f"the domain {domain} ({err})", provider) from err
+    return ascii_form

@@ -5,6 +5,11 @@ A provider module describes its API once (an `Api`: how to read its error bodies
 codes are temporary, credential or permanent, and which profile field to fix) and calls `request`.
 Anything that is not a 2xx answer leaves `request` as a TransportError, raised `from` the cause.
 
+Provider answers are stored (the attempts table) and shown (GET /messages/{id}, verify and test
+reports), and some providers echo what they were sent. So whatever leaves an HttpTransport's `send`
+or `verify` (or a token fetch) goes through a `Scrubber` first: every secret of the profile is
+redacted, then the text is cut to 1 KiB. This is the one place that does it, for every provider.
+
 Before data: an HTTP send is atomic, so the provider has accepted nothing unless it answered 2xx.
 `before_data` is True when we know it accepted nothing (no connection, or a 4xx answer), so moving
 to the profile's fallback is safe; it is False for 5xx answers and lost connections, where it may
@@ -18,15 +23,18 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel
 
 from app.egress import EgressDenied
-from app.transports.base import TransportContext, VerifyReport, VerifyStep
+from app.servers.secrets import split as split_secrets
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
 from app.transports.errors import (
     ConfigError,
     ConfigurationError,
@@ -36,13 +44,16 @@ from app.transports.errors import (
     TransportError,
     unknown_host,
 )
+from app.transports.result import SendResult
 
 Kind = Literal["temporary", "credentials", "permanent"]
 """How a refusal is retried: later, later after an admin fixed the profile, or never."""
 
 _log = logging.getLogger(__name__)
 
-_REPLY_CHARS = 300
+MAX_TEXT_BYTES = 1024
+"""A provider's answer is stored and shown cut to this many bytes (UTF-8), after redaction."""
+REDACTED = "[REDACTED]"
 _AMBIGUOUS_STATUSES = frozenset({502, 504})
 
 
@@ -165,8 +176,7 @@ def refusal_error(api: Api, response: httpx.Response) -> TransportError:
     rule = rule or api.rules.get(status)
     kind = rule.kind if rule else kind_of_status(status)
     fix = rule.fix if rule and rule.fix else ""
-    said = f"{refusal.code}: {refusal.message}" if refusal.code else refusal.message
-    reply = said[:_REPLY_CHARS]
+    reply = f"{refusal.code}: {refusal.message}" if refusal.code else refusal.message
     options: dict[str, Any] = {
         "reply_code": status,
         "reply": reply,
@@ -222,8 +232,9 @@ def json_body(response: httpx.Response) -> object:
 
 
 def text_of(response: httpx.Response) -> str:
-    """A short, single-line excerpt of a body that is not the JSON we expected."""
-    return " ".join(response.text.split())[:_REPLY_CHARS] or response.reason_phrase
+    """A body that is not the JSON we expected, on one line. Not cut here: a cut could leave part
+    of a secret that redaction no longer recognises; the Scrubber cuts after redacting."""
+    return " ".join(response.text.split()) or response.reason_phrase
 
 
 def unexpected_answer(api: Api, response: httpx.Response, expected: str) -> TemporaryError:
@@ -237,18 +248,92 @@ def unexpected_answer(api: Api, response: httpx.Response, expected: str) -> Temp
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Scrubber:
+    """Redacts a profile's secrets from provider answers, then cuts them to MAX_TEXT_BYTES.
+
+    Each secret is also looked for as it appears JSON-escaped and URL-encoded, the forms an
+    echoed request body or query carries. Longer secrets go first, so one that contains another
+    is redacted whole.
+    """
+
+    secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, values: Iterable[str | None]) -> Scrubber:
+        forms = {
+            form
+            for value in values
+            if value
+            for form in (value, json.dumps(value)[1:-1], quote(value, safe=""))
+        }
+        return cls(tuple(sorted(forms, key=len, reverse=True)))
+
+    @classmethod
+    def of_config(cls, config: BaseModel) -> Scrubber:
+        """Every secret the profile's settings hold (the SecretStr fields, app.servers.secrets)."""
+        return cls.of(split_secrets(config)[1].values())
+
+    def text(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) <= MAX_TEXT_BYTES:
+            return text
+        return data[:MAX_TEXT_BYTES].decode("utf-8", "ignore")
+
+    def error(self, err: TransportError) -> TransportError:
+        """The same error, its message and reply scrubbed (in place, so `raise` keeps its type)."""
+        err.message = self.text(err.message)
+        err.args = (err.message,)
+        if err.reply is not None:
+            err.reply = self.text(err.reply)
+        return err
+
+    def report(self, report: VerifyReport) -> VerifyReport:
+        for step in report.steps:
+            step.detail = self.text(step.detail)
+        return report
+
+    def result(self, result: SendResult) -> SendResult:
+        result.recipients = {
+            rcpt: replace(answer, message=self.text(answer.message))
+            for rcpt, answer in result.recipients.items()
+        }
+        return result
+
+
 class HttpTransport:
     """The base of provider transports: the shared client, the API description, no own state.
 
-    Subclasses set `api` and implement `send` and `verify`.
+    Subclasses set `api` and implement `_send` and `_verify`; `send` and `verify` scrub what those
+    return or raise (see Scrubber), so no provider can forget to.
     """
 
     api: ClassVar[Api]
 
-    def __init__(self, name: str, context: TransportContext) -> None:
+    def __init__(self, name: str, config: BaseModel, context: TransportContext) -> None:
         self.name = name
         self._http = context.http
         self._log = context.logger
+        self._scrub = Scrubber.of_config(config)
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        try:
+            result = await self._send(message)
+        except TransportError as err:
+            self._scrub.error(err)
+            raise
+        return self._scrub.result(result)
+
+    async def verify(self) -> VerifyReport:
+        return self._scrub.report(await self._verify())
+
+    async def _send(self, message: OutgoingMessage) -> SendResult:
+        raise NotImplementedError
+
+    async def _verify(self) -> VerifyReport:
+        raise NotImplementedError
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         return await request(self._http, self.api, method, url, logger=self._log, **kwargs)

@@ -27,6 +27,7 @@ from app.transports._http import (
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import PermanentError
 from app.transports.result import SendResult
+from app.transports.urls import HttpUrl
 
 REGION_URLS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
 
@@ -38,7 +39,7 @@ class MailgunConfig(CamelModel):
     api_key: SecretStr = Field(min_length=1, max_length=500)
     domain: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")
     region: Literal["us", "eu"] = "us"
-    base_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    base_url: HttpUrl | None = None
     """Overrides the region's API host."""
 
     @property
@@ -69,12 +70,12 @@ class MailgunTransport(HttpTransport):
     api = API
 
     def __init__(self, name: str, config: MailgunConfig, context: TransportContext) -> None:
-        super().__init__(name, context)
+        super().__init__(name, config, context)
         self._auth = httpx.BasicAuth("api", config.api_key.get_secret_value())
         self._domain_url = f"{config.api_url}/v3/domains/{quote(config.domain)}"
         self._send_url = f"{config.api_url}/v3/{quote(config.domain)}/messages.mime"
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
         response = await self._request(
             "POST",
@@ -94,7 +95,7 @@ class MailgunTransport(HttpTransport):
             provider_id=message_id,
         )
 
-    async def verify(self) -> VerifyReport:
+    async def _verify(self) -> VerifyReport:
         """GET /v3/domains/{domain}: the key works on this region and the domain can send."""
         report = VerifyReport(
             unchecked=["whether the sender address belongs to the domain (Mailgun may rewrite it)"]

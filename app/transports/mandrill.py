@@ -30,6 +30,7 @@ from app.transports._http import (
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import UnsupportedFeature
 from app.transports.result import RecipientResult, RecipientStatus, SendResult
+from app.transports.urls import HttpUrl
 
 
 class MandrillConfig(CamelModel):
@@ -37,7 +38,7 @@ class MandrillConfig(CamelModel):
     """The settings that hold the credentials, as an admin checks them when they are refused."""
 
     api_key: SecretStr = Field(min_length=1, max_length=500)
-    base_url: str = Field("https://mandrillapp.com/api/1.0", pattern=r"^https?://\S+$")
+    base_url: HttpUrl = "https://mandrillapp.com/api/1.0"
 
 
 _STATUSES: dict[str, RecipientStatus] = {
@@ -78,11 +79,11 @@ class MandrillTransport(HttpTransport):
     api = API
 
     def __init__(self, name: str, config: MandrillConfig, context: TransportContext) -> None:
-        super().__init__(name, context)
+        super().__init__(name, config, context)
         self._key = config.api_key
         self._base = config.base_url.rstrip("/")
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
         try:
             raw = message.mime.decode()
@@ -98,7 +99,7 @@ class MandrillTransport(HttpTransport):
         response = await self._request("POST", f"{self._base}/messages/send-raw.json", json=payload)
         return _result(message, response)
 
-    async def verify(self) -> VerifyReport:
+    async def _verify(self) -> VerifyReport:
         report = VerifyReport(
             unchecked=[
                 "whether the sender's domain is verified in Mandrill",

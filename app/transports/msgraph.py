@@ -20,12 +20,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, SecretStr
 
-from app.schemas import CamelModel
+from app.schemas import CamelModel, a_labels
 from app.transports._http import Api, HttpTransport, Refusal, Rule, json_body, probe, text_of
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import CredentialsError, PermanentError, UnsupportedFeature
 from app.transports.oauth import TokenCache, TokenRequest
 from app.transports.result import SendResult
+from app.transports.urls import HttpUrl
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -41,8 +42,8 @@ class MsgraphConfig(CamelModel):
     client_secret: SecretStr = Field(min_length=1, max_length=1000)
     user_id: str = Field(min_length=1, max_length=320, pattern=r"^[^\s/]+$")
     """The mailbox that sends: its id or user principal name."""
-    login_url: str = Field("https://login.microsoftonline.com", pattern=r"^https?://\S+$")
-    graph_url: str = Field("https://graph.microsoft.com", pattern=r"^https?://\S+$")
+    login_url: HttpUrl = "https://login.microsoftonline.com"
+    graph_url: HttpUrl = "https://graph.microsoft.com"
 
 
 def _refusal(response: httpx.Response) -> Refusal:
@@ -80,7 +81,7 @@ class MsgraphTransport(HttpTransport):
     api = API
 
     def __init__(self, name: str, config: MsgraphConfig, context: TransportContext) -> None:
-        super().__init__(name, context)
+        super().__init__(name, config, context)
         self._user_id = config.user_id
         self._send_url = (
             f"{config.graph_url.rstrip('/')}/v1.0/users/{quote(config.user_id, safe='@')}/sendMail"
@@ -98,7 +99,7 @@ class MsgraphTransport(HttpTransport):
             ),
         )
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
         mime = message.mime_with_bcc or message.mime
         _check_envelope(message, mime)
@@ -128,7 +129,7 @@ class MsgraphTransport(HttpTransport):
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
         return await self._request("POST", self._send_url, content=body, headers=headers)
 
-    async def verify(self) -> VerifyReport:
+    async def _verify(self) -> VerifyReport:
         """A token fetch checks the tenant and the client credentials; the token's `roles` claim
         tells whether the app was granted Mail.Send."""
         report = VerifyReport(
@@ -168,13 +169,13 @@ def _check_envelope(message: OutgoingMessage, mime: bytes) -> None:
     head = mime.partition(b"\r\n\r\n")[0].decode("utf-8", "surrogateescape")
     headers = HeaderParser(policy=default_policy).parsestr(head)
     listed = {
-        address.addr_spec.lower()
+        a_labels(address.addr_spec).lower()
         for name in ("to", "cc", "bcc")
         for header in headers.get_all(name, [])
         if isinstance(header, AddressHeader)
         for address in header.addresses
     }
-    envelope = {rcpt.lower() for rcpt in message.recipients}
+    envelope = {a_labels(rcpt).lower() for rcpt in message.recipients}
     if listed != envelope:
         raise UnsupportedFeature(
             "an envelope that differs from the To/Cc/Bcc headers"

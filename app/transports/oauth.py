@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.transports._http import Api, Refusal, Rule, json_body, request, text_of
-from app.transports.errors import TemporaryError
+from app.transports._http import Api, Refusal, Rule, Scrubber, json_body, request, text_of
+from app.transports.errors import TemporaryError, TransportError
 
 EARLY_REFRESH_SECONDS = 300.0
 """A token is refreshed this long before it expires (or halfway through, if it lives shorter)."""
@@ -44,6 +44,8 @@ class TokenCache:
             url_setting=request.url_setting,
             rules={"temporarily_unavailable": Rule("temporary"), 400: Rule("credentials")},
         )
+        self._scrub = Scrubber.of([request.client_secret, request.refresh_token])
+        """Token endpoints echo what they were sent: their answers never show these secrets."""
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
@@ -70,16 +72,22 @@ class TokenCache:
             form |= {"grant_type": "refresh_token", "refresh_token": req.refresh_token}
         else:
             form["grant_type"] = "client_credentials"
-        response = await request(self._http, self._api, "POST", req.token_url, data=form)
+        try:
+            response = await request(self._http, self._api, "POST", req.token_url, data=form)
+        except TransportError as err:
+            self._scrub.error(err)
+            raise
         body = json_body(response)
         if isinstance(body, dict) and isinstance(token := body.get("access_token"), str):
             return token, _seconds(body.get("expires_in"))
-        raise TemporaryError(
-            f"{req.provider} answered without an access_token",
-            code="EAUTH",
-            reply_code=response.status_code,
-            reply=text_of(response),
-            before_data=True,
+        raise self._scrub.error(
+            TemporaryError(
+                f"{req.provider} answered without an access_token",
+                code="EAUTH",
+                reply_code=response.status_code,
+                reply=text_of(response),
+                before_data=True,
+            )
         )
 
 

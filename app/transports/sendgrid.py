@@ -34,6 +34,7 @@ from app.transports.base import (
 )
 from app.transports.errors import CredentialsError, UnsupportedFeature
 from app.transports.result import SendResult
+from app.transports.urls import HttpUrl
 
 
 class SendgridConfig(CamelModel):
@@ -41,7 +42,7 @@ class SendgridConfig(CamelModel):
     """The settings that hold the credentials, as an admin checks them when they are refused."""
 
     api_key: SecretStr = Field(min_length=1, max_length=500)
-    base_url: str = Field("https://api.sendgrid.com", pattern=r"^https?://\S+$")
+    base_url: HttpUrl = "https://api.sendgrid.com"
     """https://api.eu.sendgrid.com for EU-pinned subusers."""
 
 
@@ -94,11 +95,11 @@ class SendgridTransport(HttpTransport):
     api = API
 
     def __init__(self, name: str, config: SendgridConfig, context: TransportContext) -> None:
-        super().__init__(name, context)
+        super().__init__(name, config, context)
         self._headers = {"Authorization": f"Bearer {config.api_key.get_secret_value()}"}
         self._base = config.base_url.rstrip("/")
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
         response = await self._request(
             "POST", f"{self._base}/v3/mail/send", json=payload(message), headers=self._headers
@@ -110,7 +111,7 @@ class SendgridTransport(HttpTransport):
             provider_id=response.headers.get("x-message-id"),
         )
 
-    async def verify(self) -> VerifyReport:
+    async def _verify(self) -> VerifyReport:
         """GET /v3/scopes: the key works and may send mail."""
         report = VerifyReport(unchecked=["whether the sender address is a verified sender"])
 

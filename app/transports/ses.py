@@ -32,6 +32,7 @@ from app.transports._http import (
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import PermanentError
 from app.transports.result import SendResult
+from app.transports.urls import HttpUrl
 
 
 class SesConfig(CamelModel):
@@ -41,7 +42,7 @@ class SesConfig(CamelModel):
     access_key_id: str = Field(min_length=16, max_length=128, pattern=r"^[A-Z0-9]+$")
     secret_access_key: SecretStr = Field(min_length=1, max_length=500)
     region: str = Field(min_length=1, max_length=50, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
-    endpoint_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    endpoint_url: HttpUrl | None = None
     """Overrides https://email.{region}.amazonaws.com (a VPC endpoint, or a local test server)."""
     configuration_set_name: str | None = Field(None, max_length=64)
 
@@ -114,12 +115,12 @@ class SesTransport(HttpTransport):
     api = API
 
     def __init__(self, name: str, config: SesConfig, context: TransportContext) -> None:
-        super().__init__(name, context)
+        super().__init__(name, config, context)
         self._base = config.endpoint
         self._configuration_set = config.configuration_set_name
         self._auth = signer(config)
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
+    async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
         # SESv2 `Destination`: no SMTPUTF8, so 7-bit local parts and Punycode domains.
         payload: dict[str, object] = {
@@ -145,7 +146,7 @@ class SesTransport(HttpTransport):
             result.extra["requestId"] = request_id
         return result
 
-    async def verify(self) -> VerifyReport:
+    async def _verify(self) -> VerifyReport:
         """GetAccount: the credentials, whether sending is enabled, the sandbox and the quota."""
         report = VerifyReport(
             unchecked=[
