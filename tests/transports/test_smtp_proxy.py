@@ -19,11 +19,12 @@ from app.transports.errors import ConfigurationError, CredentialsError, Temporar
 from app.transports.proxy import connect_request, http_tunnel
 from app.transports.smtp import SmtpTransport
 from tests.smtpd import SmtpServer, make_message
+from tests.transports._loopback import LoopbackServer, pipe
 
 pytestmark = pytest.mark.anyio
 
 
-class CoalescingProxy:
+class CoalescingProxy(LoopbackServer):
     """An HTTP CONNECT proxy on 127.0.0.1 that waits for the upstream's greeting and writes it
     in the same write as `HTTP/1.1 200 Connection established`, then pipes both ways.
 
@@ -34,70 +35,41 @@ class CoalescingProxy:
     def __init__(
         self, credentials: tuple[str, str] | None = None, status: str | None = None
     ) -> None:
+        super().__init__()
         self.credentials = credentials
         self.status = status
         self.requests: list[bytes] = []
         self.tunnels = 0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def url(self, credentials: tuple[str, str] | None = None) -> str:
         login = ":".join(credentials) + "@" if credentials else ""
         return f"http://{login}127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> CoalescingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            request = await reader.readuntil(b"\r\n\r\n")
-            self.requests.append(request)
-            if self.status is not None:
-                writer.write(f"HTTP/1.1 {self.status}\r\nContent-Length: 0\r\n\r\n".encode())
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(request)
+        if self.status is not None:
+            writer.write(f"HTTP/1.1 {self.status}\r\nContent-Length: 0\r\n\r\n".encode())
+            await writer.drain()
+            return
+        if self.credentials is not None:
+            token = base64.b64encode(":".join(self.credentials).encode())
+            if b"\r\nProxy-Authorization: Basic " + token + b"\r\n" not in request:
+                writer.write(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                    b'Proxy-Authenticate: Basic realm="proxy"\r\nContent-Length: 0\r\n\r\n'
+                )
                 await writer.drain()
                 return
-            if self.credentials is not None:
-                token = base64.b64encode(":".join(self.credentials).encode())
-                if b"\r\nProxy-Authorization: Basic " + token + b"\r\n" not in request:
-                    writer.write(
-                        b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                        b'Proxy-Authenticate: Basic realm="proxy"\r\nContent-Length: 0\r\n\r\n'
-                    )
-                    await writer.drain()
-                    return
-            target = request.split(b"\r\n", 1)[0].split(b" ")[1].decode()
-            host, _, port = target.rpartition(":")
-            up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
-            greeting = b""
-            while not greeting.startswith(b"220 ") and b"\r\n220 " not in greeting:
-                greeting += await up_reader.readuntil(b"\r\n")
-            self.tunnels += 1
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n" + greeting)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        return
-    finally:
-        writer.close()
+        target = request.split(b"\r\n", 1)[0].split(b" ")[1].decode()
+        host, _, port = target.rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        greeting = b""
+        while not greeting.startswith(b"220 ") and b"\r\n220 " not in greeting:
+            greeting += await up_reader.readuntil(b"\r\n")
+        self.tunnels += 1
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n" + greeting)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 def build(server: SmtpServer, smtp_context: Any, **settings: Any) -> SmtpTransport:

@@ -19,6 +19,7 @@ from app.transports.base import TransportContext
 from app.transports.errors import ConfigError
 from app.transports.smtp import REDACTED, SmtpConfig, SmtpTransport
 from tests.smtpd import SmtpServer, make_message
+from tests.transports._loopback import LoopbackServer, pipe
 
 pytestmark = pytest.mark.anyio
 
@@ -221,47 +222,29 @@ async def test_logger_logs_connection_events(smtp_server_factory, smtp_context, 
         assert event.startswith(start)
 
 
-class TunnelProxy:
+class TunnelProxy(LoopbackServer):
     """A SOCKS5 or HTTP CONNECT proxy on 127.0.0.1 that records where it tunnels to."""
 
     def __init__(
         self, kind: Literal["socks5", "http"], credentials: tuple[str, str] | None = None
     ) -> None:
+        super().__init__()
         self.kind = kind
         self.credentials = credentials
         self.targets: list[tuple[str, int]] = []
         self.logins: list[tuple[str, str]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
         login = ":".join(self.credentials) + "@" if self.credentials else ""
         return f"{self.kind}://{login}127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> TunnelProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            handshake = self._socks5 if self.kind == "socks5" else self._http_connect
-            host, port = await handshake(reader, writer)
-            self.targets.append((host, port))
-            upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
-            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
-        finally:
-            writer.close()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handshake = self._socks5 if self.kind == "socks5" else self._http_connect
+        host, port = await handshake(reader, writer)
+        self.targets.append((host, port))
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 
     async def _socks5(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -297,17 +280,6 @@ class TunnelProxy:
         host, _, port = target.rpartition(":")
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         return host.strip("[]"), int(port)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        return
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize(
