@@ -1,6 +1,7 @@
 """HTTP Basic auth: verified credentials cached per process but checked against the users table
-twice a second, failed logins throttled and accounts locked through the database, so every
-replica enforces the same limits and sees a password, role or user change within a second."""
+(role, password hash and sending bounds, one read) twice a second, failed logins throttled and
+accounts locked through the database, so every replica enforces the same limits and sees a
+password, role, bounds or user change within a second."""
 
 from __future__ import annotations
 
@@ -41,10 +42,14 @@ CHALLENGE = {"WWW-Authenticate": 'Basic realm="postroom", charset="UTF-8"'}
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling."""
+    """Who is calling, with the sending bounds of its user row (None: the defaults; see
+    app.messages.bounds), read with the role so a change to either reaches every replica within
+    RECHECK_SECONDS."""
 
     name: str
     role: str
+    allowed_from: tuple[str, ...] | None = None
+    allowed_servers: frozenset[str] | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -80,8 +85,7 @@ class _Verified:
 
 @dataclass(frozen=True, slots=True)
 class _Row:
-    name: str
-    role: str
+    principal: Principal
     password_hash: str
 
 
@@ -154,9 +158,18 @@ class Authenticator:
             if self._cache.get(key) is entry:
                 del self._cache[key]
             return False
-        if row.role != entry.principal.role:
-            entry.principal = Principal(row.name, row.role)
+        if row.principal != entry.principal:
+            entry.principal = row.principal
         return True
+
+    def changed(self, name: str) -> None:
+        """The user `name` is being changed or deleted by this process: its credentials re-read
+        the row on their next request (other processes see it within RECHECK_SECONDS). Called
+        before the change commits: a request reading the old row meanwhile keeps it at most
+        RECHECK_SECONDS, as on any other replica."""
+        for entry in self._cache.values():
+            if entry.principal.name == name:
+                entry.checked = float("-inf")
 
     async def _login(self, name: str, password: str, client: str, key: bytes) -> Principal:
         """The slow path, once at a time per credential and client: throttle, lockout, argon2
@@ -181,7 +194,7 @@ class Authenticator:
             await self.lockout.failed(name, client)
             raise Unauthorized("invalid credentials", headers=CHALLENGE)
         await self.lockout.succeeded(name, client, password, stored, state)
-        principal = Principal(row.name, row.role)
+        principal = row.principal
         if entry is None or not known:
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
@@ -196,10 +209,20 @@ class Authenticator:
     async def _user(self, name: str) -> _Row | None:
         if "\0" in name:  # PostgreSQL refuses NUL in text; no user has one
             return None
-        query = select(User.name, User.role, User.password_hash).where(User.name == name)
+        query = select(
+            User.name, User.role, User.password_hash, User.allowed_from, User.allowed_servers
+        ).where(User.name == name)
         async with self._engine.connect() as conn:
             found = (await conn.execute(query)).first()
-        return _Row(found.name, found.role, found.password_hash) if found is not None else None
+        if found is None:
+            return None
+        principal = Principal(
+            found.name,
+            found.role,
+            None if found.allowed_from is None else tuple(found.allowed_from),
+            None if found.allowed_servers is None else frozenset(found.allowed_servers),
+        )
+        return _Row(principal, found.password_hash)
 
 
 def require_role(principal: Principal, *roles: str) -> Principal:

@@ -1,32 +1,26 @@
 """What a sender may send: the From addresses and domains, and the server profiles, an admin gave
 it (users.allowed_from / users.allowed_servers), or the defaults when they are null.
 
-The rules are read once per request batch from a per-process cache that keeps a user's row for
-at most `BoundsCache.seconds` (1 s): a change an admin makes on any replica binds every replica
-within that second, and POST /messages pays one indexed SELECT per sender per second, not one
-per message. Admins are not bounded and cost nothing here.
+The rules come with the caller's credential: app.security reads them from the user row with the
+role and the password hash, and reads that row again every half second, so a change an admin
+makes on any replica binds every replica within a second and POST /messages reads nothing more
+for them. Admins are not bounded and cost nothing here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import idna
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Forbidden
-from app.users.models import User
+from app.security import Principal
 
 if TYPE_CHECKING:
     from app.messages.lookups import Lookups
     from app.servers.models import ServerProfile
-
-CACHE_SECONDS = 1.0
-"""How long a user's bounds are reused: the longest a change takes to reach every replica."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,52 +50,20 @@ def comparable(entry: str) -> str:
     return f"{local}{at}{domain}"
 
 
-class BoundsCache:
-    """User name -> their Bounds, each kept for `seconds` (None: no such user any more)."""
-
-    def __init__(self, seconds: float = CACHE_SECONDS) -> None:
-        self.seconds = seconds
-        self._rows: dict[str, tuple[float, Bounds | None]] = {}
-
-    async def get(self, session: AsyncSession, name: str) -> Bounds | None:
-        cached = self._rows.get(name)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        bounds = await load(session, name)
-        if len(self._rows) > 10_000:
-            self._rows.clear()
-        self._rows[name] = (now + self.seconds, bounds)
-        return bounds
-
-    def forget(self, name: str | None = None) -> None:
-        """Drop one user's cached bounds (or all): this replica changed them."""
-        if name is None:
-            self._rows.clear()
-        else:
-            self._rows.pop(name, None)
-
-
-async def load(session: AsyncSession, name: str) -> Bounds | None:
-    """The user's bounds from its row; None when the user is gone."""
-    row = (
-        await session.execute(
-            select(User.allowed_from, User.allowed_servers).where(User.name == name)
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    allowed_from, allowed_servers = row
+def bounds_of(principal: Principal) -> Bounds:
+    """The caller's bounds as read with its credential (app.security re-reads them with the
+    role), each entry in its comparable spelling."""
+    allowed_from = principal.allowed_from
     return Bounds(
-        user=name,
+        user=principal.name,
         allowed_from=None if allowed_from is None else tuple(map(comparable, allowed_from)),
-        allowed_servers=None if allowed_servers is None else frozenset(allowed_servers),
+        allowed_servers=principal.allowed_servers,
     )
 
 
 async def enforce(
     lookups: Lookups,
-    user: str,
+    principal: Principal,
     *,
     server: str | None,
     profile: ServerProfile | None,
@@ -115,9 +77,7 @@ async def enforce(
     an admin's choice, never a forgery: it is always allowed, given or not. A `from` of the
     sender's own must match allowedFrom, or when that is null, be the branding sender or the
     sender of a profile it may use."""
-    bounds = await lookups.caller_bounds(user)
-    if bounds is None:
-        raise Forbidden(f"user {user} no longer exists")
+    bounds = lookups.caller_bounds(principal)
     await _check_server(lookups, bounds, server, profile)
     if not from_named:
         return

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.errors import AppError
 from app.messages import service
-from app.messages.bounds import BoundsCache
 from app.messages.schemas import Accepted, MessageIn
 from app.messages.service import Caller
 
@@ -46,8 +45,6 @@ class Intake:
         self._settings = settings
         self._waiting: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
-        self.bounds = BoundsCache()
-        """Senders' bounds, reused for up to a second (POST /messages and /messages/batch)."""
 
     async def submit(
         self, caller: Caller, body: MessageIn, idempotency_key: str | None = None
@@ -92,7 +89,6 @@ class Intake:
                     session,
                     self._settings,
                     [(r.caller, r.body, r.idempotency_key) for r in batch],
-                    self.bounds,
                 )
         except Exception as err:
             log.warning("storing %d messages failed: %s", len(batch), err)

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.branding.service import get_branding
 from app.errors import Invalid
-from app.messages.bounds import Bounds, BoundsCache, load
+from app.messages.bounds import Bounds, bounds_of
+from app.security import Principal
 from app.servers.models import ServerProfile
 from app.servers.service import get_routing
 
@@ -20,12 +21,10 @@ class Lookups:
     """Per-request memo of the rows every message of a request may need."""
 
     session: AsyncSession
-    bounds_cache: BoundsCache | None = None
-    """Where callers' bounds are kept between requests; None reads them every time."""
     profiles: dict[str | None, ServerProfile | None] = field(default_factory=dict)
     branding: tuple[str | None, str | None] | None = None
     routing: tuple[int | None, bool] | None = None
-    bounds: dict[str, Bounds | None] = field(default_factory=dict)
+    bounds: dict[Principal, Bounds] = field(default_factory=dict)
     senders: dict[str, str | None] = field(default_factory=dict)
 
     async def profile(self, name: str | None) -> ServerProfile | None:
@@ -45,14 +44,12 @@ class Lookups:
             self.branding = (branding.sender_email, branding.sender_name)
         return self.branding
 
-    async def caller_bounds(self, name: str) -> Bounds | None:
-        """The sending bounds of the user `name`; None when it no longer exists."""
-        if name not in self.bounds:
-            if self.bounds_cache is not None:
-                self.bounds[name] = await self.bounds_cache.get(self.session, name)
-            else:
-                self.bounds[name] = await load(self.session, name)
-        return self.bounds[name]
+    def caller_bounds(self, principal: Principal) -> Bounds:
+        """The caller's sending bounds, made once per request batch."""
+        bounds = self.bounds.get(principal)
+        if bounds is None:
+            bounds = self.bounds[principal] = bounds_of(principal)
+        return bounds
 
     async def profile_senders(self, names: frozenset[str]) -> dict[str, str | None]:
         """The senderEmail of each named profile that exists."""

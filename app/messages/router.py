@@ -88,9 +88,7 @@ async def send_batch(
     if runtime.sends is not None:  # all of the batch fits, or none of it is counted
         await runtime.sends.hit(principal.name, len(body.messages))
     caller = Caller(principal, client_address(request))
-    results = await service.enqueue_batch(
-        session, runtime.settings, caller, body.messages, runtime.intake.bounds
-    )
+    results = await service.enqueue_batch(session, runtime.settings, caller, body.messages)
     if any(item.status == 202 for item in results):
         runtime.queued()
     for item in results:

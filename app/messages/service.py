@@ -33,7 +33,7 @@ from app.errors import (
 )
 from app.events.models import EventRow, EventType
 from app.events.service import events_of
-from app.messages.bounds import BoundsCache, enforce
+from app.messages.bounds import enforce
 from app.messages.lookups import Lookups
 from app.messages.schemas import LINE_BREAKS, Accepted, BatchItem, MessageIn
 from app.security import Principal
@@ -87,16 +87,14 @@ async def enqueue_each(
     session: AsyncSession,
     settings: Settings,
     requests: Sequence[tuple[Caller, MessageIn, str | None]],
-    bounds: BoundsCache | None = None,
 ) -> list[tuple[Accepted, bool] | AppError]:
     """Store each (caller, body, Idempotency-Key) in the session; a message that cannot be
     accepted gets its AppError in its place, and the others are stored all the same.
 
     The rows go in with one INSERT per table for the lot (SQLAlchemy's bulk insert), except a
     message with an Idempotency-Key: it is inserted at once in a savepoint, so that a concurrent
-    duplicate fails alone (409). A sender's message is held to its bounds (`bounds` caches
-    them between calls)."""
-    lookups = Lookups(session, bounds)
+    duplicate fails alone (409). A sender's message is held to its bounds."""
+    lookups = Lookups(session)
     outcomes: list[tuple[Accepted, bool] | AppError] = []
     pending: list[_Rows] = []
     for caller, body, key in requests:
@@ -154,7 +152,7 @@ async def _accept(
     if not caller.principal.is_admin:
         await enforce(
             lookups,
-            caller.principal.name,
+            caller.principal,
             server=body.server,
             profile=profile,
             sender=sender_email,
@@ -207,7 +205,6 @@ async def enqueue_batch(
     settings: Settings,
     caller: Caller,
     items: list[dict[str, Any]],
-    bounds: BoundsCache | None = None,
 ) -> list[BatchItem]:
     """Store each valid message; an invalid one gets the error it would have had alone."""
     results: list[BatchItem | None] = []
@@ -218,7 +215,7 @@ async def enqueue_batch(
             results.append(None)
         except ValidationError as err:
             results.append(BatchItem(status=422, error=invalid_body(err.errors())["error"]))
-    outcomes = iter(await enqueue_each(session, settings, valid, bounds))
+    outcomes = iter(await enqueue_each(session, settings, valid))
     return [result or _batch_item(next(outcomes)) for result in results]
 
 

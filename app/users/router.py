@@ -48,11 +48,11 @@ async def update_user(
         allowed_from=body.allowed_from if "allowed_from" in given else service.KEEP,
         allowed_servers=body.allowed_servers if "allowed_servers" in given else service.KEEP,
     )
-    runtime.intake.bounds.forget(name)
+    runtime.auth.changed(name)
     return UserOut.model_validate(user, from_attributes=True)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_user(name: str, _: AdminUser, session: SessionDep, runtime: RuntimeDep) -> None:
     await service.delete_user(session, name)
-    runtime.intake.bounds.forget(name)
+    runtime.auth.changed(name)

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from app.deps import Runtime
-from app.messages.bounds import CACHE_SECONDS
+from app.security import RECHECK_SECONDS
 from app.users.models import User
 from tests.conftest import basic
 from tests.servers.helpers import body, create
@@ -289,7 +289,7 @@ async def test_a_change_binds_at_once_here_and_within_a_second_elsewhere(
             await session.execute(
                 update(User).where(User.name == "billing").values(allowed_from=["example.com"])
             )
-        await asyncio.sleep(CACHE_SECONDS + 0.1)
+        await asyncio.sleep(RECHECK_SECONDS + 0.1)
         refusal(await billing.post("/api/v1/messages", json=moved), "from")
         back = message(**{"from": "billing@example.com"})
         assert (await billing.post("/api/v1/messages", json=back)).status_code == 202
