@@ -86,6 +86,8 @@ class Sender:
         *,
         loop: str = "webhooks",
         disable_after: timedelta = DISABLE_AFTER,
+        timeout: float = TIMEOUT,
+        lease: float = LEASE,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
@@ -96,6 +98,8 @@ class Sender:
             settings.webhook_retry_base, settings.webhook_retry_max, settings.webhook_max_age
         )
         self.disable_after = disable_after
+        self.timeout = timeout
+        self.lease = lease
         self.heartbeats = Heartbeats(sessions, loop)
         self.task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
@@ -136,7 +140,7 @@ class Sender:
                 swept = await release_expired(session, DELIVERY_QUEUE, utcnow())
             if swept:
                 log.warning("%d webhook deliveries had an expired lease and are retried", swept)
-            self._next_sweep = now + LEASE / 4
+            self._next_sweep = now + self.lease / 4
         jobs = await self._claim()
         if jobs:
             await asyncio.gather(*(self._attempt(job) for job in jobs))
@@ -158,7 +162,7 @@ class Sender:
         )
         async with transaction(self.sessions) as session:
             leases = await claim_due(
-                session, DELIVERY_QUEUE, limit=BATCH, lease=LEASE, where=(in_order,)
+                session, DELIVERY_QUEUE, limit=BATCH, lease=self.lease, where=(in_order,)
             )
             if not leases:
                 return []
@@ -198,7 +202,7 @@ class Sender:
         }
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(TIMEOUT):
+            async with asyncio.timeout(self.timeout):
                 response = await request(
                     self.http,
                     ENDPOINT_API,
@@ -206,7 +210,7 @@ class Sender:
                     job.url,
                     content=body,
                     headers=headers,
-                    timeout=TIMEOUT,
+                    timeout=self.timeout,
                     logger=log,
                 )
             job.delivered, job.code = True, response.status_code
@@ -214,7 +218,7 @@ class Sender:
             job.code, job.retry_after = err.reply_code, err.retry_after
             job.error = f"{err.message}: {err.reply}" if err.reply else err.message
         except TimeoutError:
-            job.error = f"no answer within {TIMEOUT:g} s"
+            job.error = f"no answer within {self.timeout:g} s"
         except Exception as err:  # a bug or a library's surprise: recorded, retried
             log.exception("webhook delivery %s failed unexpectedly", job.webhook_id)
             self.metrics.internal_errors.inc()

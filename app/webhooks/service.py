@@ -16,7 +16,7 @@ from app.crypto import SecretBox
 from app.db import new_id, utcnow
 from app.egress import EgressPolicy, check_host_setting
 from app.errors import NotFound
-from app.events.models import EventType
+from app.events.models import EVENT_TYPES, EventType
 from app.webhooks.enqueue import SUBSCRIBED
 from app.webhooks.models import SUBSCRIPTIONS, WebhookDelivery, WebhookEndpoint
 from app.webhooks.schemas import (
@@ -100,9 +100,9 @@ async def get_endpoint(session: AsyncSession, endpoint_id: str) -> WebhookEndpoi
 
 async def types_of(session: AsyncSession, endpoint_ids: list[str]) -> dict[str, list[EventType]]:
     rows = await session.execute(
-        select(SUBSCRIPTIONS.c.endpoint_id, SUBSCRIPTIONS.c.event_type)
-        .where(SUBSCRIPTIONS.c.endpoint_id.in_(endpoint_ids))
-        .order_by(SUBSCRIPTIONS.c.endpoint_id, SUBSCRIPTIONS.c.event_type)
+        select(SUBSCRIPTIONS.c.endpoint_id, SUBSCRIPTIONS.c.event_type).where(
+            SUBSCRIPTIONS.c.endpoint_id.in_(endpoint_ids)
+        )
     )
     found: dict[str, list[EventType]] = {endpoint_id: [] for endpoint_id in endpoint_ids}
     for endpoint_id, event_type in rows:
@@ -115,7 +115,7 @@ def to_out(endpoint: WebhookEndpoint, types: list[EventType]) -> EndpointOut:
         id=endpoint.id,
         url=endpoint.url,
         description=endpoint.description,
-        event_types=types,
+        event_types=sorted(types, key=EVENT_TYPES.index),
         enabled=endpoint.enabled,
         disabled_reason=endpoint.disabled_reason,
         disabled_at=endpoint.disabled_at,
