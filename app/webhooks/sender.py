@@ -216,7 +216,11 @@ class Sender:
             job.delivered, job.code = True, response.status_code
         except TransportError as err:
             job.code, job.retry_after = err.reply_code, err.retry_after
-            job.error = f"{err.message}: {err.reply}" if err.reply else err.message
+            job.error = (
+                f"HTTP {err.reply_code}: {err.reply or err.message}"
+                if err.reply_code is not None
+                else err.message
+            )
         except TimeoutError:
             job.error = f"no answer within {self.timeout:g} s"
         except Exception as err:  # a bug or a library's surprise: recorded, retried

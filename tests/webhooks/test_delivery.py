@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -22,7 +22,7 @@ from app.webhooks.models import WebhookDelivery
 from app.webhooks.schemas import WebhookEvent
 from tests.delivery.conftest import add_smtp_profile, make_due, send
 from tests.smtpd import StartServer
-from tests.webhooks.conftest import Receiver, add_endpoint, make_sender, sender_loop
+from tests.webhooks.conftest import Receiver, add_endpoint, make_sender, sender_loop, until
 
 pytestmark = pytest.mark.anyio
 
@@ -156,7 +156,7 @@ async def test_the_log_shows_a_failing_delivery_waiting_for_its_retry(
     assert only["status"] == "queued"
     assert only["attempts"] == 1
     assert only["responseCode"] == 503
-    assert "retry later" in only["error"]
+    assert only["error"] == "HTTP 503: ok"
     wait = (datetime.fromisoformat(only["nextAttemptAt"]) - utcnow()).total_seconds()
     assert 5 < wait <= 12.5
     assert only["webhookId"] == queued.json()["webhookId"]
@@ -280,3 +280,56 @@ async def test_no_delivery_is_queued_for_a_disabled_endpoint(
     await dispatcher.drain()
     [queued] = (await log_of(admin, endpoint))["items"]
     assert queued["eventType"] == "message.sent"
+
+
+async def test_an_endpoint_failing_for_the_whole_window_is_disabled_with_the_reason(
+    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+) -> None:
+    endpoint = await add_endpoint(admin, receiver)
+    path = f"/api/v1/webhooks/{endpoint['id']}"
+    receiver.default = 500
+    for _ in range(2):
+        await admin.post(f"{path}/test")
+
+    async def disabled() -> bool:
+        return (await admin.get(path)).json()["enabled"] is False
+
+    async with sender_loop(runtime, disable_after=timedelta(seconds=1.5)):
+        await until(disabled, 15, "the endpoint to be disabled")
+        tried = len(receiver.received)
+        await asyncio.sleep(0.8)
+        assert len(receiver.received) == tried, "nothing is sent to a disabled endpoint"
+    shown = (await admin.get(path)).json()
+    assert shown["disabledReason"].startswith("every delivery failed since ")
+    assert "(1.5 s)" in shown["disabledReason"]
+    assert shown["disabledReason"].endswith("the last: HTTP 500: ok")
+    assert shown["disabledAt"] is not None
+    since = datetime.fromisoformat(shown["failingSince"])
+    assert (datetime.fromisoformat(shown["disabledAt"]) - since).total_seconds() >= 1.5
+    assert tried >= 3, "it was retried before it was given up on"
+    assert all(d.verified for d in receiver.received)
+    log = (await log_of(admin, endpoint))["items"]
+    assert {d["status"] for d in log} == {"paused"}
+    assert runtime.metrics.value("postroom_webhook_endpoints_disabled_total") == 1
+
+    receiver.default = 200  # fixed: enabling it again sends what waited
+    response = await admin.patch(path, json={"enabled": True})
+    assert response.json()["disabledReason"] is None
+    assert response.json()["failingSince"] is None
+    await make_sender(runtime).drain()
+    log = (await log_of(admin, endpoint))["items"]
+    assert {d["status"] for d in log} == {"delivered"}
+
+
+async def test_410_gone_disables_the_endpoint_at_once(
+    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+) -> None:
+    endpoint = await add_endpoint(admin, receiver)
+    receiver.default = 410
+    await admin.post(f"/api/v1/webhooks/{endpoint['id']}/test")
+    await make_sender(runtime).drain()
+    shown = (await admin.get(f"/api/v1/webhooks/{endpoint['id']}")).json()
+    assert shown["enabled"] is False
+    assert "410 Gone" in shown["disabledReason"]
+    [logged] = (await log_of(admin, endpoint))["items"]
+    assert (logged["status"], logged["responseCode"]) == ("failed", 410)
