@@ -198,7 +198,8 @@ def _events_table(postgres: bool) -> FromClause:
 
 
 def webhook_id(postgres: bool) -> ColumnElement[str]:
-    """A new `webhook-id`: `msg_` and 128 random bits as 32 hex digits, made by the database."""
+    """A new `webhook-id`: `msg_` and 32 random hex digits (a random UUID's, on PostgreSQL),
+    made by the database."""
     if postgres:
         random_hex = func.replace(cast(func.gen_random_uuid(), String), "-", "")
     else:

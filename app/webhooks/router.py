@@ -84,7 +84,7 @@ async def list_webhook_deliveries(
     _: AdminUser,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> DeliveryList:
     """The delivery log, newest first: status, attempts, the last answer and when."""
     return await service.list_deliveries(session, endpoint_id, limit=limit, before=before)

@@ -129,11 +129,13 @@ class Sender:
                 log.warning("the heartbeat row %s stays behind: %s", self.heartbeats.id, err)
 
     async def drain(self) -> None:
-        """Send everything due now, then return (tests and `postroom worker --once`)."""
-        while await self._pass():
+        """Send everything due now, then return (tests and `postroom worker --once`: no
+        heartbeat, no sweep)."""
+        while await self._send_due():
             pass
 
     async def _pass(self) -> int:
+        """Sweep and beat when due, and send one batch; returns how many were sent."""
         now = time.monotonic()
         if now >= self._next_sweep:
             async with transaction(self.sessions) as session:
@@ -141,13 +143,17 @@ class Sender:
             if swept:
                 log.warning("%d webhook deliveries had an expired lease and are retried", swept)
             self._next_sweep = now + self.lease / 4
+        sent = await self._send_due()
+        beat = self.heartbeats.last
+        if beat is None or now - beat >= HEARTBEAT_EVERY:
+            await self.heartbeats.beat(now)
+        return sent
+
+    async def _send_due(self) -> int:
         jobs = await self._claim()
         if jobs:
             await asyncio.gather(*(self._attempt(job) for job in jobs))
             await self._finish(jobs)
-        beat = self.heartbeats.last
-        if beat is None or now - beat >= HEARTBEAT_EVERY:
-            await self.heartbeats.beat(now)
         return len(jobs)
 
     async def _claim(self) -> list[Job]:

@@ -15,11 +15,14 @@ import pytest
 from sqlalchemy import select
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from app.config import Settings
 from app.db import utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.deps import Runtime
+from app.main import create_app
 from app.webhooks.models import WebhookDelivery
 from app.webhooks.schemas import WebhookEvent
+from tests.conftest import ADMIN, basic
 from tests.delivery.conftest import add_smtp_profile, make_due, send
 from tests.smtpd import StartServer
 from tests.webhooks.conftest import Receiver, add_endpoint, make_sender, sender_loop, until
@@ -333,3 +336,37 @@ async def test_410_gone_disables_the_endpoint_at_once(
     assert "410 Gone" in shown["disabledReason"]
     [logged] = (await log_of(admin, endpoint))["items"]
     assert (logged["status"], logged["responseCode"]) == ("failed", 410)
+
+
+async def test_the_service_runs_the_sender_beside_its_dispatcher(
+    settings: Settings, smtp_server_factory: StartServer, receiver: Receiver
+) -> None:
+    """As `postroom serve` runs: the lifespan starts both loops; /readyz and /metrics see the
+    sender; a message sent through the API ends up at the receiver, verified."""
+    settings = settings.model_copy(update={"dispatcher": True, "poll_interval": 0.1})
+    server = smtp_server_factory()
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://postroom.test", headers=basic(ADMIN)
+        ) as admin:
+            await add_smtp_profile(admin, server, isDefault=True)
+            await add_endpoint(admin, receiver, eventTypes=["sent"])
+            ready = await admin.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            await send(admin, to=["ann@example.com"], **{"from": "me@example.com"})
+            [got] = await receiver.wait_for(1)
+            assert got.verified
+            assert got.event["type"] == "message.sent"
+            metrics = (await admin.get("/metrics")).text
+            assert 'postroom_loops_live{loop="webhooks"} 1.0' in metrics
+            assert 'postroom_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
+            runtime: Runtime = app.state.runtime
+            assert runtime.sender is not None
+            assert runtime.sender.task is not None
+            runtime.sender.task.cancel()
+            await asyncio.sleep(0.05)
+            ready = await admin.get("/readyz")
+            assert ready.status_code == 503
+            assert "the webhook sender is not running" in ready.json()["reasons"]
