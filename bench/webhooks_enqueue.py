@@ -1,10 +1,11 @@
 """What queueing webhook deliveries adds to record_events, the dispatcher's finish transaction.
 
 Times record_events for a finish-sized batch of Postroom's own events (128 `sent`), in its own
-transaction, on a fresh SQLite file and on PostgreSQL (POSTROOM_BENCH_PG, a database it may empty),
-in five cases: the enqueue switched off (the cost before webhooks), no endpoint, an endpoint
-taking other types (both skipped without a query: the subscribed types are known for a second),
-one and three endpoints taking `sent` (one INSERT ... SELECT of 128 and 384 rows).
+transaction, on a fresh SQLite file and on PostgreSQL (POSTROOM_BENCH_PG, a database it may empty;
+set it empty for SQLite only), in five cases: the enqueue switched off (the cost before webhooks),
+no endpoint, an endpoint taking other types (both skipped without a query: the subscribed types
+are known for a second), one and three endpoints taking `sent` (one INSERT ... SELECT of 128 and
+384 rows).
 
     .venv/bin/python bench/webhooks_enqueue.py [rounds]
 """
@@ -133,7 +134,8 @@ async def bench(url: str | None, rounds: int) -> None:
 async def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     await bench(None, rounds)
-    await bench(PG, rounds)
+    if PG:
+        await bench(PG, rounds)
 
 
 if __name__ == "__main__":
