@@ -228,9 +228,10 @@ def serve(
 def worker(
     once: Annotated[bool, typer.Option(help="Deliver what is due now, then exit.")] = False,
 ) -> None:
-    """Run the dispatcher alone: several workers share a PostgreSQL outbox."""
+    """Run the dispatcher and the webhook sender: several workers share a PostgreSQL outbox."""
     from app.delivery.dispatcher import Dispatcher
-    from app.main import running_dispatcher
+    from app.main import running_dispatcher, running_sender
+    from app.webhooks.sender import Sender
 
     settings = _settings()
     _logging(settings)
@@ -240,12 +241,17 @@ def worker(
             dispatcher = Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics)
             await dispatcher.drain()
             await runtime.transports.aclose()
+            sender = Sender(runtime.sessions, settings, runtime.box, runtime.http, runtime.metrics)
+            await sender.drain()
             return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with running_dispatcher(runtime, loop="worker"):  # supervised: it never dies
+        async with (  # supervised: they never die
+            running_dispatcher(runtime, loop="worker"),
+            running_sender(runtime),
+        ):
             _freeze_start_up_objects()
             await stop.wait()
 

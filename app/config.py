@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     retry_max: float = Field(1800.0, gt=0)
     max_message_age: float = Field(86_400.0, gt=0)
 
+    webhook_retry_base: float = Field(10.0, gt=0)
+    webhook_retry_max: float = Field(86_400.0, gt=0)
+    """Webhook deliveries: the wait after a failed attempt doubles from the base up to this."""
+    webhook_max_age: float = Field(259_200.0, gt=0)
+    """A webhook delivery still failing this long after its event (3 days) is given up."""
+
     max_message_bytes: int = Field(10_240_000, gt=0)
     max_visible_recipients: int = Field(100, gt=0)
     max_group_recipients: int = Field(10_000, gt=0)

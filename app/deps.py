@@ -24,6 +24,7 @@ from app.security import Authenticator, Principal, require_role
 from app.servers.service import Profiles
 from app.throttle import Throttle
 from app.transports.base import TransportContext
+from app.webhooks.sender import Sender
 
 
 @dataclass(slots=True)
@@ -50,6 +51,8 @@ class Runtime:
     """Tells the in-process dispatcher that a message was queued."""
     dispatcher: Dispatcher | None = None
     """This process's dispatcher, while it runs one (for /readyz)."""
+    sender: Sender | None = None
+    """This process's webhook sender, while it runs one (for /readyz)."""
 
     def queued(self) -> None:
         self.wake()

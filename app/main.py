@@ -40,6 +40,9 @@ from app.throttle import Throttle
 from app.transports.base import TransportContext
 from app.users import service as users
 from app.users.router import router as users_router
+from app.webhooks.router import events as webhook_events
+from app.webhooks.router import router as webhooks_router
+from app.webhooks.sender import Sender
 
 log = logging.getLogger("postroom")
 
@@ -169,6 +172,22 @@ async def running_dispatcher(
 
 
 @asynccontextmanager
+async def running_sender(runtime: Runtime) -> AsyncIterator[Sender]:
+    """Run the webhook sender in the background for the duration of the block."""
+    sender = Sender(runtime.sessions, runtime.settings, runtime.box, runtime.http, runtime.metrics)
+    stopping = asyncio.Event()
+    await sender.heartbeats.beat(time.monotonic())
+    sender.task = asyncio.create_task(sender.run(stopping))
+    runtime.sender = sender
+    try:
+        yield sender
+    finally:
+        runtime.sender = None
+        stopping.set()
+        await asyncio.gather(sender.task, return_exceptions=True)
+
+
+@asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
@@ -176,6 +195,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = runtime
         if settings.dispatcher:
             await stack.enter_async_context(running_dispatcher(runtime))
+            await stack.enter_async_context(running_sender(runtime))
         generated = await bootstrap_admin(runtime)
         if generated is not None:
             print(  # noqa: T201 - shown once, on purpose, on the console of the first start
@@ -212,6 +232,11 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
             answer["dispatcher"] = {"id": dispatcher.heartbeats.id, "heartbeatAge": age}
             if dispatcher.last_error:
                 answer["dispatcher"]["lastError"] = dispatcher.last_error
+    sender = runtime.sender
+    if runtime.settings.dispatcher and (
+        sender is None or sender.task is None or sender.task.done()
+    ):
+        reasons.append("the webhook sender is not running")
     if reasons:
         return {"status": "unavailable", "reasons": reasons} | answer
     return {"status": "ready"} | answer
@@ -238,6 +263,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users_router)
     app.include_router(probe_router)
     app.include_router(themes_router)
+    app.include_router(webhooks_router)
+    app.webhooks.include_router(webhook_events)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics(runtime: RuntimeDep) -> Response:

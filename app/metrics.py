@@ -7,6 +7,7 @@ that every replica reports the same queue, the same loops and the same profiles.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -80,6 +81,18 @@ class Metrics:
             ["type", "profile"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "postroom_webhook_deliveries",
+            "Webhook delivery attempts finished in this process, by outcome: delivered, retry "
+            "(failed, tried again later), failed (given up), lost (its lease had expired).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_endpoints_disabled = Counter(
+            "postroom_webhook_endpoints_disabled",
+            "Webhook endpoints this process disabled (continuous failures, or 410 Gone).",
+            registry=r,
+        )
 
     def count_events(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Add committed delivery events, counted by (type, profile)."""
@@ -130,6 +143,8 @@ class Snapshot:
     failing: list[FailingProfile] = field(default_factory=list)
 
 
+DISPATCHER_LOOPS = ("dispatcher", "worker")
+"""The loop names of dispatchers (in `postroom serve`, or a `postroom worker`)."""
 STATUSES = ("queued", "sending", "sent", "partially_sent", "failed")
 HEALTHS = ("unknown", "ok", "failing")
 
@@ -151,15 +166,21 @@ class _SnapshotCollector(Collector):
             "How long the oldest due queued message has waited past its due time.",
             value=s.oldest_due,
         )
-        live = sum(1 for beat in s.loops if beat.age <= s.stale_after)
+        live = collections.Counter(beat.loop for beat in s.loops if beat.age <= s.stale_after)
         yield GaugeMetricFamily(
             "postroom_dispatchers_live",
             f"Dispatchers and workers whose heartbeat is at most {s.stale_after:g} s old.",
-            value=live,
+            value=sum(live[loop] for loop in DISPATCHER_LOOPS),
+        )
+        yield _family(
+            "postroom_loops_live",
+            f"Supervised loops whose heartbeat is at most {s.stale_after:g} s old, by loop.",
+            ["loop"],
+            sorted(live.items()),
         )
         ages = GaugeMetricFamily(
             "postroom_dispatcher_heartbeat_age_seconds",
-            "Seconds since each registered dispatcher or worker last beat.",
+            "Seconds since each supervised loop (dispatcher, worker, webhooks, ...) last beat.",
             labels=["id", "loop", "host"],
         )
         for beat in s.loops:

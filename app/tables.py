@@ -8,5 +8,16 @@ from app.events import models as events
 from app.servers import models as servers
 from app.themes import models as themes
 from app.users import models as users
+from app.webhooks import models as webhooks
 
-__all__ = ["Base", "branding", "delivery", "events", "servers", "themes", "throttle", "users"]
+__all__ = [
+    "Base",
+    "branding",
+    "delivery",
+    "events",
+    "servers",
+    "themes",
+    "throttle",
+    "users",
+    "webhooks",
+]

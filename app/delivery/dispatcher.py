@@ -20,7 +20,7 @@ from app.delivery import outbox
 from app.delivery.compose import compose, group_names
 from app.delivery.events import attempt_event
 from app.delivery.grouping import plan
-from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats
+from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats, survived
 from app.delivery.models import ATTEMPTS, MESSAGES, RECIPIENTS, Message, Recipient
 from app.delivery.outbox import Claim, RetryPolicy
 from app.delivery.transports import BUILTIN, TransportCache
@@ -44,11 +44,6 @@ log = logging.getLogger("postroom.dispatcher")
 
 CONNECTION_LEVEL = frozenset({"ECONNECTION", "ETIMEDOUT", "EDNS", "ETLS", "EAUTH", "EPOLICY"})
 """Errors that say the server cannot be reached at all: the rest of an attempt is not tried."""
-
-
-BACKOFF_BASE = 0.5
-BACKOFF_MAX = 30.0
-"""Seconds a failed pass waits before the next: doubling from BACKOFF_BASE up to BACKOFF_MAX."""
 
 BUSY_POLL = 0.02
 """Seconds between claims while messages keep coming: a worker in another process than the API
@@ -163,20 +158,7 @@ class Dispatcher:
             await self._idle(stopping, BUSY_POLL)
 
     async def _survive(self, err: Exception, failures: int, stopping: asyncio.Event) -> None:
-        delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
-        log.error(
-            "%s pass failed (%d in a row); trying again in %.1f s",
-            self.heartbeats.loop,
-            failures,
-            delay,
-            exc_info=err,
-        )
-        self.metrics.loop_errors.labels(loop=self.heartbeats.loop).inc()
-        self.last_error = f"{type(err).__name__}: {err}"
-        try:
-            await self.heartbeats.failed(self.last_error)
-        except Exception as unrecorded:
-            log.warning("the error could not be recorded on the heartbeat row: %s", unrecorded)
+        self.last_error, delay = await survived(err, failures, self.heartbeats, self.metrics, log)
         await self._idle(stopping, delay)
 
     async def _say_goodbye(self) -> None:

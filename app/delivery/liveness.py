@@ -6,6 +6,7 @@ stuck or keeps failing stops beating, and every replica sees it go stale after S
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import transaction, utcnow
 from app.delivery.models import Heartbeat, Message
-from app.metrics import FailingProfile, LoopBeat, Snapshot
+from app.metrics import FailingProfile, LoopBeat, Metrics, Snapshot
 from app.servers.models import ServerProfile
 
 HEARTBEAT_EVERY = 5.0
@@ -25,6 +26,10 @@ STALE_AFTER = 30.0
 """A heartbeat older than this says the loop has stopped (readiness fails, alerts fire)."""
 FORGET_AFTER = timedelta(days=1)
 """Rows of loops that vanished without saying goodbye (kill -9) are removed after this."""
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+"""Seconds a supervised loop waits after a failed pass: doubling from BACKOFF_BASE up to
+BACKOFF_MAX."""
 
 
 def new_loop_id() -> str:
@@ -76,6 +81,29 @@ class Heartbeats:
     async def remove(self) -> None:
         async with transaction(self.sessions) as session:
             await session.execute(delete(Heartbeat).where(Heartbeat.id == self.id))
+
+
+async def survived(
+    err: Exception, failures: int, heartbeats: Heartbeats, metrics: Metrics, log: logging.Logger
+) -> tuple[str, float]:
+    """What every supervised loop does with a pass that raised (the database away, a bug): log it
+    with its traceback, count it in postroom_loop_errors_total, keep it on the heartbeat row.
+    Returns the error as text and the seconds to back off before the next pass."""
+    delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+    log.error(
+        "%s pass failed (%d in a row); trying again in %.1f s",
+        heartbeats.loop,
+        failures,
+        delay,
+        exc_info=err,
+    )
+    metrics.loop_errors.labels(loop=heartbeats.loop).inc()
+    error = f"{type(err).__name__}: {err}"
+    try:
+        await heartbeats.failed(error)
+    except Exception as unrecorded:
+        log.warning("the error could not be recorded on the heartbeat row: %s", unrecorded)
+    return error, delay
 
 
 async def heartbeat_age(session: AsyncSession, loop_id: str) -> float | None:

@@ -1,4 +1,8 @@
-"""The outbox protocol: claim due messages under a lease, finish them fenced, sweep lost leases.
+"""The outbox protocol: claim due rows under a lease, finish them fenced, sweep lost leases.
+
+Written once for any table used as a queue (a `Queue`: its id, status, attempts,
+next_attempt_at and lease_until columns; statuses `queued` and `sending`): the messages, and the
+outgoing webhook deliveries.
 
 Claim is one short transaction that marks rows `sending`, bumps `attempts` and sets the lease
 (PostgreSQL: FOR UPDATE SKIP LOCKED, so workers never claim the same row; SQLite: the transaction
@@ -12,18 +16,50 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
-from app.db import among, utcnow
+from app.db import Base, among, utcnow
 from app.delivery.models import Message, Recipient
+
+K = TypeVar("K", str, int)
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    id: str
+class Queue:
+    """A table used as a queue: the columns claim, fence and sweep read and write."""
+
+    table: type[Base]
+    id: InstrumentedAttribute[Any]
+    status: InstrumentedAttribute[str]
+    attempts: InstrumentedAttribute[int]
+    next_attempt_at: InstrumentedAttribute[datetime]
+    lease_until: InstrumentedAttribute[datetime | None]
+
+
+MESSAGE_QUEUE = Queue(
+    Message,
+    Message.id,
+    Message.status,
+    Message.attempts,
+    Message.next_attempt_at,
+    Message.lease_until,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease(Generic[K]):
+    """A claimed row: its id and the attempt number its finish is fenced on."""
+
+    id: K
     attempt: int
+
+
+Claim = Lease[str]
+"""A claimed message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +83,25 @@ async def claim(
     session: AsyncSession, *, limit: int, lease: float, now: datetime | None = None
 ) -> list[Claim]:
     """Claim up to `limit` due messages; call inside a transaction of its own."""
+    return await claim_due(session, MESSAGE_QUEUE, limit=limit, lease=lease, now=now)
+
+
+async def claim_due(
+    session: AsyncSession,
+    queue: Queue,
+    *,
+    limit: int,
+    lease: float,
+    now: datetime | None = None,
+    where: tuple[ColumnElement[bool], ...] = (),
+) -> list[Lease[Any]]:
+    """Claim up to `limit` due rows of the queue (that also meet `where`), oldest due first; call
+    inside a transaction of its own."""
     now = now or utcnow()
     due = (
-        select(Message.id)
-        .where(Message.status == "queued", Message.next_attempt_at <= now)
-        .order_by(Message.next_attempt_at)
+        select(queue.id)
+        .where(queue.status == "queued", queue.next_attempt_at <= now, *where)
+        .order_by(queue.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -62,17 +112,17 @@ async def claim(
     # status condition here would let the planner pick the status index instead of the primary
     # key, and walk every queued row of a backlog for each claim.
     rows = await session.execute(
-        update(Message)
-        .where(among(session, Message.id, ids))
+        update(queue.table)
+        .where(among(session, queue.id, ids))
         .values(
             status="sending",
-            attempts=Message.attempts + 1,
+            attempts=queue.attempts + 1,
             lease_until=now + timedelta(seconds=lease),
         )
-        .returning(Message.id, Message.attempts)
+        .returning(queue.id, queue.attempts)
         .execution_options(synchronize_session=False)
     )
-    return [Claim(row.id, row.attempts) for row in rows]
+    return [Lease(row.id, row.attempts) for row in rows]
 
 
 GAVE_UP = "gave up: the message outlived POSTROOM_MAX_MESSAGE_AGE with its attempt unfinished"
@@ -109,15 +159,20 @@ async def sweep(
                 .values(status="failed", response=GAVE_UP, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
+    return await release_expired(session, MESSAGE_QUEUE, now)
+
+
+async def release_expired(session: AsyncSession, queue: Queue, now: datetime) -> int:
+    """Put the queue's rows whose lease expired back in the queue, due now; returns how many."""
     result = await session.execute(
-        update(Message)
-        .where(*lost)
+        update(queue.table)
+        .where(queue.status == "sending", queue.lease_until < now)
         .values(status="queued", lease_until=None, next_attempt_at=now)
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def fenced(claim: Claim) -> list[ColumnElement[bool]]:
+def fenced(queue: Queue, claim: Lease[Any]) -> list[ColumnElement[bool]]:
     """The WHERE clause that fences a finishing write on the claimed attempt."""
-    return [Message.id == claim.id, Message.attempts == claim.attempt, Message.status == "sending"]
+    return [queue.id == claim.id, queue.attempts == claim.attempt, queue.status == "sending"]

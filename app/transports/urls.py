@@ -70,12 +70,12 @@ def _check_label(host: str, label: str) -> None:
         )
 
 
-def check_http_url(value: str) -> str:
+def check_http_url(value: str, *, query: bool = False) -> str:
     """Refuse a provider URL httpx cannot send to, or that cannot carry the API's paths.
 
     http or https, a valid host, a port in 1-65535, no user name or password (they would show in
     error messages; credentials have settings of their own), no query or fragment (paths are
-    appended to it). Returns `value` unchanged.
+    appended to it; with `query`, a URL used as it is, a query is fine). Returns `value` unchanged.
     """
     try:
         url = httpx.URL(value)
@@ -88,8 +88,12 @@ def check_http_url(value: str) -> str:
     _check_port(url.port)
     if url.userinfo:
         raise ValueError("must not hold a user name or password: use the credential settings")
-    if url.query or url.fragment:
-        raise ValueError("must not have a query (?) or a fragment (#)")
+    if url.fragment or (url.query and not query):
+        raise ValueError(
+            "must not have a query (?) or a fragment (#)"
+            if not query
+            else "must not have a fragment (#)"
+        )
     return value
 
 

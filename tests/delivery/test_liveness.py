@@ -205,7 +205,12 @@ async def test_metrics_report_the_queue_the_loops_and_the_latencies(
     refused = ("postroom_configuration_errors_total", (("code", "EAUTH"), ("profile", "locked")))
     assert s[refused] == 1
     assert s[("postroom_queue_oldest_due_seconds", ())] == 0
-    [beat] = [k for k in s if k[0] == "postroom_dispatcher_heartbeat_age_seconds"]
+    assert s[("postroom_loops_live", (("loop", "webhooks"),))] == 1
+    [beat] = [
+        k
+        for k in s
+        if k[0] == "postroom_dispatcher_heartbeat_age_seconds" and ("loop", "dispatcher") in k[1]
+    ]
     assert s[beat] < 10
 
 
