@@ -99,9 +99,19 @@ def _event(item: Any, at: str) -> Reported:
         email=need(item, "email", str, at=at),
         occurred_at=unix_time(need(item, "timestamp", (int, float), at=at), f"{at}.timestamp"),
         provider_event_id=need(item, "sg_event_id", str, at=at),
-        provider_message_id=message.split(".", 1)[0] if message else None,
+        provider_message_id=_x_message_id(message),
         message_id=bracketed(maybe(item, "smtp-id")),
         bounce_type=bounce,
         reason=reason or (f"SendGrid event {name!r}" if type_ == "unknown" else None),
         diagnostic_code=maybe(item, "status"),
     )
+
+
+def _x_message_id(sg_message_id: str | None) -> str | None:
+    """The X-Message-Id mail/send answered, which sg_message_id starts with: before `.filter`
+    (`14c5d75ce93.dfd.64b469.filter0001...`: older ids hold dots), else before the first dot."""
+    if not sg_message_id:
+        return None
+    if ".filter" in sg_message_id:
+        return sg_message_id.split(".filter", 1)[0]
+    return sg_message_id.split(".", 1)[0]
