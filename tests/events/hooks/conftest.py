@@ -58,7 +58,9 @@ class Hooks:
         message id); returns its id."""
 
         def answer(message: OutgoingMessage) -> SendResult:
-            return SendResult.all(list(message.recipients), "sent", code=202, provider_id=provider_id)
+            return SendResult.all(
+                list(message.recipients), "sent", code=202, provider_id=provider_id
+            )
 
         memory = MemoryTransport("provider", answer)
         self.monkeypatch.setattr(self.runtime.transports, "get", lambda profile: memory)

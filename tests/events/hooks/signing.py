@@ -72,7 +72,9 @@ class SendgridKey:
 # --- Mandrill: base64(HMAC-SHA1(key, url + sorted key+value)) ----------------------------------
 
 
-def mandrill_request(key: str, url: str, events: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
+def mandrill_request(
+    key: str, url: str, events: list[dict[str, Any]]
+) -> tuple[bytes, dict[str, str]]:
     value = json.dumps(events)
     digest = hmac.new(key.encode(), (url + "mandrill_events" + value).encode(), hashlib.sha1)
     headers = {

@@ -138,10 +138,12 @@ async def test_an_event_for_no_known_message_is_stored_as_unknown_and_counted(
     [event] = await hooks.events(None)
     assert event.type == "unknown"
     assert event.email == "slava@mailgun.com"
-    assert event.reason is not None and event.reason.startswith("bounced for no known message")
-    assert hooks.runtime.metrics.value(
-        "postroom_delivery_events_total", type="unknown", profile="mg"
-    ) == 1
+    assert event.reason is not None
+    assert event.reason.startswith("bounced for no known message")
+    assert (
+        hooks.runtime.metrics.value("postroom_delivery_events_total", type="unknown", profile="mg")
+        == 1
+    )
 
 
 async def test_a_signed_request_without_event_data_is_a_400_naming_it(hooks: Hooks) -> None:

@@ -45,7 +45,8 @@ async def test_a_signed_batch_is_stored_on_its_message_and_recipient(hooks: Hook
     assert all(e.recipient_pk is not None and e.email == EMAIL for e in stored)
     [hard] = [e for e in stored if e.bounce_type == "hard"]
     assert hard.reason == "bad_mailbox"
-    assert hard.diagnostic_code is not None and hard.diagnostic_code.startswith("smtp;550 5.1.1")
+    assert hard.diagnostic_code is not None
+    assert hard.diagnostic_code.startswith("smtp;550 5.1.1")
 
 
 async def test_the_published_vector_verifies_with_its_url_and_key(hooks: Hooks) -> None:

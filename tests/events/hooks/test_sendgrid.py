@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from app.events.providers.base import Incoming, Refused
+from app.events.providers.sendgrid import SIGNATURE, TIMESTAMP, SendgridReceiver
+from app.transports.sendgrid import SendgridConfig
 from tests.events.hooks.conftest import Hooks
 from tests.events.hooks.signing import sample
+from tests.servers.helpers import stored_config
 
 pytestmark = pytest.mark.anyio
 
@@ -71,16 +76,11 @@ async def test_the_published_test_vector_verifies(hooks: Hooks) -> None:
     """SendGrid's own signed vector (sendgrid-python's test), at the time it was signed."""
     vector = sample("sendgrid", "signed-test-vector")
     await hooks.profile("sendgrid", "sg", webhookPublicKey=vector["public_key"])
-    from datetime import UTC, datetime
-
-    from app.events.providers.base import Incoming, Refused
-    from app.events.providers.sendgrid import SendgridReceiver
-    from tests.servers.helpers import stored_config
-
     config = await stored_config(hooks.runtime, "sg")
-    receiver = SendgridReceiver(config)  # type: ignore[arg-type]
+    assert isinstance(config, SendgridConfig)
+    receiver = SendgridReceiver(config)
     headers = {k.lower(): v for k, v in vector["headers"].items()}
-    signed_at = datetime.fromtimestamp(int(headers["x-twilio-email-event-webhook-timestamp"]), UTC)
+    signed_at = datetime.fromtimestamp(int(headers[TIMESTAMP]), UTC)
     raw = vector["raw_body"].encode()
     received = await receiver.receive(Incoming(raw, headers, signed_at))
     assert [(e.type, e.provider_message_id) for e in received.events] == [
@@ -88,9 +88,9 @@ async def test_the_published_test_vector_verifies(hooks: Hooks) -> None:
     ]
     negative = vector["negative_cases"]
     for changed in (
-        Incoming(raw, headers | {"x-twilio-email-event-webhook-signature": negative["wrong_signature"]}, signed_at),
+        Incoming(raw, headers | {SIGNATURE: negative["wrong_signature"]}, signed_at),
         Incoming(negative["wrong_body"].encode(), headers, signed_at),
-        Incoming(raw, headers | {"x-twilio-email-event-webhook-timestamp": negative["wrong_timestamp"]}, signed_at),
+        Incoming(raw, headers | {TIMESTAMP: negative["wrong_timestamp"]}, signed_at),
     ):
         with pytest.raises(Refused):
             await receiver.receive(changed)
@@ -150,7 +150,11 @@ async def test_a_malformed_body_is_a_400_naming_the_problem(hooks: Hooks) -> Non
 
 
 async def test_a_bad_public_key_is_a_422_naming_the_setting(hooks: Hooks) -> None:
-    payload = {"type": "sendgrid", "name": "sg", "settings": {"apiKey": "SG.x", "webhookPublicKey": "bm90IGEga2V5"}}
+    payload = {
+        "type": "sendgrid",
+        "name": "sg",
+        "settings": {"apiKey": "SG.x", "webhookPublicKey": "bm90IGEga2V5"},
+    }
     response = await hooks.admin.post("/api/v1/servers", json=payload)
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["field"] == "settings.webhookPublicKey"
