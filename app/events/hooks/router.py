@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from app.errors import ErrorBody
 from app.events.hooks.service import EventHooks
 from app.schemas import CamelModel
 
@@ -43,7 +44,13 @@ def _hooks(request: Request) -> EventHooks:
     return hooks
 
 
-@router.post("/{profile}/events", openapi_extra=ANY_BODY)
+@router.post(
+    "/{profile}/events",
+    openapi_extra=ANY_BODY,
+    responses={
+        503: {"model": ErrorBody, "description": "SNS could not be reached: SNS retries later"}
+    },
+)
 async def receive_events(profile: str, request: Request) -> HookOut:
     """Record a provider's delivery events for this profile (SES via SNS, SendGrid, Mailgun,
     Mandrill), authenticated by the provider's signature with the keys in the profile's settings.
@@ -58,7 +65,7 @@ async def receive_events(profile: str, request: Request) -> HookOut:
     )
 
 
-@router.head("/{profile}/events", status_code=200)
+@router.head("/{profile}/events", status_code=200, response_class=Response)
 async def check_events_url(profile: str, request: Request) -> Response:
     """Mandrill checks a new webhook URL with an unsigned HEAD before it issues the key: 200 when
     the profile receives events, 404 otherwise."""

@@ -68,7 +68,9 @@ async def test_the_bounce_carries_the_reason_and_code(hooks: Hooks) -> None:
     assert event.diagnostic_code == "605"
 
 
-async def test_a_forged_signature_is_a_401_and_stores_nothing(hooks: Hooks) -> None:
+async def test_a_forged_signature_is_a_401_and_stores_nothing(
+    hooks: Hooks, caplog: pytest.LogCaptureFixture
+) -> None:
     await mailgun(hooks)
     data = event_data("failed-permanent")
     await hooks.sent([str(data["recipient"])], f"<{data['message']['headers']['message-id']}>")  # type: ignore[index]
@@ -80,6 +82,11 @@ async def test_a_forged_signature_is_a_401_and_stores_nothing(hooks: Hooks) -> N
     assert (await hooks.post("mg", unsigned)).status_code == 401
     assert await hooks.all_events() == []
     assert hooks.counted("mailgun", "refused") == 2
+    [logged, _] = [r for r in caplog.records if r.name == "postroom.hooks"]
+    assert logged.levelname == "WARNING"
+    assert logged.getMessage() == (
+        "mailgun hook for profile mg refused: the signature does not match the webhook signing key"
+    )
 
 
 async def test_the_signed_event_cannot_be_swapped_under_a_signature_it_does_not_cover(
