@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from app.errors import AppError
 from app.events.models import EVENT_ID_LENGTH, BounceType, EventType
 
+ADDRESS_LENGTH = 320
 TOLERANCE = timedelta(minutes=5)
 """How far a signed timestamp (SendGrid, Mailgun) may be from now, either way: older is refused
 as stale, and the replay guard keeps what it has seen for this long."""
@@ -73,6 +74,11 @@ class Reported:
     bounce_type: BounceType | None = None
     reason: str | None = None
     diagnostic_code: str | None = None
+
+    def __post_init__(self) -> None:
+        # What a provider sends is untrusted: an address no column holds is a 400, not a 500.
+        if self.email is not None and len(self.email) > ADDRESS_LENGTH:
+            raise Malformed(f"a recipient address is at most {ADDRESS_LENGTH} characters")
 
 
 @dataclass(frozen=True, slots=True)

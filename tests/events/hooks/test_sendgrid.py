@@ -158,3 +158,18 @@ async def test_a_bad_public_key_is_a_422_naming_the_setting(hooks: Hooks) -> Non
     response = await hooks.admin.post("/api/v1/servers", json=payload)
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["field"] == "settings.webhookPublicKey"
+
+
+async def test_values_no_column_holds_are_a_400_or_kept_apart(hooks: Hooks) -> None:
+    """An address longer than any address is refused; an event id longer than the column is
+    stored under its hash, still once."""
+    await sendgrid(hooks)
+    [event] = batch("bounce")
+    response = await post(hooks, [dict(event, email="x" * 400 + "@example.com")])
+    assert response.status_code == 400
+    long_id = dict(event, sg_event_id="e" * 300)
+    assert (await post(hooks, [long_id])).json()["recorded"] == 1
+    assert (await post(hooks, [long_id])).json()["recorded"] == 0
+    [stored] = await hooks.all_events()
+    assert stored.provider_event_id is not None
+    assert stored.provider_event_id.startswith("sha256:")
