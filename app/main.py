@@ -27,6 +27,9 @@ from app.delivery.transports import TransportCache
 from app.deps import Runtime, RuntimeDep
 from app.egress import EgressPolicy, http_client, parse_networks
 from app.errors import ERROR_RESPONSES, install_error_handlers
+from app.events.hooks.router import router as hooks_router
+from app.events.hooks.service import EventHooks
+from app.events.providers.sns import Sns
 from app.limits import BodyLimit
 from app.messages.intake import Intake
 from app.messages.router import router as messages_router
@@ -193,6 +196,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(open_runtime(settings))
         app.state.runtime = runtime
+        app.state.hooks = EventHooks(
+            runtime.sessions, runtime.box, runtime.metrics, Sns(runtime.http)
+        )
         if settings.dispatcher:
             await stack.enter_async_context(running_dispatcher(runtime))
             await stack.enter_async_context(running_sender(runtime))
@@ -265,6 +271,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(themes_router)
     app.include_router(webhooks_router)
     app.webhooks.include_router(webhook_events)
+    app.include_router(hooks_router)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics(runtime: RuntimeDep) -> Response:

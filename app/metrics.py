@@ -94,6 +94,15 @@ class Metrics:
             registry=r,
         )
 
+        self.hooks = Counter(
+            "postroom_hooks",
+            "Provider webhook requests (POST /api/v1/hooks/{profile}/events), by provider and "
+            "outcome: accepted, refused (bad or no signature, stale), replayed, malformed, "
+            "too_large, unavailable (SNS unreachable), not_found.",
+            ["provider", "outcome"],
+            registry=r,
+        )
+
     def count_events(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Add committed delivery events, counted by (type, profile)."""
         for (type_, profile), count in counts.items():

@@ -5,6 +5,7 @@ from app.branding import models as branding
 from app.db import Base
 from app.delivery import models as delivery
 from app.events import models as events
+from app.events.hooks import models as hooks
 from app.servers import models as servers
 from app.themes import models as themes
 from app.users import models as users
@@ -15,6 +16,7 @@ __all__ = [
     "branding",
     "delivery",
     "events",
+    "hooks",
     "servers",
     "themes",
     "throttle",

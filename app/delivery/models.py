@@ -102,7 +102,8 @@ class Attempt(Base):
     tls_version: Mapped[str | None] = mapped_column(String(20))
     reply_code: Mapped[int | None]
     reply: Mapped[str | None] = mapped_column(Text)
-    provider_id: Mapped[str | None] = mapped_column(String(500))
+    provider_id: Mapped[str | None] = mapped_column(String(500), index=True)
+    """Indexed: a provider's delivery event names the message by it."""
     error_code: Mapped[str | None] = mapped_column(String(20))
     error: Mapped[str | None] = mapped_column(Text)
     ambiguous: Mapped[bool] = mapped_column(default=False)

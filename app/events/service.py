@@ -11,10 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Insert, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import among, utcnow
+from app.db import among, insert_ignoring, utcnow
 from app.events.models import (
     BOUNCE_TYPES,
     DIAGNOSTIC_LENGTH,
@@ -117,9 +116,7 @@ async def record_events(
 
 def _insert_new(session: AsyncSession) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING in the session's dialect."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(EVENTS).on_conflict_do_nothing()
-    return sqlite.insert(EVENTS).on_conflict_do_nothing()
+    return insert_ignoring(session, EVENTS)
 
 
 def tally(events: Iterable[DeliveryEvent]) -> Counter[tuple[str, str]]:

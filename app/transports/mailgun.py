@@ -41,6 +41,9 @@ class MailgunConfig(CamelModel):
     region: Literal["us", "eu"] = "us"
     base_url: HttpUrl | None = None
     """Overrides the region's API host."""
+    webhook_signing_key: SecretStr | None = Field(None, min_length=1, max_length=500)
+    """The HTTP webhook signing key (Sending > Webhooks): POST /api/v1/hooks/{name}/events
+    accepts only events it signed."""
 
     @property
     def api_url(self) -> str:

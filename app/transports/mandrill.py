@@ -29,6 +29,7 @@ from app.transports._http import (
 )
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import UnsupportedFeature
+from app.transports.hook_settings import WebhookUrl
 from app.transports.result import RecipientResult, RecipientStatus, SendResult
 from app.transports.urls import HttpUrl
 
@@ -39,6 +40,11 @@ class MandrillConfig(CamelModel):
 
     api_key: SecretStr = Field(min_length=1, max_length=500)
     base_url: HttpUrl = "https://mandrillapp.com/api/1.0"
+    webhook_key: SecretStr | None = Field(None, min_length=1, max_length=500)
+    """The webhook's key (Settings > Webhooks): Mandrill signs every batch with it."""
+    webhook_url: WebhookUrl | None = None
+    """The webhook URL exactly as entered at Mandrill, which it signs (behind a proxy it is not
+    the URL Postroom sees)."""
 
 
 _STATUSES: dict[str, RecipientStatus] = {

@@ -33,6 +33,7 @@ from app.transports.base import (
     refuse_options,
 )
 from app.transports.errors import CredentialsError, UnsupportedFeature
+from app.transports.hook_settings import EcPublicKey
 from app.transports.result import SendResult
 from app.transports.urls import HttpUrl
 
@@ -44,6 +45,9 @@ class SendgridConfig(CamelModel):
     api_key: SecretStr = Field(min_length=1, max_length=500)
     base_url: HttpUrl = "https://api.sendgrid.com"
     """https://api.eu.sendgrid.com for EU-pinned subusers."""
+    webhook_public_key: EcPublicKey | None = None
+    """The Signed Event Webhook's verification key: POST /api/v1/hooks/{name}/events accepts
+    only events signed with its private half."""
 
 
 RESERVED_HEADERS = frozenset(

@@ -31,6 +31,7 @@ from app.transports._http import (
 )
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import PermanentError
+from app.transports.hook_settings import TopicArn
 from app.transports.result import SendResult
 from app.transports.urls import HttpUrl
 
@@ -45,6 +46,9 @@ class SesConfig(CamelModel):
     endpoint_url: HttpUrl | None = None
     """Overrides https://email.{region}.amazonaws.com (a VPC endpoint, or a local test server)."""
     configuration_set_name: str | None = Field(None, max_length=64)
+    webhook_topic_arns: list[TopicArn] | None = Field(None, max_length=100)
+    """The SNS topics POST /api/v1/hooks/{name}/events accepts notifications from (null: any
+    topic, as long as SNS signed it)."""
 
     @property
     def endpoint(self) -> str:

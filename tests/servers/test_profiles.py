@@ -384,7 +384,11 @@ async def test_patch_can_change_the_type(admin: httpx.AsyncClient, runtime: Runt
     assert changed.status_code == 200, changed.text
     out = changed.json()
     assert out["type"] == "sendgrid"
-    assert out["settings"] == {"apiKeySet": True, "baseUrl": "https://api.sendgrid.com"}
+    assert out["settings"] == {
+        "apiKeySet": True,
+        "baseUrl": "https://api.sendgrid.com",
+        "webhookPublicKey": None,
+    }
     assert out["senderEmail"] == "reports@contoso.example"  # common fields stay
     assert out["isDefault"] is True
     config = await stored_config(runtime, "relay")

@@ -359,9 +359,15 @@ async def test_the_service_runs_the_sender_beside_its_dispatcher(
             [got] = await receiver.wait_for(1)
             assert got.verified
             assert got.event["type"] == "message.sent"
-            metrics = (await admin.get("/metrics")).text
+            # the receiver answers before the sender records the outcome: give it a moment
+            delivered = 'postroom_webhook_deliveries_total{outcome="delivered"} 1.0'
+            for _ in range(50):
+                metrics = (await admin.get("/metrics")).text
+                if delivered in metrics:
+                    break
+                await asyncio.sleep(0.05)
             assert 'postroom_loops_live{loop="webhooks"} 1.0' in metrics
-            assert 'postroom_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
+            assert delivered in metrics
             runtime: Runtime = app.state.runtime
             assert runtime.sender is not None
             assert runtime.sender.task is not None
