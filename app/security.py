@@ -122,6 +122,11 @@ class Authenticator:
 
     async def authenticate(self, header: str | None, client: str) -> Principal:
         name, password = parse_basic(header)
+        return await self.verify(name, password, client)
+
+    async def verify(self, name: str, password: str, client: str) -> Principal:
+        """A name and password, from Basic auth or the console's login form: one throttle,
+        one lockout and one cache for both."""
         key = hmac.new(self._pepper, f"{name}\0{password}".encode(), hashlib.sha256).digest()
         entry = self._cache.get(key)
         if entry is not None and await self._still_valid(key, entry, name, client):

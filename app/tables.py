@@ -2,6 +2,7 @@
 
 from app import throttle
 from app.branding import models as branding
+from app.console import models as console
 from app.db import Base
 from app.delivery import models as delivery
 from app.events import models as events
@@ -9,4 +10,14 @@ from app.servers import models as servers
 from app.themes import models as themes
 from app.users import models as users
 
-__all__ = ["Base", "branding", "delivery", "events", "servers", "themes", "throttle", "users"]
+__all__ = [
+    "Base",
+    "branding",
+    "console",
+    "delivery",
+    "events",
+    "servers",
+    "themes",
+    "throttle",
+    "users",
+]
