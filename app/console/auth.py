@@ -57,12 +57,12 @@ async def login_form(request: Request, next: str | None = None) -> Response:
 
 @router.post("/login")
 async def login(request: Request, runtime: RuntimeDep) -> Response:
-    form = await request.form()
-    name, password = str(form.get("name") or ""), str(form.get("password") or "")
-    given, expected = str(form.get("csrf") or ""), request.cookies.get(LOGIN_COOKIE) or ""
+    async with request.form() as form:
+        name, password = str(form.get("name") or ""), str(form.get("password") or "")
+        given, target = str(form.get("csrf") or ""), _next(str(form.get("next") or ""))
+    expected = request.cookies.get(LOGIN_COOKIE) or ""
     if not expected or not hmac.compare_digest(given, expected):
         raise ConsoleError(403, "the login form's CSRF token is missing or stale: reload the page")
-    target = _next(str(form.get("next") or ""))
     client = client_address(request)
     try:
         principal = await runtime.auth.verify(name, password, client)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
@@ -87,12 +87,22 @@ def _label(key: str) -> str:
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:
-    if get_origin(annotation) in (Union, types.UnionType):
-        return get_args(annotation)
-    return (annotation,)
+    """The types of a union, each without its Annotated metadata (Integer is int)."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else ()
+    return tuple(
+        get_args(m)[0] if get_origin(m) is Annotated else m for m in members or (annotation,)
+    )
 
 
-def _field(path: str, info: FieldInfo) -> Field | BaseModel | None:
+def _model(annotation: Any) -> type[BaseModel] | None:
+    for member in _members(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
+
+
+def _field(path: str, info: FieldInfo) -> Field | None:
+    """The form field of a setting; None for a nested settings object (its own fieldset)."""
     key = path.rsplit(".", 1)[-1]
     members = [m for m in _members(info.annotation) if m is not type(None)]
     required = info.is_required()
@@ -102,9 +112,9 @@ def _field(path: str, info: FieldInfo) -> Field | BaseModel | None:
         return Field(path, _label(key), "pem", required)
     if SecretStr in members:
         return Field(path, _label(key), "secret", required)
-    first = members[0] if members else str
-    if isinstance(first, type) and issubclass(first, BaseModel):
+    if _model(info.annotation) is not None:
         return None
+    first = members[0] if members else str
     if first is bool:
         return Field(path, _label(key), "checkbox")
     if get_origin(first) is Literal:
@@ -137,10 +147,10 @@ def settings_groups(type_: str) -> list[Group]:
                 )
             continue
         made = _field(f"settings.{key}", info)
-        if isinstance(made, Field):
-            main.append(made)
+        sub = _model(info.annotation)
+        if made is not None or sub is None:
+            main.extend([made] if made else [])
             continue
-        sub = next(m for m in _members(info.annotation) if isinstance(m, type))
         nested = [
             f
             for n, i in sub.model_fields.items()
@@ -208,7 +218,7 @@ async def read(form: FormData, type_: str) -> tuple[dict[str, Any], set[str]]:
     for group in settings_groups(type_)[1:]:  # an optional object with nothing in it is absent
         parent = group.fields[0].path.rsplit(".", 1)[0]
         node = _get(body, parent)
-        if isinstance(node, dict) and all(v is None for v in node.values()):
+        if node is None or (isinstance(node, dict) and all(v is None for v in node.values())):
             put(body, parent, None)
     return body, {f.path for f in fields if not f.keeps}
 

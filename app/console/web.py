@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -85,6 +85,7 @@ class SecurityHeaders:
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A page, or (for htmx) the fragment a template names when the request asks for one."""
     login: Login | None = getattr(request.state, "login", None)
+    context.setdefault("errors", {})
     page = templates.get_template(name).render(
         request=request,
         login=login,
@@ -105,7 +106,7 @@ class ConsoleRoute(APIRoute):
     """Errors of console routes become HTML pages: a login redirect, or the error with its
     status; an AppError from a service shows its message (the API would answer it as JSON)."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
@@ -172,16 +173,19 @@ class Form:
         return value.strip() if isinstance(value, str) else ""
 
 
-async def _form(request: Request) -> Form:
+async def _form(request: Request) -> AsyncIterator[Form]:
     login = await _login(request)
-    data = await request.form()
-    given = data.get("csrf")
-    if not isinstance(given, str) or not hmac.compare_digest(given, login.csrf):
-        raise ConsoleError(403, "the form's CSRF token is missing or stale: reload the page")
-    return Form(data)
+    async with request.form(max_part_size=MAX_PART) as data:
+        given = data.get("csrf")
+        if not isinstance(given, str) or not hmac.compare_digest(given, login.csrf):
+            raise ConsoleError(403, "the form's CSRF token is missing or stale: reload the page")
+        yield Form(data)
 
 
-CheckedForm = Annotated[Form, Depends(_form)]
+MAX_PART = 256 * 1024
+"""A form field or uploaded file, at most (a PEM bundle is the largest)."""
+
+CheckedForm = Annotated[Form, Depends(_form, scope="function")]
 """Every console POST takes this: the session's user and a form whose CSRF token matched."""
 
 

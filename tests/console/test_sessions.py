@@ -24,20 +24,26 @@ async def test_login_sets_a_session_cookie_and_security_headers(
 ) -> None:
     page = await browser_client.get("/console/login")
     csp = page.headers["content-security-policy"]
-    assert "script-src 'self'" in csp and "style-src 'self'" in csp
-    assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert "script-src 'self'" in csp
+    assert "style-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp
     assert page.headers["x-frame-options"] == "DENY"
     response = await browser_client.post(
         "/console/login",
         data={"csrf": csrf_of(page.text), "name": ADMIN[0], "password": ADMIN[1]},
     )
-    assert response.status_code == 303 and response.headers["location"] == "/console/"
+    assert response.status_code == 303
+    assert response.headers["location"] == "/console/"
     cookie = response.headers["set-cookie"]
-    assert "postroom_console=" in cookie and "HttpOnly" in cookie
-    assert "SameSite=lax" in cookie and "Path=/console" in cookie
+    assert "postroom_console=" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie
+    assert "Path=/console" in cookie
     assert "Secure" not in cookie  # plain HTTP here
     dashboard = await browser_client.get("/console/")
-    assert dashboard.status_code == 200 and "Dashboard" in dashboard.text
+    assert dashboard.status_code == 200
+    assert "Dashboard" in dashboard.text
     async with runtime.sessions() as session:
         rows = list(await session.scalars(select(ConsoleSession)))
     assert len(rows) == 1
@@ -77,14 +83,16 @@ async def test_wrong_password_and_the_shared_throttle(
     page = await browser_client.get("/console/login")
     data = {"csrf": csrf_of(page.text), "name": ADMIN[0], "password": "wrong"}
     refused = await browser_client.post("/console/login", data=data)
-    assert refused.status_code == 401 and "Wrong user name or password" in refused.text
+    assert refused.status_code == 401
+    assert "Wrong user name or password" in refused.text
     assert "postroom_console=" not in refused.headers.get("set-cookie", "")
     # the API's failed logins and the console's count in the same throttle, per client address
     limit = runtime.settings.login_failures_per_minute
     for _ in range(limit - 1):
         await browser_client.post("/console/login", data=data)
     throttled = await browser_client.post("/console/login", data=data | {"password": ADMIN[1]})
-    assert throttled.status_code == 429 and throttled.headers["retry-after"]
+    assert throttled.status_code == 429
+    assert throttled.headers["retry-after"]
 
 
 async def test_a_post_without_the_csrf_token_is_refused(
@@ -105,7 +113,8 @@ async def test_a_post_without_the_csrf_token_is_refused(
     logout = await browser_client.post("/console/logout", data={"csrf": csrf})
     assert logout.status_code == 303
     after = await browser_client.get("/console/")
-    assert after.status_code == 303 and after.headers["location"].startswith("/console/login")
+    assert after.status_code == 303
+    assert after.headers["location"].startswith("/console/login")
     async with runtime.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(ConsoleSession)) == 0
 
@@ -121,7 +130,8 @@ async def test_an_idle_session_expires_and_a_revoked_one_ends(
     assert (await browser_client.get("/console/")).status_code == 200  # and it is touched
     async with transaction(runtime.sessions) as session:
         seen = await session.scalar(select(ConsoleSession.seen_at))
-        assert seen is not None and utcnow() - seen < timedelta(minutes=1)
+        assert seen is not None
+        assert utcnow() - seen < timedelta(minutes=1)
         await session.execute(update(ConsoleSession).values(seen_at=utcnow() - timedelta(hours=12)))
     expired = await browser_client.get("/console/servers")
     assert expired.status_code == 303
@@ -151,11 +161,13 @@ async def test_a_sender_sees_its_own_pages_only(
 ) -> None:
     await login(browser_client, *SENDER)
     home = await browser_client.get("/console/")
-    assert home.status_code == 200 and "Welcome, sender" in home.text
+    assert home.status_code == 200
+    assert "Welcome, sender" in home.text
     assert 'href="/console/servers"' not in home.text
     for path in ("/console/servers", "/console/servers/new?type=smtp"):
         refused = await browser_client.get(path)
-        assert refused.status_code == 403 and "for admins" in refused.text, path
+        assert refused.status_code == 403, path
+        assert "for admins" in refused.text
 
 
 async def test_next_is_a_console_page_only(browser_client: httpx.AsyncClient) -> None:
