@@ -3,6 +3,7 @@ fields with no second list of them, and a posted form becomes the body the API t
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -81,9 +82,32 @@ class Group:
     fields: list[Field]
 
 
+LABELS = {
+    "pass": "Password",
+    "name": "EHLO name",
+    "user": "User name",
+    "caCertificates": "CA certificates",
+    "tls": "TLS",
+    "oauth2": "OAuth2",
+    "tokenUrl": "Token URL",
+    "clientId": "Client ID",
+    "apiKey": "API key",
+    "baseUrl": "Base URL",
+    "accessKeyId": "Access key ID",
+    "tenantId": "Tenant ID",
+    "userId": "User ID (the sending mailbox)",
+    "endpointUrl": "Endpoint URL",
+    "loginUrl": "Login URL",
+    "graphUrl": "Graph URL",
+}
+
+
 def _label(key: str) -> str:
-    out = "".join(f" {c.lower()}" if c.isupper() and i else c for i, c in enumerate(key))
-    return out.replace("t l s", "TLS").replace("i d", "ID").replace("u r l", "URL").capitalize()
+    if key in LABELS:
+        return LABELS[key]
+    return "".join(
+        f" {c.lower()}" if c.isupper() and i else c for i, c in enumerate(key)
+    ).capitalize()
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:
@@ -106,7 +130,7 @@ def _field(path: str, info: FieldInfo) -> Field | None:
     key = path.rsplit(".", 1)[-1]
     members = [m for m in _members(info.annotation) if m is not type(None)]
     required = info.is_required()
-    default = info.get_default(call_default_factory=False)
+    default = None if required else info.get_default(call_default_factory=False)
     placeholder = "" if default is None or isinstance(default, bool) else str(default)
     if key in PEM_FIELDS:
         return Field(path, _label(key), "pem", required)
@@ -151,8 +175,8 @@ def settings_groups(type_: str) -> list[Group]:
         if made is not None or sub is None:
             main.extend([made] if made else [])
             continue
-        nested = [
-            f
+        nested = [  # required only when the group is used: the server says so, not the browser
+            dataclasses.replace(f, required=False)
             for n, i in sub.model_fields.items()
             if isinstance(f := _field(f"settings.{key}.{i.alias or n}", i), Field)
         ]

@@ -3,7 +3,7 @@ Every change goes through app.servers.service, as the API's routes do."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
@@ -15,14 +15,14 @@ from app.db import transaction
 from app.deps import Runtime, RuntimeDep
 from app.errors import AppError, NotFound, validation_details
 from app.servers import service, sisense
-from app.servers.schemas import ProfileOut
+from app.servers.schemas import ProfileOut, ProfileType
 from app.servers.secrets import secret_paths
 from app.themes import service as themes
 from app.transports.registry import TRANSPORTS
 
 router = APIRouter(prefix=f"{PREFIX}/servers", route_class=ConsoleRoute, include_in_schema=False)
 
-TYPES = tuple(TRANSPORTS)
+TYPES: tuple[str, ...] = get_args(ProfileType)
 
 
 def problems(err: AppError | ValidationError) -> tuple[str, dict[str, str]]:
@@ -110,7 +110,7 @@ async def list_servers(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -
 async def new_server(
     request: Request, _: ConsoleAdmin, runtime: RuntimeDep, type: str | None = None
 ) -> Response:
-    if type not in TRANSPORTS:
+    if type not in TYPES:
         return render(request, "server_type.html", section="servers", types=TYPES)
     values: dict[str, Any] = {"settings.security": "starttls"} if type == "smtp" else {}
     return await page(request, runtime, type, values)
@@ -121,7 +121,7 @@ async def create_server(
     request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     type_ = form.text("type")
-    if type_ not in TRANSPORTS:
+    if type_ not in TYPES:
         raise NotFound(f"no server type {type_!r}")
     body, _paths = await forms.read(form.data, type_)
     try:

@@ -9,6 +9,9 @@ import httpx
 import pytest
 
 from app.deps import Runtime
+from tests.console.browser import axe_source, browser, live_server
+
+__all__ = ["axe_source", "browser", "live_server"]
 
 
 @pytest.fixture

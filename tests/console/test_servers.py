@@ -10,6 +10,7 @@ import pytest
 import trustme
 
 from app.console import forms
+from app.console.servers import TYPES
 from tests.conftest import ADMIN
 from tests.console.helpers import login
 from tests.smtpd import StartServer
@@ -30,9 +31,7 @@ SMTP_FORM = {
 
 
 def test_every_type_has_a_form_of_its_own_settings() -> None:
-    paths = {
-        t: {f.path for g in forms.settings_groups(t) for f in g.fields} for t in forms.TRANSPORTS
-    }
+    paths = {t: {f.path for g in forms.settings_groups(t) for f in g.fields} for t in TYPES}
     assert {
         "settings.security",
         "settings.port",
