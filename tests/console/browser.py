@@ -1,7 +1,7 @@
 """A real browser on a real server: Debian's chromium driven by Playwright, `postroom`'s app in
 uvicorn on a free port over a migrated SQLite file, and axe-core from the npm registry.
 
-One browser per session, one server per session; the tests of a module share a page."""
+One browser and one server for the browser tests; they share a page."""
 
 from __future__ import annotations
 
@@ -84,8 +84,11 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     thread.join(30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One chromium for the browser tests (they are one module). Not per session: Playwright's
+    sync API holds an event loop in this thread while it runs, and the anyio tests of the next
+    modules need the thread to themselves."""
     if not Path(CHROMIUM).exists():
         unavailable(f"no chromium at {CHROMIUM} (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
