@@ -12,6 +12,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from starlette.datastructures import FormData, UploadFile
 
+from app.console.web import SECURITY_FLAGS
 from app.transports.registry import TRANSPORTS
 from app.transports.smtp import SmtpConfig, default_port
 
@@ -24,7 +25,6 @@ SECURITY_MODES = {
     "tls": "Implicit TLS (SMTPS)",
 }
 """Sage X3's four modes; SmtpConfig maps `security` onto secure / ignoreTLS / requireTLS."""
-SECURITY_FLAGS = ("secure", "ignoreTLS", "requireTLS")
 PEM_FIELDS = frozenset({"caCertificates", "clientCertificate", "clientKey"})
 MAX_UPLOAD = 200_000
 """The settings' own limit on a PEM field."""

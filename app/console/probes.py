@@ -8,8 +8,16 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app.console import forms
-from app.console.servers import page, posted_values, problems
-from app.console.web import PREFIX, CheckedForm, ConsoleAdmin, ConsoleRoute, render
+from app.console.servers import page, posted_values
+from app.console.web import (
+    PREFIX,
+    CheckedForm,
+    ConsoleAdmin,
+    ConsoleRoute,
+    problems,
+    render,
+    status_of,
+)
 from app.delivery import probe
 from app.deps import RuntimeDep
 from app.errors import AppError
@@ -30,6 +38,7 @@ async def _run(
     body, paths = await forms.read(form.data, stored.type)
     report = test = None
     error: tuple[str, dict[str, str]] | None = None
+    status = 200
     try:
         async with runtime.sessions() as session:
             found = await probe.candidate(
@@ -46,7 +55,7 @@ async def _run(
         else:
             report = await probe.verify(found, runtime.transport_context)
     except (AppError, ValidationError) as err:
-        error = problems(err)
+        error, status = problems(err), status_of(err)
     if request.headers.get("hx-request"):
         return render(
             request,
@@ -62,7 +71,7 @@ async def _run(
         stored.type,
         posted_values(form, stored.type),
         profile=stored,
-        status=422 if error else 200,
+        status=status,
         report=report,
         test=test,
         form_error=error[0] if error else None,

@@ -10,10 +10,19 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app.console import forms
-from app.console.web import PREFIX, CheckedForm, ConsoleAdmin, ConsoleRoute, redirect, render
+from app.console.web import (
+    PREFIX,
+    CheckedForm,
+    ConsoleAdmin,
+    ConsoleRoute,
+    problems,
+    redirect,
+    render,
+    status_of,
+)
 from app.db import transaction
 from app.deps import Runtime, RuntimeDep
-from app.errors import AppError, NotFound, validation_details
+from app.errors import AppError, NotFound
 from app.servers import service, sisense
 from app.servers.schemas import ProfileOut, ProfileType
 from app.servers.secrets import secret_paths
@@ -23,22 +32,6 @@ from app.transports.registry import TRANSPORTS
 router = APIRouter(prefix=f"{PREFIX}/servers", route_class=ConsoleRoute, include_in_schema=False)
 
 TYPES: tuple[str, ...] = get_args(ProfileType)
-
-
-def problems(err: AppError | ValidationError) -> tuple[str, dict[str, str]]:
-    """An error as the form shows it: a summary, and a message per field path."""
-    if isinstance(err, ValidationError):
-        details = validation_details(err.errors())
-        summary = "Please correct the fields marked below."
-    else:
-        details, summary = err.details, err.message
-    fields: dict[str, str] = {}
-    for detail in details:
-        path = str(detail.get("field", ""))
-        if path.rsplit(".", 1)[-1] in forms.SECURITY_FLAGS:
-            path = "settings.security"
-        fields.setdefault(path, str(detail.get("message", "invalid")))
-    return summary, fields
 
 
 async def _choices(runtime: Runtime, exclude: str | None) -> dict[str, list[tuple[str, str]]]:
@@ -136,7 +129,7 @@ async def create_server(
             runtime,
             type_,
             posted_values(form, type_),
-            status=422,
+            status=status_of(err),
             form_error=summary,
             errors=fields,
         )
@@ -185,7 +178,7 @@ async def save_server(
             profile.type,
             posted_values(form, profile.type),
             profile=profile,
-            status=422,
+            status=status_of(err),
             form_error=summary,
             errors=fields,
         )
@@ -253,7 +246,7 @@ async def duplicate_server(
         return render(
             request,
             "server_duplicate.html",
-            422,
+            status_of(err),
             section="servers",
             profile=profile,
             secrets=forms.secrets_set(dump),

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import ValidationError
 from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.console import sessions
 from app.console.sessions import Login
 from app.deps import Runtime, get_runtime
-from app.errors import AppError
+from app.errors import AppError, validation_details
 from app.security import Principal
 
 HERE = Path(__file__).parent
@@ -30,7 +31,8 @@ LOGIN_COOKIE = "postroom_console_login"
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    "connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
 )
 HEADERS = [
     (b"content-security-policy", CSP.encode()),
@@ -76,17 +78,19 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *HEADERS]
+                headers = list(message.get("headers", []))
+                own = {name.lower() for name, _ in headers}  # a preview sets its own policy
+                message["headers"] = headers + [h for h in HEADERS if h[0] not in own]
             await send(message)
 
         await self.app(scope, receive, with_headers)
 
 
-def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    """A page, or (for htmx) the fragment a template names when the request asks for one."""
+def render(request: Request, template: str, status: int = 200, /, **context: Any) -> HTMLResponse:
+    """A console page or fragment, from the package's trusted templates."""
     login: Login | None = getattr(request.state, "login", None)
     context.setdefault("errors", {})
-    page = templates.get_template(name).render(
+    page = templates.get_template(template).render(
         request=request,
         login=login,
         user=login.principal if login else None,
@@ -193,3 +197,27 @@ def is_tls(request: Request, trust_forwarded: bool) -> bool:
     if request.url.scheme == "https":
         return True
     return trust_forwarded and request.headers.get("x-forwarded-proto", "").lower() == "https"
+
+
+def problems(err: AppError | ValidationError) -> tuple[str, dict[str, str]]:
+    """An error as the form shows it: a summary, and a message per field path."""
+    if isinstance(err, ValidationError):
+        details = validation_details(err.errors())
+        summary = "Please correct the fields marked below."
+    else:
+        details, summary = err.details, err.message
+    fields: dict[str, str] = {}
+    for detail in details:
+        path = str(detail.get("field", ""))
+        if path.rsplit(".", 1)[-1] in SECURITY_FLAGS:
+            path = "settings.security"
+        fields.setdefault(path, str(detail.get("message", "invalid")))
+    return summary, fields
+
+
+SECURITY_FLAGS = ("secure", "ignoreTLS", "requireTLS")
+"""SMTP's flags behind the console's one security choice: their errors show on that choice."""
+
+
+def status_of(err: AppError | ValidationError) -> int:
+    return err.status_code if isinstance(err, AppError) else 422

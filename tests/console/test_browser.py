@@ -189,6 +189,25 @@ def test_dashboard(page: Any, axe_source: str) -> None:
     check_accessibility(page, axe_source)
 
 
+def test_a_template_previews_as_it_is_typed(page: Any, axe_source: str) -> None:
+    page.click("text=Templates")
+    check_accessibility(page, axe_source)
+    page.click("text=New template")
+    page.fill("#t-name", "welcome")
+    page.fill("#t-subject", "Welcome {{ name }}")
+    page.fill("#t-data", '{"name": "Ann"}')
+    page.fill("#t-html", "<p>Hello <b>{{ name }}</b></p>")
+    frame = page.frame_locator("iframe[name=preview]")
+    frame.locator("b", has_text="Ann").wait_for()  # no click: it follows the typing
+    assert "Welcome Ann" in frame.locator("body").inner_text()
+    check_accessibility(page, axe_source)
+    page.click("button.primary:text('Save')")
+    page.wait_for_url(re.compile(r"/console/templates/welcome\?saved=1"))
+    for path in ("/console/branding", "/console/users"):
+        page.goto(path)
+        check_accessibility(page, axe_source)
+
+
 def test_a_form_without_its_csrf_token_is_refused(page: Any) -> None:
     response = page.request.post(
         "/console/servers/new", form={"type": "smtp", "name": "sneaky", "settings.host": "x"}
