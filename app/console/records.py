@@ -18,6 +18,8 @@ from app.messages.service import RecordFilter
 router = APIRouter(prefix=f"{PREFIX}/records", route_class=ConsoleRoute, include_in_schema=False)
 
 PAGE_SIZE = 25
+MAX_PAGE = 500
+"""The API's largest page."""
 TEXT_FILTERS = ("sender", "recipient", "template", "server", "createdBy")
 STATUSES: tuple[MessageStatus, ...] = ("queued", "sending", "sent", "partially_sent", "failed")
 
@@ -35,8 +37,11 @@ def _when(value: str, field: str, errors: dict[str, str]) -> datetime | None:
 
 
 @router.get("")
-async def search(request: Request, user: ConsoleUser, runtime: RuntimeDep) -> Response:
+async def search(
+    request: Request, user: ConsoleUser, runtime: RuntimeDep, limit: int = PAGE_SIZE
+) -> Response:
     query = request.query_params
+    limit = min(max(limit, 1), MAX_PAGE)
     given = {k: query.get(k, "").strip() for k in (*TEXT_FILTERS, "status", "from", "to")}
     errors: dict[str, str] = {}
     status = given["status"] if given["status"] in STATUSES else None
@@ -56,9 +61,11 @@ async def search(request: Request, user: ConsoleUser, runtime: RuntimeDep) -> Re
     if not errors:
         async with runtime.sessions() as session:
             page = await records.search(
-                session, user, where, limit=PAGE_SIZE, cursor=query.get("cursor") or None
+                session, user, where, limit=limit, cursor=query.get("cursor") or None
             )
     filters = {k: v for k, v in given.items() if v}
+    if limit != PAGE_SIZE:
+        filters["limit"] = str(limit)
     next_url = (
         f"{router.prefix}?{urlencode(filters | {'cursor': page.next_cursor})}"
         if page and page.next_cursor
