@@ -54,6 +54,8 @@ class Field:
     required: bool = False
     choices: tuple[tuple[str, str], ...] = ()
     placeholder: str = ""
+    secret: bool = False
+    """Write-only: never shown, and left empty it keeps the stored value."""
 
     @property
     def id(self) -> str:
@@ -63,17 +65,6 @@ class Field:
     def help(self) -> str:
         return HELP.get(self.path, "")
 
-    @property
-    def keeps(self) -> bool:
-        """Empty means keep the stored value (a write-only secret)."""
-        return self.kind == "secret" or (self.kind == "pem" and self.name in SECRET_PEMS)
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit(".", 1)[-1]
-
-
-SECRET_PEMS = frozenset({"clientKey"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +78,6 @@ LABELS = {
     "name": "EHLO name",
     "user": "User name",
     "caCertificates": "CA certificates",
-    "tls": "TLS",
     "oauth2": "OAuth2",
     "tokenUrl": "Token URL",
     "clientId": "Client ID",
@@ -132,10 +122,11 @@ def _field(path: str, info: FieldInfo) -> Field | None:
     required = info.is_required()
     default = None if required else info.get_default(call_default_factory=False)
     placeholder = "" if default is None or isinstance(default, bool) else str(default)
+    secret = SecretStr in members
     if key in PEM_FIELDS:
-        return Field(path, _label(key), "pem", required)
-    if SecretStr in members:
-        return Field(path, _label(key), "secret", required)
+        return Field(path, _label(key), "pem", required, secret=secret)
+    if secret:
+        return Field(path, _label(key), "secret", required, secret=True)
     if _model(info.annotation) is not None:
         return None
     first = members[0] if members else str
@@ -244,7 +235,7 @@ async def read(form: FormData, type_: str) -> tuple[dict[str, Any], set[str]]:
         node = _get(body, parent)
         if node is None or (isinstance(node, dict) and all(v is None for v in node.values())):
             put(body, parent, None)
-    return body, {f.path for f in fields if not f.keeps}
+    return body, {f.path for f in fields if not f.secret}
 
 
 _OMIT = object()
@@ -260,7 +251,7 @@ async def _value(form: FormData, f: Field) -> Any:
             data = await upload.read(MAX_UPLOAD + 1)
             return data.decode("utf-8", errors="replace")
     text = raw.strip() if isinstance(raw, str) else ""
-    if f.keeps:
+    if f.secret:
         if text:
             return text
         return None if form.get(f"{f.path}.clear") else _OMIT
