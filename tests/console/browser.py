@@ -54,9 +54,10 @@ class LiveServer:
         return httpx.Client(base_url=self.url, auth=ADMIN, timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The whole app with its dispatcher, in uvicorn in a thread, on SQLite (as CI runs it)."""
+    """The whole app with its dispatcher, in uvicorn in a thread, on SQLite (as CI runs it);
+    stopped after the browser tests, so its dispatcher does not run beside the rest."""
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("console-live") / "data",
         database_url=None,
