@@ -208,6 +208,24 @@ def test_a_template_previews_as_it_is_typed(page: Any, axe_source: str) -> None:
         check_accessibility(page, axe_source)
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/servers/new",
+        "/console/servers/relay/duplicate",
+        "/console/servers/relay/delete",
+        "/console/themes/new",
+        f"/console/users/{ADMIN[0]}",
+        f"/console/users/{ADMIN[0]}/delete",
+        "/console/records?from=not-a-date",
+        "/console/servers/nosuchprofile",
+    ],
+)
+def test_the_other_pages_pass_axe(page: Any, axe_source: str, path: str) -> None:
+    page.goto(path)
+    check_accessibility(page, axe_source)
+
+
 def test_a_form_without_its_csrf_token_is_refused(page: Any) -> None:
     response = page.request.post(
         "/console/servers/new", form={"type": "smtp", "name": "sneaky", "settings.host": "x"}
