@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -38,7 +38,7 @@ SCREENSHOTS = os.environ.get("POSTROOM_CONSOLE_SCREENSHOTS")
 """A directory to save the README's screenshots into (docs/); unset: none are taken."""
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Outside CI a missing browser skips; in CI (env CI set) it fails: .ci/deps installs it."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: .ci/deps should have provided it)")
@@ -92,8 +92,11 @@ def browser() -> Iterator[Any]:
     modules need the thread to themselves."""
     if not Path(CHROMIUM).exists():
         unavailable(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed (the dev extra)")
+    with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
         )
