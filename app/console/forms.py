@@ -66,7 +66,6 @@ class Field:
         return HELP.get(self.path, "")
 
 
-
 @dataclass(frozen=True, slots=True)
 class Group:
     legend: str
