@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     send_rate_per_minute: int = Field(0, ge=0)
     """Per-user limit on POST /messages; 0 is no limit."""
 
+    console_trust_forwarded_proto: bool = False
+    """Believe X-Forwarded-Proto: https (a TLS-terminating proxy in front) and mark the console's
+    cookie Secure; off, only a request that reached Postroom over TLS gets a Secure cookie."""
+
     admin_user: str = "admin"
     """Name of the admin created on first start when there is no user."""
     admin_password: str = ""

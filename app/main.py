@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import migrate
 from app.branding.router import router as branding_router
 from app.config import Settings
+from app.console.router import install as install_console
 from app.crypto import load_secret_box
 from app.db import check_durability, create_engine, sessionmaker, transaction
 from app.delivery import liveness
@@ -272,6 +273,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.webhooks.include_router(webhook_events)
     app.include_router(hooks_router)
+    install_console(app)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics(runtime: RuntimeDep) -> Response:

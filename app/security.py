@@ -13,8 +13,9 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.errors import Forbidden, Unauthorized
@@ -54,6 +55,20 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+
+PRINCIPAL_COLUMNS = (User.name, User.role, User.allowed_from, User.allowed_servers)
+"""The user columns a Principal is made of: select them and hand the row to `principal_of`."""
+
+
+def principal_of(row: Row[Any]) -> Principal:
+    """The Principal of a row holding PRINCIPAL_COLUMNS."""
+    return Principal(
+        row.name,
+        row.role,
+        None if row.allowed_from is None else tuple(row.allowed_from),
+        None if row.allowed_servers is None else frozenset(row.allowed_servers),
+    )
 
 
 def parse_basic(header: str | None) -> tuple[str, str]:
@@ -126,6 +141,11 @@ class Authenticator:
 
     async def authenticate(self, header: str | None, client: str) -> Principal:
         name, password = parse_basic(header)
+        return await self.verify(name, password, client)
+
+    async def verify(self, name: str, password: str, client: str) -> Principal:
+        """A name and password, from Basic auth or the console's login form: one throttle,
+        one lockout and one cache for both."""
         key = hmac.new(self._pepper, f"{name}\0{password}".encode(), hashlib.sha256).digest()
         entry = self._cache.get(key)
         if entry is not None and await self._still_valid(key, entry, name, client):
@@ -209,20 +229,10 @@ class Authenticator:
     async def _user(self, name: str) -> _Row | None:
         if "\0" in name:  # PostgreSQL refuses NUL in text; no user has one
             return None
-        query = select(
-            User.name, User.role, User.password_hash, User.allowed_from, User.allowed_servers
-        ).where(User.name == name)
+        query = select(*PRINCIPAL_COLUMNS, User.password_hash).where(User.name == name)
         async with self._engine.connect() as conn:
             found = (await conn.execute(query)).first()
-        if found is None:
-            return None
-        principal = Principal(
-            found.name,
-            found.role,
-            None if found.allowed_from is None else tuple(found.allowed_from),
-            None if found.allowed_servers is None else frozenset(found.allowed_servers),
-        )
-        return _Row(principal, found.password_hash)
+        return None if found is None else _Row(principal_of(found), found.password_hash)
 
 
 def require_role(principal: Principal, *roles: str) -> Principal:

@@ -2,6 +2,7 @@
 
 from app import throttle
 from app.branding import models as branding
+from app.console import models as console
 from app.db import Base
 from app.delivery import models as delivery
 from app.events import models as events
@@ -14,6 +15,7 @@ from app.webhooks import models as webhooks
 __all__ = [
     "Base",
     "branding",
+    "console",
     "delivery",
     "events",
     "hooks",

@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.branding import service as branding
 from app.db import utcnow
 from app.delivery.compose import compose, new_message_id
 from app.delivery.grouping import Batch
+from app.errors import Invalid
 from app.schemas import CamelModel
 from app.servers import service as servers
 from app.servers.service import Profiles
@@ -50,6 +52,19 @@ async def candidate(
     body = servers.PROFILE_BODY.validate_python({**whole, "name": name})
     sender = Address(body.sender_email, body.sender_name or "") if body.sender_email else None
     return Candidate(name, body.type, body.settings, sender)
+
+
+async def test_recipient(session: AsyncSession, found: Candidate, to: str | None) -> str:
+    """Where the test mail goes: `to`, else the profile's sender, else the branding sender."""
+    to = to or (found.sender.email if found.sender else None)
+    if to is None:
+        to = (await branding.get_branding(session)).sender_email
+    if to is None:
+        raise Invalid(
+            "give `to`: neither the profile nor the branding has a sender to default to",
+            field="to",
+        )
+    return to
 
 
 def hint(error: TransportError, config: Any) -> str | None:

@@ -7,11 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import Field
 
-from app.branding import service as branding
 from app.delivery import probe
 from app.delivery.probe import TestOutcome, VerifyOutcome
 from app.deps import AdminUser, RuntimeDep
-from app.errors import Invalid
 from app.schemas import CamelModel, EmailAddress
 
 router = APIRouter(prefix="/api/v1/servers", tags=["servers"])
@@ -38,14 +36,7 @@ async def test_server(name: str, body: TestBody, _: AdminUser, runtime: RuntimeD
     together). `to` defaults to the profile's sender, else the branding sender."""
     async with runtime.sessions() as session:
         found = await probe.candidate(session, runtime.profiles, name, body.changes)
-        to = body.to or (found.sender.email if found.sender else None)
-        if to is None:
-            to = (await branding.get_branding(session)).sender_email
-    if to is None:
-        raise Invalid(
-            "give `to`: neither the profile nor the branding has a sender to default to",
-            field="to",
-        )
+        to = await probe.test_recipient(session, found, body.to)
     await runtime.test_sends.hit(name)
     return await probe.send_test(found, to, runtime.transport_context)
 

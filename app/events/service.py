@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, insert, select
+from sqlalchemy import Insert, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import among, insert_ignoring, utcnow
@@ -134,3 +134,18 @@ async def events_of(session: AsyncSession, message_pks: Collection[str]) -> list
         .order_by(EventRow.occurred_at, EventRow.id)
     )
     return list(await session.scalars(query))
+
+
+async def counts_by_profile(
+    session: AsyncSession, since: datetime, types: Collection[str]
+) -> dict[str, Counter[str]]:
+    """Events of these types since a time, per profile and type (the console's 24 h chart)."""
+    rows = await session.execute(
+        select(EventRow.profile, EventRow.type, func.count())
+        .where(EventRow.occurred_at >= since, EventRow.type.in_(list(types)))
+        .group_by(EventRow.profile, EventRow.type)
+    )
+    counts: dict[str, Counter[str]] = {}
+    for profile, type_, count in rows:
+        counts.setdefault(profile or "(built-in)", Counter())[type_] = count
+    return counts

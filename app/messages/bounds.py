@@ -39,6 +39,13 @@ class Bounds:
         domain = email.rpartition("@")[2]
         return any(entry in (email, domain) for entry in self.allowed_from)
 
+    def may_use(self, profile: str, is_default: bool) -> bool:
+        """Whether the sender may send through this profile: one of allowedServers, or, when
+        that is null, the default profile only."""
+        if self.allowed_servers is not None:
+            return profile in self.allowed_servers
+        return is_default
+
 
 def comparable(entry: str) -> str:
     """An address or a domain in one spelling: lower case, the domain as A-labels (so
@@ -104,16 +111,14 @@ async def _check_server(
     if profile is None:
         return  # the built-in server: it writes files, nothing leaves
     which = f"server {profile.name}" if server is not None else f"the default server {profile.name}"
+    default_id = await lookups.default_profile_id() if bounds.allowed_servers is None else None
+    if bounds.may_use(profile.name, profile.id == default_id):
+        return
     if bounds.allowed_servers is not None:
-        if profile.name in bounds.allowed_servers:
-            return
         listed = ", ".join(sorted(bounds.allowed_servers)) or "none"
         why = f"allowed are {listed} (allowedServers)"
         hint = "name an allowed one in `server`, or " if bounds.allowed_servers else ""
     else:
-        default_id = await lookups.default_profile_id()
-        if profile.id == default_id:
-            return
         default = await lookups.profile(None) if default_id is not None else None
         why = "allowed is the default server only" + (
             f" ({default.name})" if default is not None else ", and there is none"

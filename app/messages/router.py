@@ -10,17 +10,15 @@ from pydantic import AfterValidator, BeforeValidator
 from app.deps import RuntimeDep, SenderUser, SessionDep, client_address
 from app.errors import BadRequest
 from app.events.models import EventType
-from app.messages import service
+from app.messages import records, service
 from app.messages.schemas import (
     Accepted,
     BatchIn,
     BatchOut,
-    EventOut,
     MessageIn,
     MessageOut,
     MessagePage,
     MessageStatus,
-    MessageSummary,
 )
 from app.messages.service import Caller, RecordFilter
 
@@ -119,10 +117,6 @@ async def search_messages(
     `event` keeps the messages with at least one event of that type (e.g. `bounced`).
 
     A sender sees the messages it posted; an admin sees all, or one user's with `createdBy`."""
-    if not principal.is_admin:
-        if created_by not in (None, principal.name):
-            return MessagePage(items=[], next_cursor=None)
-        created_by = principal.name
     where = RecordFilter(
         sender=sender,
         created_by=created_by,
@@ -136,23 +130,10 @@ async def search_messages(
         created_from=created_from,
         created_to=created_to,
     )
-    rows, next_cursor = await service.search(session, where, limit=limit, cursor=cursor)
-    items = [MessageSummary.model_validate(row, from_attributes=True) for row in rows]
-    return MessagePage(items=items, next_cursor=next_cursor)
+    return await records.search(session, principal, where, limit=limit, cursor=cursor)
 
 
 @router.get("/{message_id}", response_model=MessageOut)
 async def get_message(message_id: str, principal: SenderUser, session: SessionDep) -> MessageOut:
     """A message's status, its recipients' results and events, and every attempt."""
-    message, events = await service.get_message(session, message_id, principal)
-    answer = MessageOut.model_validate(message, from_attributes=True)
-    queued = EventOut.accepted(message.created_at)
-    per_recipient: dict[int | None, list[EventOut]] = {}
-    for event in events:
-        per_recipient.setdefault(event.recipient_pk, []).append(
-            EventOut.model_validate(event, from_attributes=True)
-        )
-    for row, out in zip(message.recipients, answer.recipients, strict=True):
-        out.events = [queued, *per_recipient.get(row.id, [])]
-    answer.events = per_recipient.get(None, [])
-    return answer
+    return await records.detail(session, message_id, principal)

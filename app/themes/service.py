@@ -180,9 +180,22 @@ def render_template(
     return out
 
 
+def draft_template(body: TemplateIn) -> Template:
+    """An unsaved template, checked as saving it would be: the console previews an edit."""
+    template = Template(name=body.name or "draft")
+    _apply_template(template, body)
+    return template
+
+
 async def preview(session: AsyncSession, name: str, body: RenderIn, limit: int) -> RenderOut:
     """Render a template as a message would carry it (wrapped in `theme` when given)."""
-    template = await get_template(session, name)
+    return await preview_of(session, await get_template(session, name), body, limit)
+
+
+async def preview_of(
+    session: AsyncSession, template: Template, body: RenderIn, limit: int
+) -> RenderOut:
+    """`preview` of a template given as a row, stored or a draft."""
     layout = layout_of(await find_theme(session, body.theme)) if body.theme else None
     parts = render_template(template, body.data, limit=limit)
     subject = parts.get("subject", "")

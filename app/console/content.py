@@ -1,0 +1,313 @@
+"""Templates and themes (with a live preview of the unsaved edit) and the branding sender, through
+app.themes.service and app.branding.service as the API routes use them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from markupsafe import Markup
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from app.branding import service as branding
+from app.branding.schemas import BrandingBody
+from app.console.web import (
+    PREFIX,
+    CheckedForm,
+    ConsoleAdmin,
+    ConsoleRoute,
+    Form,
+    problems,
+    redirect,
+    render,
+    status_of,
+    templates,
+)
+from app.db import transaction
+from app.deps import Runtime, RuntimeDep
+from app.errors import AppError, Invalid
+from app.themes import service as themes
+from app.themes.schemas import RenderIn, TemplateIn, ThemeIn
+
+router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
+
+PREVIEW_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; sandbox; "
+    "frame-ancestors 'self'"
+)
+"""A preview shows the message as a mail client would: its inline styles apply, no script runs
+(sandbox), and only the console's own pages may frame it."""
+
+
+def _optional(form: Form, key: str) -> str | None:
+    value = form.data.get(key)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _template_in(form: Form, name: str | None) -> TemplateIn:
+    return TemplateIn.model_validate(
+        {
+            "name": name,
+            "description": form.text("description"),
+            "subject": _optional(form, "subject"),
+            "text": _optional(form, "text"),
+            "html": _optional(form, "html"),
+        }
+    )
+
+
+def _theme_in(form: Form, name: str | None) -> ThemeIn:
+    try:
+        colors = json.loads(form.text("colors") or "{}")
+    except json.JSONDecodeError as err:
+        raise Invalid(f"colors must be a JSON object: {err.msg}", field="colors") from err
+    return ThemeIn.model_validate(
+        {
+            "name": name,
+            "description": form.text("description"),
+            "html": form.text("html"),
+            "text": _optional(form, "text"),
+            "logoUrl": _optional(form, "logoUrl"),
+            "colors": colors,
+            "footer": _optional(form, "footer"),
+        }
+    )
+
+
+@router.get("/templates")
+async def list_content(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
+    async with runtime.sessions() as session:
+        found = await themes.list_templates(session)
+        layouts = await themes.list_themes(session)
+    return render(request, "templates.html", section="templates", templates=found, themes=layouts)
+
+
+async def _edit_page(
+    request: Request,
+    runtime: RuntimeDep,
+    kind: str,
+    name: str | None,
+    values: dict[str, Any],
+    status: int = 200,
+    **extra: Any,
+) -> Response:
+    async with runtime.sessions() as session:
+        theme_names = [t.name for t in await themes.list_themes(session)]
+    return render(
+        request,
+        f"{kind}_edit.html",
+        status,
+        section="templates",
+        name=name,
+        values=values,
+        theme_names=theme_names,
+        **extra,
+    )
+
+
+@router.get("/templates/new")
+async def new_template(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
+    return await _edit_page(request, runtime, "template", None, {"data": "{}"})
+
+
+@router.get("/templates/{name}")
+async def edit_template(
+    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
+) -> Response:
+    async with runtime.sessions() as session:
+        row = await themes.get_template(session, name)
+    values = {k: getattr(row, k) or "" for k in ("description", "subject", "text", "html")}
+    return await _edit_page(
+        request,
+        runtime,
+        "template",
+        name,
+        values | {"data": "{}"},
+        notice="Saved." if saved else None,
+    )
+
+
+@router.post("/templates/new")
+async def create_template(
+    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    return await _save_template(request, form, runtime, None)
+
+
+@router.post("/templates/{name}")
+async def update_template(
+    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    return await _save_template(request, form, runtime, name)
+
+
+async def _save_template(
+    request: Request, form: Form, runtime: Runtime, name: str | None
+) -> Response:
+    target = name or form.text("name")
+    try:
+        body = _template_in(form, target or None)
+        async with transaction(runtime.sessions) as session:
+            if name is None:
+                await themes.create_template(session, body)
+            else:
+                await themes.replace_template(session, name, body)
+    except (AppError, ValidationError) as err:
+        summary, fields = problems(err)
+        values = {k: v for k, v in form.data.items() if isinstance(v, str)}
+        return await _edit_page(
+            request,
+            runtime,
+            "template",
+            name,
+            values,
+            status_of(err),
+            form_error=summary,
+            errors=fields,
+        )
+    return redirect(f"{PREFIX}/templates/{target}?saved=1")
+
+
+@router.post("/templates/{name}/preview")
+async def preview_template(
+    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    """The form's unsaved template rendered with its data (and theme), for the preview frame."""
+    try:
+        data = json.loads(form.text("data") or "{}")
+        if not isinstance(data, dict):
+            raise Invalid("data must be a JSON object", field="data")
+        draft = themes.draft_template(_template_in(form, name))
+        async with runtime.sessions() as session:
+            out = await themes.preview_of(
+                session,
+                draft,
+                RenderIn(data=data, theme=_optional(form, "theme")),
+                runtime.settings.max_message_bytes,
+            )
+        page = templates.get_template("preview.html").render(
+            subject=out.subject, text=out.text, html=Markup(out.html or ""), error=None
+        )
+        status = 200
+    except json.JSONDecodeError as err:
+        page = templates.get_template("preview.html").render(error=f"data: {err.msg}")
+        status = 422
+    except (AppError, ValidationError) as err:
+        summary, fields = problems(err)
+        error = "; ".join(f"{k}: {v}" for k, v in fields.items()) or summary
+        page = templates.get_template("preview.html").render(error=error)
+        status = status_of(err)
+    return Response(
+        page,
+        status,
+        media_type="text/html",
+        headers={"Content-Security-Policy": PREVIEW_CSP, "X-Frame-Options": "SAMEORIGIN"},
+    )
+
+
+@router.get("/themes/new")
+async def new_theme(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
+    return await _edit_page(request, runtime, "theme", None, {"colors": "{}"})
+
+
+@router.get("/themes/{name}")
+async def edit_theme(
+    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
+) -> Response:
+    async with runtime.sessions() as session:
+        row = await themes.get_theme(session, name)
+    values = {
+        "description": row.description,
+        "html": row.html,
+        "text": row.text or "",
+        "logoUrl": row.logo_url or "",
+        "colors": json.dumps(row.colors or {}),
+        "footer": row.footer or "",
+    }
+    return await _edit_page(
+        request, runtime, "theme", name, values, notice="Saved." if saved else None
+    )
+
+
+@router.post("/themes/new")
+async def create_theme(
+    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    return await _save_theme(request, form, runtime, None)
+
+
+@router.post("/themes/{name}")
+async def update_theme(
+    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    return await _save_theme(request, form, runtime, name)
+
+
+async def _save_theme(request: Request, form: Form, runtime: Runtime, name: str | None) -> Response:
+    target = name or form.text("name")
+    try:
+        body = _theme_in(form, target or None)
+        async with transaction(runtime.sessions) as session:
+            if name is None:
+                await themes.create_theme(session, body)
+            else:
+                await themes.replace_theme(session, name, body)
+    except (AppError, ValidationError) as err:
+        summary, fields = problems(err)
+        values = {k: v for k, v in form.data.items() if isinstance(v, str)}
+        return await _edit_page(
+            request,
+            runtime,
+            "theme",
+            name,
+            values,
+            status_of(err),
+            form_error=summary,
+            errors=fields,
+        )
+    return redirect(f"{PREFIX}/themes/{target}?saved=1")
+
+
+@router.get("/branding")
+async def branding_page(
+    request: Request, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
+) -> Response:
+    async with runtime.sessions() as session:
+        current = branding.to_body(await branding.get_branding(session))
+    values = current.emails.model_dump(by_alias=True)
+    return render(
+        request,
+        "branding.html",
+        section="branding",
+        values=values,
+        notice="Saved." if saved else None,
+    )
+
+
+@router.post("/branding")
+async def save_branding(
+    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    emails = {
+        "senderEmail": _optional(form, "senderEmail"),
+        "senderName": _optional(form, "senderName"),
+    }
+    try:
+        body = BrandingBody.model_validate({"emails": emails})
+        async with transaction(runtime.sessions) as session:
+            await branding.update_branding(session, body)
+    except (AppError, ValidationError) as err:
+        summary, fields = problems(err)
+        errors = {k.removeprefix("emails."): v for k, v in fields.items()}
+        return render(
+            request,
+            "branding.html",
+            status_of(err),
+            section="branding",
+            values=emails,
+            form_error=summary,
+            errors=errors,
+        )
+    return redirect(f"{PREFIX}/branding?saved=1")

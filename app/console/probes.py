@@ -1,0 +1,95 @@
+"""Verify and test on the edit page, with the form's unsaved values: the API's merge of unsaved
+changes onto the stored profile (app.delivery.probe), no database session held while probing."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from app.console import forms
+from app.console.servers import page, posted_values
+from app.console.web import (
+    PREFIX,
+    CheckedForm,
+    ConsoleAdmin,
+    ConsoleRoute,
+    problems,
+    render,
+    status_of,
+)
+from app.delivery import probe
+from app.deps import RuntimeDep
+from app.errors import AppError
+from app.servers import service
+
+router = APIRouter(prefix=f"{PREFIX}/servers", route_class=ConsoleRoute, include_in_schema=False)
+
+
+async def _run(
+    request: Request, name: str, form: CheckedForm, runtime: RuntimeDep, action: str
+) -> Response:
+    async with runtime.sessions() as session:
+        stored = service.to_out(
+            await service.get_profile(session, name),
+            await service.get_routing(session),
+            runtime.box,
+        )
+    body, paths = await forms.read(form.data, stored.type)
+    report = test = None
+    error: tuple[str, dict[str, str]] | None = None
+    status = 200
+    try:
+        async with runtime.sessions() as session:
+            found = await probe.candidate(
+                session, runtime.profiles, name, forms.as_patch(body, paths)
+            )
+            to = (
+                await probe.test_recipient(session, found, form.text("to") or None)
+                if action == "test"
+                else None
+            )
+        if to is not None:
+            await runtime.test_sends.hit(name)
+            test = await probe.send_test(found, to, runtime.transport_context)
+        else:
+            report = await probe.verify(found, runtime.transport_context)
+    except (AppError, ValidationError) as err:
+        error, status = problems(err), status_of(err)
+    if request.headers.get("hx-request"):
+        return render(
+            request,
+            "_probe.html",
+            report=report,
+            test=test,
+            form_error=error[0] if error else None,
+            errors=error[1] if error else {},
+        )
+    return await page(
+        request,
+        runtime,
+        stored.type,
+        posted_values(form, stored.type),
+        profile=stored,
+        status=status,
+        report=report,
+        test=test,
+        form_error=error[0] if error else None,
+        errors=error[1] if error else {},
+    )
+
+
+@router.post("/{name}/verify")
+async def verify(
+    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    """Connect, greet, EHLO, TLS, AUTH, quit with the form as it is now: nothing is saved."""
+    return await _run(request, name, form, runtime, "verify")
+
+
+@router.post("/{name}/test")
+async def test(
+    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    """Send the test mail with the form as it is now (throttled like the API's)."""
+    return await _run(request, name, form, runtime, "test")

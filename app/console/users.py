@@ -1,0 +1,192 @@
+"""Users (admin only): the API's users, roles and sender bounds through app.users.service, and
+their console sessions, which an admin can end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from app.console import sessions
+from app.console.web import (
+    PREFIX,
+    CheckedForm,
+    ConsoleAdmin,
+    ConsoleRoute,
+    Form,
+    problems,
+    redirect,
+    render,
+    status_of,
+)
+from app.db import transaction
+from app.deps import Runtime, RuntimeDep
+from app.errors import AppError
+from app.servers import service as servers
+from app.users import service
+from app.users.schemas import UserCreate, UserOut, UserUpdate
+
+router = APIRouter(prefix=f"{PREFIX}/users", route_class=ConsoleRoute, include_in_schema=False)
+
+
+def _bounds(form: Form) -> dict[str, Any]:
+    """allowedFrom one a line and the checked allowedServers; empty: null, the defaults."""
+    entries = [line.strip() for line in form.text("allowedFrom").splitlines() if line.strip()]
+    checked = [v for v in form.data.getlist("allowedServers") if isinstance(v, str)]
+    return {"allowedFrom": entries or None, "allowedServers": checked or None}
+
+
+async def _page(
+    request: Request, runtime: Runtime, template: str, status: int = 200, **context: Any
+) -> Response:
+    async with runtime.sessions() as session:
+        users = await service.list_users(session)
+        profiles = [p.name for p in (await servers.list_profiles(session, runtime.box)).items]
+        open_sessions = await sessions.count_for(session, [u.id for u in users])
+    return render(
+        request,
+        template,
+        status,
+        section="users",
+        profiles=profiles,
+        users=[
+            (UserOut.model_validate(u, from_attributes=True), open_sessions.get(u.id, 0))
+            for u in users
+        ],
+        **context,
+    )
+
+
+@router.get("")
+async def list_users(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
+    return await _page(request, runtime, "users.html", values={"role": "sender"})
+
+
+@router.post("")
+async def create_user(
+    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    try:
+        body = UserCreate.model_validate(
+            {
+                "name": form.text("name"),
+                "role": form.text("role"),
+                "password": form.text("password") or None,
+            }
+            | _bounds(form)
+        )
+        async with transaction(runtime.sessions) as session:
+            _user, generated = await service.create_user(
+                session,
+                body.name,
+                body.role,
+                body.password,
+                allowed_from=body.allowed_from,
+                allowed_servers=body.allowed_servers,
+            )
+    except (AppError, ValidationError) as err:
+        summary, fields = problems(err)
+        values = {k: v for k, v in form.data.items() if isinstance(v, str) and k != "password"}
+        return await _page(
+            request,
+            runtime,
+            "users.html",
+            status_of(err),
+            values=values,
+            form_error=summary,
+            errors=fields,
+        )
+    return await _page(
+        request,
+        runtime,
+        "users.html",
+        values={"role": "sender"},
+        notice=f"User {body.name} created.",
+        generated=generated,
+        created=body.name,
+    )
+
+
+@router.get("/{name}")
+async def edit_user(
+    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
+) -> Response:
+    async with runtime.sessions() as session:
+        user = UserOut.model_validate(await service.get_user(session, name), from_attributes=True)
+        profiles = [p.name for p in (await servers.list_profiles(session, runtime.box)).items]
+    return render(
+        request,
+        "user_edit.html",
+        section="users",
+        target=user,
+        profiles=profiles,
+        notice="Saved." if saved else None,
+    )
+
+
+@router.post("/{name}")
+async def save_user(
+    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    try:
+        body = UserUpdate.model_validate(
+            {"role": form.text("role") or None, "password": form.text("password") or None}
+            | _bounds(form)
+        )
+        async with transaction(runtime.sessions) as session:
+            await service.update_user(
+                session,
+                name,
+                role=body.role,
+                password=body.password,
+                allowed_from=body.allowed_from,
+                allowed_servers=body.allowed_servers,
+            )
+    except (AppError, ValidationError) as err:
+        summary, fields = problems(err)
+        async with runtime.sessions() as session:
+            user = UserOut.model_validate(
+                await service.get_user(session, name), from_attributes=True
+            )
+            profiles = [p.name for p in (await servers.list_profiles(session, runtime.box)).items]
+        return render(
+            request,
+            "user_edit.html",
+            status_of(err),
+            section="users",
+            target=user,
+            profiles=profiles,
+            form_error=summary,
+            errors=fields,
+        )
+    runtime.auth.changed(name)
+    return redirect(f"{router.prefix}/{name}?saved=1")
+
+
+@router.post("/{name}/signout")
+async def sign_out(name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep) -> Response:
+    """End every console session of the user (its API credentials are unchanged)."""
+    async with transaction(runtime.sessions) as session:
+        await sessions.revoke_user(session, name)
+    return redirect(router.prefix)
+
+
+@router.get("/{name}/delete")
+async def confirm_delete(
+    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep
+) -> Response:
+    async with runtime.sessions() as session:
+        user = UserOut.model_validate(await service.get_user(session, name), from_attributes=True)
+    return render(request, "user_delete.html", section="users", target=user)
+
+
+@router.post("/{name}/delete")
+async def delete_user(
+    name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    async with transaction(runtime.sessions) as session:
+        await service.delete_user(session, name)
+    runtime.auth.changed(name)
+    return redirect(router.prefix)
