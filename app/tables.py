@@ -6,7 +6,18 @@ from app.db import Base
 from app.delivery import models as delivery
 from app.events import models as events
 from app.servers import models as servers
+from app.suppressions import models as suppressions
 from app.themes import models as themes
 from app.users import models as users
 
-__all__ = ["Base", "branding", "delivery", "events", "servers", "themes", "throttle", "users"]
+__all__ = [
+    "Base",
+    "branding",
+    "delivery",
+    "events",
+    "servers",
+    "suppressions",
+    "themes",
+    "throttle",
+    "users",
+]

@@ -27,6 +27,7 @@ from app.events.models import (
     EventRow,
     EventType,
 )
+from app.suppressions.service import suppress_from_events
 
 _TYPES = frozenset(EVENT_TYPES)
 _BOUNCES = frozenset(BOUNCE_TYPES)
@@ -87,7 +88,8 @@ async def record_events(
     session: AsyncSession, events: Sequence[DeliveryEvent]
 ) -> list[DeliveryEvent]:
     """Store `events` in the session's transaction; returns those stored, in order: an event whose
-    (source, provider_event_id) is already stored, or repeated in `events`, is left out.
+    (source, provider_event_id) is already stored, or repeated in `events`, is left out. What
+    they say about the suppression list is written in the same transaction.
 
     Events without a provider id (Postroom's own) cannot repeat: one plain executemany. The others
     go in with ON CONFLICT DO NOTHING (SQLite and PostgreSQL alike), returning the keys stored."""
@@ -104,11 +106,13 @@ async def record_events(
         statement = _insert_new(session).returning(EVENTS.c.source, EVENTS.c.provider_event_id)
         result = await session.execute(statement, [event.row(now) for event in keyed.values()])
         stored = {(source, event_id) for source, event_id in result}
-    return [
+    recorded = [
         event
         for event in events
         if event.key is None or (event.key in stored and keyed[event.key] is event)
     ]
+    await suppress_from_events(session, recorded)
+    return recorded
 
 
 def _insert_new(session: AsyncSession) -> Insert:
