@@ -32,7 +32,8 @@ async def test_add_read_delete(admin: httpx.AsyncClient) -> None:
     assert entry["profile"] is None
     assert entry["reason"] == "complaint"
     assert entry["source"] == "api"
-    assert entry["eventId"] is None and entry["messageId"] is None
+    assert entry["eventId"] is None
+    assert entry["messageId"] is None
 
     again = await add(admin, "ann@xn--bcher-kva.example")
     assert again.status_code == 409, "the same address in the same scope, spelt otherwise"

@@ -53,7 +53,7 @@ async def test_hard_bounces_complaints_and_unsubscribes(
             source="sendgrid",
             provider_event_id="c-1",
             profile="relay",
-        ),  # fmt: skip
+        ),
         DeliveryEvent(
             None,
             "unsubscribed",
@@ -61,10 +61,10 @@ async def test_hard_bounces_complaints_and_unsubscribes(
             source="mailgun",
             provider_event_id="u-1",
             profile="relay",
-        ),  # fmt: skip
+        ),
         DeliveryEvent(
             None, "delivered", email="happy@example.com", source="ses", provider_event_id="d-1"
-        ),  # fmt: skip
+        ),
         bounce("maybe@example.com", "undetermined", "b-2"),
         DeliveryEvent(None, "bounced", email=None, source="dsn", bounce_type="hard"),
     )
@@ -90,10 +90,13 @@ async def test_a_failed_transaction_adds_nothing(
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom):
+    async def record_then_fail() -> None:
         async with transaction(runtime.sessions) as session:
             await record_events(session, [bounce("gone@example.com", "hard", "b-1")])
             raise Boom
+
+    with pytest.raises(Boom):
+        await record_then_fail()
     assert await entries(admin) == []
 
 
