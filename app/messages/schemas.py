@@ -190,6 +190,8 @@ class BatchItem(_CountsEvents):
     status: int
     id: str | None = None
     message_id: str | None = None
+    suppressed: list[str] = Field(default_factory=list)
+    """As in POST /messages' answer: its recipients on the suppression list."""
     error: dict[str, Any] | None = None
 
 

@@ -255,7 +255,12 @@ def _batch_item(outcome: tuple[Accepted, bool] | AppError) -> BatchItem:
         error = error_body(outcome.code, outcome.message, outcome.details)["error"]
         return BatchItem(status=outcome.status_code, error=error)
     accepted, _ = outcome
-    item = BatchItem(status=202, id=accepted.id, message_id=accepted.message_id)
+    item = BatchItem(
+        status=202,
+        id=accepted.id,
+        message_id=accepted.message_id,
+        suppressed=accepted.suppressed,
+    )
     item.events.update(accepted.events)
     return item
 

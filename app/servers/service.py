@@ -35,6 +35,7 @@ COMMON_FIELDS = (
     "maxRecipientsPerMessage",
     "fallback",
     "theme",
+    "listUnsubscribe",
 )
 
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from app.deps import AdminUser, RuntimeDep, SessionDep
-from app.schemas import EmailAddress
+from app.schemas import EmailAddress, SafeStr
 from app.servers.schemas import ProfileName
 from app.suppressions import csvio, service
 from app.suppressions.models import Reason
@@ -16,7 +16,7 @@ from app.suppressions.unsubscribe import Links, unsubscribe
 
 router = APIRouter(prefix="/api/v1/suppressions", tags=["suppressions"])
 
-Search = Annotated[str | None, Query(alias="q", max_length=320)]
+Search = Annotated[SafeStr | None, Query(alias="q", max_length=320)]
 Profile = Annotated[ProfileName | None, Query()]
 """A profile's entries only (`builtin`: the built-in server's)."""
 

@@ -270,7 +270,7 @@ async def search(
     """Entries, the latest added first, `limit` a page; the cursor continues after the last."""
     query = select(Suppression)
     if where.text:
-        pattern = comparable(where.text)
+        pattern = comparable(where.text) if "@" in where.text else where.text.lower()
         for special in ("\\", "%", "_"):
             pattern = pattern.replace(special, "\\" + special)
         query = query.where(Suppression.address.like(f"%{pattern}%", escape="\\"))

@@ -100,6 +100,9 @@ async def test_bad_input_is_a_4xx_naming_the_field(
     bad = await admin.get(URL, params={"cursor": "x'; drop"})
     assert bad.status_code == 400
     assert bad.json()["error"]["details"][0]["field"] == "cursor"
+    bad = await admin.get(URL, params={"q": "ann\x00"})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"][0]["field"] == "q"
     bad = await admin.delete(f"{URL}/nobody")
     assert bad.status_code == 422
     assert (await sender.get(URL)).status_code == 403

@@ -116,6 +116,11 @@ async def test_every_recipient_suppressed_says_so_and_sends_nothing(
     answer = response.json()
     assert answer["status"] == "suppressed"
     assert answer["suppressed"] == ["ann@example.com", "Bob@example.com"]
+    batch = await sender.post(
+        "/api/v1/messages/batch",
+        json={"messages": [{"to": "ann@example.com", "text": "x"}]},
+    )
+    assert batch.json()["results"][0]["suppressed"] == ["ann@example.com"]
     await dispatcher.drain()
     assert server.transactions == []
     assert server.sessions == [], "not even a connection"

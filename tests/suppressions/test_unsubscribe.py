@@ -55,7 +55,8 @@ async def test_a_group_gets_a_link_each_and_a_post_unsubscribes(
 ) -> None:
     server = smtp_server_factory()
     await profiles(admin, server)
-    assert (await admin.get("/api/v1/servers/relay")).json()["listUnsubscribe"] is True
+    patched = await admin.patch("/api/v1/servers/relay", json={"description": "bulk"})
+    assert patched.json()["listUnsubscribe"] is True, "a PATCH keeps what it does not name"
     first = await send(sender, recipients=["ann@example.com", "bob@example.com"], server="relay")
     await dispatcher.drain()
     assert sorted(t.rcpt_tos[0] for t in server.transactions) == [
