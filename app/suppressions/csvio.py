@@ -73,10 +73,7 @@ def csv_text(content_type: str, body: bytes) -> str:
             if part.get_param("name", header="content-disposition") == "file"
         ]
         if not parts:
-            raise BadRequest(
-                "a multipart import needs a `file` field holding the CSV",
-                details=[{"field": "file", "message": "required"}],
-            )
+            raise Invalid("a multipart import needs a `file` field holding the CSV", field="file")
         payload = parts[0].get_payload(decode=True)
         body = payload if isinstance(payload, bytes) else b""
     elif kind not in ("text/csv", "text/plain"):
@@ -87,9 +84,7 @@ def csv_text(content_type: str, body: bytes) -> str:
     try:
         return body.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise BadRequest(
-            "the CSV is not UTF-8", details=[{"field": "file", "message": str(err)}]
-        ) from err
+        raise Invalid(f"the CSV is not UTF-8 text: {err}", field="file") from err
 
 
 async def parse(session: AsyncSession, text: str) -> list[dict[str, Any]]:

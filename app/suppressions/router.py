@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from html import escape
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, StreamingResponse
@@ -107,6 +107,10 @@ async def delete_suppression(
 
 
 unsubscribe_router = APIRouter(prefix="/u", tags=["unsubscribe"])
+_HTML: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A page for a person", "content": {"text/html": {}}}
+}
+"""The pages are HTML; errors (a link this service did not sign: 404) are JSON as everywhere."""
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -122,7 +126,7 @@ def _links(runtime: RuntimeDep) -> Links:
     return Links.of(runtime.settings, runtime.box)
 
 
-@unsubscribe_router.get("/{token}", response_class=HTMLResponse)
+@unsubscribe_router.get("/{token}", responses=_HTML)
 async def unsubscribe_page(token: str, runtime: RuntimeDep) -> HTMLResponse:
     """A page with the button that unsubscribes. Nothing changes on GET: mail scanners fetch
     links to look at them."""
@@ -135,7 +139,7 @@ async def unsubscribe_page(token: str, runtime: RuntimeDep) -> HTMLResponse:
     return HTMLResponse(_PAGE.format(title="Unsubscribe", body=form))
 
 
-@unsubscribe_router.post("/{token}", response_class=HTMLResponse)
+@unsubscribe_router.post("/{token}", responses=_HTML)
 async def unsubscribe_now(token: str, runtime: RuntimeDep, session: SessionDep) -> HTMLResponse:
     """RFC 8058 one-click: a mail client POSTs `List-Unsubscribe=One-Click` here. The address is
     suppressed for the profile the mail came through (reason `unsubscribe`) and an

@@ -120,7 +120,8 @@ async def test_every_recipient_suppressed_says_so_and_sends_nothing(
         "/api/v1/messages/batch",
         json={"messages": [{"to": "ann@example.com", "text": "x"}]},
     )
-    assert batch.json()["results"][0]["suppressed"] == ["ann@example.com"]
+    [item] = batch.json()["results"]
+    assert item["suppressed"] == ["ann@example.com"]
     await dispatcher.drain()
     assert server.transactions == []
     assert server.sessions == [], "not even a connection"
@@ -130,7 +131,7 @@ async def test_every_recipient_suppressed_says_so_and_sends_nothing(
     assert [r["status"] for r in saved["recipients"]] == ["suppressed", "suppressed"]
     assert recipient(saved, "ann@example.com")["response"] == ("on the suppression list: complaint")
     found = await sender.get("/api/v1/messages", params={"status": "suppressed"})
-    assert [m["id"] for m in found.json()["items"]] == [answer["id"]]
+    assert {m["id"] for m in found.json()["items"]} == {answer["id"], item["id"]}
 
 
 async def test_recorded_hard_bounces_and_complaints_suppress_the_next_message(
