@@ -189,9 +189,10 @@ async def test_a_bad_csv_names_row_and_column_and_imports_nothing(
         content=b"address\n\xff@example.com\n",
         headers={"Content-Type": "text/csv"},
     )
-    assert not_utf8.status_code == 400
+    assert not_utf8.status_code == 422
+    assert not_utf8.json()["error"]["details"][0]["field"] == "file"
     no_file = await admin.post(f"{URL}/import", files={"other": ("x.csv", b"address\n")})
-    assert no_file.status_code == 400
+    assert no_file.status_code == 422
     assert no_file.json()["error"]["details"][0]["field"] == "file"
     assert (await admin.get(URL)).json()["items"] == []
 
