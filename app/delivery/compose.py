@@ -228,8 +228,8 @@ def _header(name: str, value: str) -> str:
     """One unstructured header field, folded to 78 characters where it can be, RFC 2047 encoded
     when it is not ASCII or has a word too long for a line."""
     line = f"{name}: {value}"
-    if len(line) <= FOLD_AT and value.isascii():
-        return line
+    if value.isascii() and (len(line) <= FOLD_AT or (" " not in value and len(line) <= MAX_LINE)):
+        return line  # short, or one word that no fold could shorten (List-Unsubscribe's URL)
     folded = Header(value, "us-ascii" if value.isascii() else "utf-8", header_name=name).encode(
         linesep="\r\n"
     )

@@ -120,7 +120,8 @@ async def parse(session: AsyncSession, text: str) -> list[dict[str, Any]]:
     if errors:
         first = errors[0]
         raise Invalid(
-            f"{len(errors)} bad rows, nothing imported; the first: {first['field']}: "
+            f"{len(errors)} bad row{'s' if len(errors) > 1 else ''}, nothing imported; the "
+            f"first: {first['field']}: "
             f"{first['message']}",
             details=errors[:MAX_ERRORS],
         )

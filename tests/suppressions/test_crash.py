@@ -82,7 +82,7 @@ def unsubscribe_links(sink: SmtpServer, count: int) -> list[tuple[str, str]]:
         time.sleep(0.1)
     found = []
     for transaction in sink.transactions:
-        header = str(transaction.message["List-Unsubscribe"]).strip()
+        header = str(transaction.message["List-Unsubscribe"])
         found.append((transaction.rcpt_tos[0], header[1:-1].removeprefix(PUBLIC)))
     assert len(found) == count, f"{len(found)} of {count} messages reached the sink"
     return found
