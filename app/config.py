@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     console_trust_forwarded_proto: bool = False
     """Believe X-Forwarded-Proto: https (a TLS-terminating proxy in front) and mark the console's
     cookie Secure; off, only a request that reached Postroom over TLS gets a Secure cookie."""
+    soft_bounce_limit: int = Field(3, ge=0)
+    """Soft bounces of one address within POSTROOM_SOFT_BOUNCE_DAYS that suppress it; 0: never."""
+    soft_bounce_days: float = Field(7.0, gt=0)
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    """Where recipients reach this service (https://mail.example.com): the base of the signed
+    one-click unsubscribe links (List-Unsubscribe), which cannot be turned on without it."""
 
     admin_user: str = "admin"
     """Name of the admin created on first start when there is no user."""

@@ -59,7 +59,7 @@ class Runtime:
 
     @property
     def profiles(self) -> Profiles:
-        return Profiles(self.box, self.egress)
+        return Profiles(self.box, self.egress, self.settings.public_url)
 
 
 def _runtime(request: Request) -> Runtime:

@@ -39,6 +39,9 @@ from app.openapi import install as install_openapi
 from app.schemas import LocalDomains
 from app.security import Authenticator
 from app.servers.router import router as servers_router
+from app.suppressions import service as suppressions
+from app.suppressions.router import router as suppressions_router
+from app.suppressions.router import unsubscribe_router
 from app.themes.router import router as themes_router
 from app.throttle import Throttle
 from app.transports.base import TransportContext
@@ -106,6 +109,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         await asyncio.to_thread(migrate.upgrade, settings)
     engine = create_engine(settings)
     sessions = sessionmaker(engine)
+    suppressions.configure(sessions, settings)
     intake = Intake(sessions, settings)
     try:
         await check_durability(engine)
@@ -273,6 +277,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.webhooks.include_router(webhook_events)
     app.include_router(hooks_router)
+    app.include_router(suppressions_router)
+    app.include_router(unsubscribe_router)
     install_console(app)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)

@@ -8,6 +8,7 @@ from app.delivery import models as delivery
 from app.events import models as events
 from app.events.hooks import models as hooks
 from app.servers import models as servers
+from app.suppressions import models as suppressions
 from app.themes import models as themes
 from app.users import models as users
 from app.webhooks import models as webhooks
@@ -20,6 +21,7 @@ __all__ = [
     "events",
     "hooks",
     "servers",
+    "suppressions",
     "themes",
     "throttle",
     "users",

@@ -56,6 +56,8 @@ from profiling import Spy, summarize
 CONCURRENCY = 32
 BATCH_SIZE = 100
 BATCH_CLIENTS = 8
+SUPPRESSED = 100_000
+"""Addresses on the suppression list in the `suppress` family's second scenario."""
 Metrics = dict[str, Any]
 
 
@@ -87,7 +89,7 @@ class Config:
     timeout: float = 600.0
 
 
-FAMILIES = ("refs", "e2e", "drain", "api", "group", "memory", "profile")
+FAMILIES = ("refs", "e2e", "drain", "api", "group", "memory", "profile", "suppress")
 
 
 @dataclass
@@ -153,13 +155,21 @@ class Bench:
             if deliver:
                 await wait_for(sink, base, messages=1, within=30, alive=postroom.alive)
 
-    async def end_to_end(self, database: Database, workers: int, sink_name: str, k: int) -> Metrics:
+    async def end_to_end(
+        self, database: Database, workers: int, sink_name: str, k: int, suppressed: int = 0
+    ) -> Metrics:
+        """N messages posted by CONCURRENCY clients, timed until the sink has them all; with
+        `suppressed`, that many other addresses are on the suppression list first (the cost of
+        the per-recipient check: intake's lookup and the dispatcher's, per batch)."""
         n, sink = self.config.n, self.sinks[sink_name]
-        name = f"e2e-{database}-{workers}w-{sink_name}-k{k}"
+        name = f"e2e-{database}-{workers}w-{sink_name}-k{k}" + (
+            f"-suppressed{suppressed}" if suppressed else ""
+        )
         postroom = await self._deployment(
             name, database, dispatcher=database == "sqlite", sink=sink, k=k
         )
         try:
+            imported = await postroom.suppress(suppressed) if suppressed else None
             postroom.start_workers(workers)
             await self._warm_up(postroom, sink, deliver=True)
             bodies = [message_body(i) for i in range(n)]
@@ -196,6 +206,7 @@ class Bench:
                 "service_cpu_ms_per_message": 1000 * cpu / n,
                 "service_cpu_utilization": cpu / elapsed,
                 "api_rss_kib": postroom.peak_rss_kib(),
+                **({"suppressed": suppressed, "import_s": imported} if suppressed else {}),
             }
         finally:
             postroom.stop()
@@ -596,6 +607,14 @@ class Bench:
                 params,
                 partial(self.end_to_end, db, workers, sink, k),
                 1 if sink == "aiosmtpd" else None,
+            )
+        for suppressed in (0, SUPPRESSED):
+            params = {"database": "sqlite", "sink": "smtp-sink", "k": c.k_main, "n": c.n}
+            add(
+                f"suppress/sqlite/{suppressed}",
+                "suppress",
+                params | {"suppressed": suppressed},
+                partial(self.end_to_end, "sqlite", 0, "smtp-sink", c.k_main, suppressed),
             )
         drains: list[tuple[Database, int]] = [("sqlite", 0)]
         if c.pg:

@@ -54,6 +54,8 @@ OPEN_ON_PURPOSE = {
     "GroupRecipientIn.data",
     "RenderIn.data",
     "BatchIn.messages[]",  # each item is checked alone and answered in the batch's own result
+    "POST /api/v1/hooks/{profile}/events",  # the provider's own request, checked by its parser
+    "POST /api/v1/suppressions/import",  # a multipart form: only `file` is read
 }
 """Object fields of request bodies that take any keys."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -29,6 +30,9 @@ MAX_LINE = 998
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 _ATOMS = re.compile(r"[!-~]+( [!-~]+)*")
 """A display name that reads back as it is unquoted: words separated by single spaces."""
+LIST_UNSUBSCRIBE = ("list-unsubscribe", "list-unsubscribe-post")
+ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+"""RFC 8058: the header that says a POST to the List-Unsubscribe URL unsubscribes."""
 
 
 def new_message_id(sender: str) -> str:
@@ -224,8 +228,8 @@ def _header(name: str, value: str) -> str:
     """One unstructured header field, folded to 78 characters where it can be, RFC 2047 encoded
     when it is not ASCII or has a word too long for a line."""
     line = f"{name}: {value}"
-    if len(line) <= FOLD_AT and value.isascii():
-        return line
+    if value.isascii() and (len(line) <= FOLD_AT or (" " not in value and len(line) <= MAX_LINE)):
+        return line  # short, or one word that no fold could shorten (List-Unsubscribe's URL)
     folded = Header(value, "us-ascii" if value.isascii() else "utf-8", header_name=name).encode(
         linesep="\r\n"
     )
@@ -244,14 +248,22 @@ def compose(
     layout: Layout | None = None,
     signature: str | None = None,
     names: Mapping[str, str] | None = None,
+    unsubscribe_url: str | None = None,
 ) -> OutgoingMessage:
-    """Raises PermanentError (EMESSAGE) when the theme's layout cannot be rendered."""
+    """Raises PermanentError (EMESSAGE) when the theme's layout cannot be rendered.
+
+    `unsubscribe_url`: this batch's one-click unsubscribe link, which goes in List-Unsubscribe
+    with List-Unsubscribe-Post (RFC 8058), in place of any the message's headers gave."""
     try:
         content = content_of(
             payload, sender, batch, layout=layout, signature=signature, names=names
         )
     except RenderError as err:
         raise PermanentError(f"the theme cannot be rendered: {err}", code="EMESSAGE") from err
+    if unsubscribe_url is not None:
+        headers = [h for h in content.headers if h[0].lower() not in LIST_UNSUBSCRIBE]
+        headers += [("List-Unsubscribe", f"<{unsubscribe_url}>"), ONE_CLICK]
+        content = dataclasses.replace(content, headers=tuple(headers))
     mime = to_mime(content, message_id, date)
     return OutgoingMessage(
         envelope_from=sender.email,

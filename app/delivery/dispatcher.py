@@ -19,7 +19,7 @@ from app.db import among, transaction, update_by_id, utcnow
 from app.delivery import outbox
 from app.delivery.compose import compose, group_names
 from app.delivery.events import attempt_event
-from app.delivery.grouping import plan
+from app.delivery.grouping import Batch, plan
 from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats, survived
 from app.delivery.models import ATTEMPTS, MESSAGES, RECIPIENTS, Message, Recipient
 from app.delivery.outbox import Claim, RetryPolicy
@@ -28,6 +28,8 @@ from app.events.service import DeliveryEvent, record_events, tally
 from app.metrics import Metrics
 from app.servers.models import ServerProfile
 from app.servers.service import record_health
+from app.suppressions import service as suppressions
+from app.suppressions.unsubscribe import Links, Unsubscribe
 from app.themes.models import Theme
 from app.themes.render import Layout
 from app.themes.service import layout_of
@@ -99,6 +101,7 @@ class Dispatcher:
         self._closing = False
         self._next_sweep = 0.0
         self.heartbeats = Heartbeats(sessions, loop)
+        self.links = Links.of(settings, transports.box)
         self.task: asyncio.Task[None] | None = None
         """The running loop, set by whoever starts it (for /readyz)."""
         self.last_error: str | None = None
@@ -299,6 +302,7 @@ class Dispatcher:
                 .order_by(Recipient.id)
             ):
                 recipients[row.message_pk].append(row)
+            listed = await suppressions.listed(session, _unsent(messages, recipients))
             profiles = await _profiles(session, {m.server for m in messages if m.server})
             layouts = await _layouts(
                 session, {name for m in messages if (name := _theme_name(m, profiles))}
@@ -315,12 +319,18 @@ class Dispatcher:
                 log.warning(
                     "message %s: theme %r no longer exists; sent without it", message.id, name
                 )
-            jobs.append(Job(claim, message, recipients[message.id], profile, fallback, layout))
+            job = Job(claim, message, recipients[message.id], profile, fallback, layout)
+            _hold_back(job, listed)
+            jobs.append(job)
         return jobs
 
     async def _send(self, job: Job) -> None:
         message = job.message
-        pending = [r.email for r in job.recipients if r.status in ("pending", "deferred")]
+        pending = [
+            r.email
+            for r in job.recipients
+            if r.status in ("pending", "deferred") and r.email not in job.results
+        ]
         if message.server is not None and job.profile is None:
             error = TemporaryError(
                 f"server profile {message.server!r} no longer exists", code="ECONFIG"
@@ -334,6 +344,7 @@ class Dispatcher:
             personal=frozenset(r.email for r in job.recipients if r.data),
             chunk=job.profile.max_recipients_per_message if job.profile else None,
             builtin=job.profile is None,
+            each=self._unsubscribe(job),
         )
         transport = self._transport(job.profile)
         sender = Address(message.payload["from"]["email"], message.payload["from"].get("name", ""))
@@ -350,6 +361,7 @@ class Dispatcher:
                     layout=job.layout,
                     signature=signature,
                     names=names,
+                    unsubscribe_url=self._unsubscribe_url(job, batch),
                 )
             except (PermanentError, ValueError) as raised:
                 # ValueError: a header Python's email refuses (a line separator in a subject the
@@ -378,6 +390,22 @@ class Dispatcher:
                     rest = [r for later in batches[index + 1 :] for r in later.recipients]
                     self._fail_all(job, rest, err)
                     return
+
+    def _unsubscribe(self, job: Job) -> bool:
+        """Whether the message carries one-click unsubscribe links: its own `listUnsubscribe`,
+        else its profile's (and the service knows its public URL)."""
+        wanted = job.message.payload.get("listUnsubscribe")
+        if wanted is None:
+            wanted = job.profile is not None and job.profile.list_unsubscribe
+        return bool(wanted) and self.links.base_url is not None
+
+    def _unsubscribe_url(self, job: Job, batch: Batch) -> str | None:
+        """The batch's link: only a batch of one recipient can carry one (see `plan`'s `each`;
+        visible mail to several people goes without)."""
+        if len(batch.recipients) != 1 or not self._unsubscribe(job):
+            return None
+        profile = job.message.server or BUILTIN
+        return self.links.url(Unsubscribe(batch.recipients[0], profile, job.message.id))
 
     async def _transaction(self, job: Job, transport: Transport, outgoing: OutgoingMessage) -> None:
         """One SMTP transaction or API call; its outcome goes into the job."""
@@ -598,9 +626,10 @@ class Dispatcher:
             delay = self.retry.delay(job.claim.attempt, job.retry_after)
             values |= {"status": "queued", "next_attempt_at": now + timedelta(seconds=delay)}
         else:
-            ok = sum(s in FINAL_OK for s in statuses.values())
-            status = "sent" if ok == len(statuses) else ("failed" if ok == 0 else "partially_sent")
-            values |= {"status": status, "sent_at": now if ok else None}
+            tried = [s for s in statuses.values() if s != "suppressed"]
+            ok = sum(s in FINAL_OK for s in tried)
+            status = "sent" if ok == len(tried) else ("failed" if ok == 0 else "partially_sent")
+            values |= {"status": status if tried else "suppressed", "sent_at": now if ok else None}
         return values
 
     async def _record_health(self, session: AsyncSession, jobs: list[Job]) -> None:
@@ -616,6 +645,29 @@ class Dispatcher:
                 health.setdefault(profile.id, None)
         for profile_id, error in health.items():
             await record_health(session, profile_id, ok=error is None, error=error)
+
+
+def _unsent(messages: list[Message], recipients: dict[str, list[Recipient]]) -> list[str]:
+    """The addresses the suppression list is checked for: the recipients still to be sent to,
+    of the messages that do not ignore the list."""
+    return [
+        r.email
+        for message in messages
+        if not message.payload.get("ignoreSuppressions")
+        for r in recipients[message.id]
+        if r.status in ("pending", "deferred")
+    ]
+
+
+def _hold_back(job: Job, listed: suppressions.Listed) -> None:
+    """A suppressed recipient's result is `suppressed`, before anything is sent: it is not sent
+    to, and its companions go on."""
+    if job.message.payload.get("ignoreSuppressions"):
+        return
+    profile = job.message.server or BUILTIN
+    for r in job.recipients:
+        if r.status in ("pending", "deferred") and (why := listed.why(r.email, profile)):
+            job.results[r.email] = RecipientResult("suppressed", None, why)
 
 
 def _type_of(job: Job, server: str) -> str:

@@ -26,6 +26,8 @@ def event_type(status: RecipientStatus) -> EventType:
             return "failed"
         case "deferred":
             return "deferred"
+        case "suppressed":
+            return "suppressed"
         case _:
             assert_never(status)
 

@@ -31,17 +31,19 @@ def plan(
     personal: frozenset[str] = frozenset(),
     chunk: int | None,
     builtin: bool,
+    each: bool = False,
 ) -> list[Batch]:
     """The transactions that deliver `pending`.
 
     `group_size` is the group's whole size (a retry may have fewer pending); `personal` are the
-    recipients with template data of their own.
+    recipients with template data of their own; `each`: every member of a group gets a message
+    of its own (one-click unsubscribe: each carries its own signed link).
     """
     if not pending:
         return []
     if not group:
         return [Batch("visible", tuple(pending))]
-    if builtin or group_size == 1:
+    if builtin or group_size == 1 or each:
         return [Batch("single", (rcpt,)) for rcpt in pending]
     singles = [Batch("single", (rcpt,)) for rcpt in pending if rcpt in personal]
     shared = [rcpt for rcpt in pending if rcpt not in personal]

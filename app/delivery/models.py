@@ -10,7 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import ID, Base, new_id, table_of, utcnow
 
-MESSAGE_STATUSES = ("queued", "sending", "sent", "partially_sent", "failed")
+MESSAGE_STATUSES = ("queued", "sending", "sent", "partially_sent", "failed", "suppressed")
+"""suppressed: every recipient is on the suppression list, nothing was sent."""
 
 
 class Message(Base):
@@ -72,7 +73,8 @@ class Recipient(Base):
     kind: Mapped[str] = mapped_column(String(5))
     """to, cc, bcc, or group (a member of a group that gets the same content privately)."""
     status: Mapped[str] = mapped_column(String(10), default="pending")
-    """pending, then a transport status: sent, queued, rejected, invalid, failed, deferred."""
+    """pending, then a transport status: sent, queued, rejected, invalid, failed, deferred; or
+    suppressed (on the suppression list, not sent)."""
     code: Mapped[int | None]
     response: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))

@@ -28,6 +28,11 @@ class TransportCache:
         self._retired: list[Transport] = []
 
     @property
+    def box(self) -> SecretBox:
+        """The secret keys the profiles' secrets (and the unsubscribe links) are keyed on."""
+        return self._box
+
+    @property
     def builtin(self) -> Transport:
         """The built-in default server: .eml files in the data dir's outbox/."""
         return self._builtin

@@ -26,6 +26,7 @@ from app.events.models import (
     EventRow,
     EventType,
 )
+from app.suppressions.service import suppress_from_events
 from app.webhooks.enqueue import enqueue_events
 
 _TYPES = frozenset(EVENT_TYPES)
@@ -86,9 +87,9 @@ class DeliveryEvent:
 async def record_events(
     session: AsyncSession, events: Sequence[DeliveryEvent]
 ) -> list[DeliveryEvent]:
-    """Store `events` in the session's transaction, and queue their webhook deliveries; returns
-    those stored, in order: an event whose (source, provider_event_id) is already stored, or
-    repeated in `events`, is left out.
+    """Store `events` in the session's transaction, with what they say about the suppression list
+    and their webhook deliveries; returns those stored, in order: an event whose
+    (source, provider_event_id) is already stored, or repeated in `events`, is left out.
 
     Events without a provider id (Postroom's own) cannot repeat: one plain executemany. The others
     go in with ON CONFLICT DO NOTHING (SQLite and PostgreSQL alike), returning the keys stored."""
@@ -110,6 +111,7 @@ async def record_events(
         for event in events
         if event.key is None or (event.key in stored and keyed[event.key] is event)
     ]
+    await suppress_from_events(session, recorded)
     await enqueue_events(session, recorded)
     return recorded
 

@@ -96,6 +96,13 @@ class MessageIn(CamelModel):
     """A profile name; the default profile otherwise."""
     resource: SafeStr | None = Field(None, max_length=500)
     """What the mail is about, for the records."""
+    ignore_suppressions: bool = False
+    """Send even to addresses on the suppression list (admins only): a password reset to an
+    address that works again, say."""
+    list_unsubscribe: bool | None = None
+    """Carry a signed one-click unsubscribe link (List-Unsubscribe, RFC 8058) to each recipient,
+    or not; null: as the profile says. A group's members then get a message each; visible mail
+    carries one only when it has a single recipient. Needs POSTROOM_PUBLIC_URL."""
 
     @field_validator("from_", mode="before")
     @classmethod
@@ -160,7 +167,11 @@ class Accepted(_CountsEvents):
 
     id: str
     status: str
+    """`queued`; `suppressed` when every recipient is on the suppression list: nothing will be
+    sent, and the message ends `suppressed`."""
     message_id: str
+    suppressed: list[str] = Field(default_factory=list)
+    """The recipients on the suppression list as it was accepted: they will not be sent to."""
 
 
 MAX_BATCH = 1000
@@ -179,6 +190,8 @@ class BatchItem(_CountsEvents):
     status: int
     id: str | None = None
     message_id: str | None = None
+    suppressed: list[str] = Field(default_factory=list)
+    """As in POST /messages' answer: its recipients on the suppression list."""
     error: dict[str, Any] | None = None
 
 
@@ -270,4 +283,4 @@ class MessagePage(CamelModel):
     next_cursor: str | None
 
 
-MessageStatus = Literal["queued", "sending", "sent", "partially_sent", "failed"]
+MessageStatus = Literal["queued", "sending", "sent", "partially_sent", "failed", "suppressed"]

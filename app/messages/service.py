@@ -26,6 +26,7 @@ from app.errors import (
     AppError,
     BadRequest,
     Conflict,
+    Forbidden,
     Invalid,
     NotFound,
     error_body,
@@ -38,6 +39,8 @@ from app.messages.lookups import Lookups
 from app.messages.schemas import LINE_BREAKS, Accepted, BatchItem, MessageIn
 from app.security import Principal
 from app.servers.models import ServerProfile
+from app.servers.service import PUBLIC_URL_NEEDED
+from app.suppressions import service as suppressions
 from app.themes import service as themes
 
 QUEUED: EventType = "queued"
@@ -97,9 +100,10 @@ async def enqueue_each(
     lookups = Lookups(session)
     outcomes: list[tuple[Accepted, bool] | AppError] = []
     pending: list[_Rows] = []
+    listed = await suppressions.listed(session, _addresses(requests))
     for caller, body, key in requests:
         try:
-            outcome, rows = await _accept(session, settings, caller, body, key, lookups)
+            outcome, rows = await _accept(session, settings, caller, body, key, lookups, listed)
             if rows is not None and key is not None:
                 await _insert_alone(session, rows)
             elif rows is not None:
@@ -111,6 +115,16 @@ async def enqueue_each(
     if pending:
         await _insert(session, pending)
     return outcomes
+
+
+def _addresses(requests: Sequence[tuple[Caller, MessageIn, str | None]]) -> set[str]:
+    """Every recipient of these messages that minds the suppression list (one lookup for all)."""
+    found: set[str] = set()
+    for _, body, _ in requests:
+        if not body.ignore_suppressions:
+            found.update(a.email for a in body.recipients or ())
+            found.update(a.email for a in (*body.to, *body.cc, *body.bcc))
+    return found
 
 
 async def _insert_alone(session: AsyncSession, rows: _Rows) -> None:
@@ -139,9 +153,11 @@ async def _accept(
     body: MessageIn,
     idempotency_key: str | None,
     lookups: Lookups,
+    listed: suppressions.Listed,
 ) -> tuple[tuple[Accepted, bool], _Rows | None]:
     """Check and render one message: its answer, and the rows to store (none for a replay)."""
     _check_limits(settings, body)
+    _check_suppression_flags(settings, caller, body)
     digest = request_hash(body) if idempotency_key is not None else None
     if idempotency_key is not None:
         replay = await _replay(session, settings, caller, idempotency_key, digest)
@@ -164,8 +180,15 @@ async def _accept(
         mode="json",
         by_alias=True,
         exclude_none=True,
-        exclude={"from_", "recipients", "server", "resource", "template", "theme", "data"},
-    )
+        exclude={
+            "from_", "recipients", "server", "resource", "template", "theme", "data",
+            "ignore_suppressions", "list_unsubscribe",
+        },
+    )  # fmt: skip
+    if body.ignore_suppressions:
+        payload["ignoreSuppressions"] = True
+    if body.list_unsubscribe is not None:
+        payload["listUnsubscribe"] = body.list_unsubscribe
     payload["from"] = {"email": sender_email, "name": sender_name or ""}
     if body.recipients is not None:
         payload["group"] = [{"email": r.email, "name": r.name or ""} for r in body.recipients]
@@ -197,6 +220,11 @@ async def _accept(
         "created_at": now,
     }
     accepted = Accepted(id=message_pk, status="queued", message_id=message["message_id"])
+    if not body.ignore_suppressions:
+        scope = profile.name if profile is not None else BUILTIN
+        accepted.suppressed = [r["email"] for r in recipients if listed.why(r["email"], scope)]
+        if len(accepted.suppressed) == len(recipients):
+            accepted.status = "suppressed"  # the dispatcher's own check ends it so, unsent
     return (accepted, False), _Rows(message, recipients, accepted)
 
 
@@ -224,7 +252,12 @@ def _batch_item(outcome: tuple[Accepted, bool] | AppError) -> BatchItem:
         error = error_body(outcome.code, outcome.message, outcome.details)["error"]
         return BatchItem(status=outcome.status_code, error=error)
     accepted, _ = outcome
-    item = BatchItem(status=202, id=accepted.id, message_id=accepted.message_id)
+    item = BatchItem(
+        status=202,
+        id=accepted.id,
+        message_id=accepted.message_id,
+        suppressed=accepted.suppressed,
+    )
     item.events.update(accepted.events)
     return item
 
@@ -285,6 +318,16 @@ def _record_subject(payload: dict[str, Any]) -> str:
     """The subject for the records: the shared one, else the first personalised one."""
     personal: dict[str, str] = next(iter(payload.get("personal", {}).values()), {})
     return str(payload.get("subject") or personal.get("subject") or "")
+
+
+def _check_suppression_flags(settings: Settings, caller: Caller, body: MessageIn) -> None:
+    if body.ignore_suppressions and not caller.principal.is_admin:
+        raise Forbidden(
+            "only an admin may send past the suppression list",
+            details=[{"field": "ignoreSuppressions", "message": "admins only"}],
+        )
+    if body.list_unsubscribe and settings.public_url is None:
+        raise Invalid(PUBLIC_URL_NEEDED, field="listUnsubscribe")
 
 
 def _check_limits(settings: Settings, body: MessageIn) -> None:

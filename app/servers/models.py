@@ -28,6 +28,8 @@ class ServerProfile(Base):
     max_recipients_per_message: Mapped[int | None]
     fallback: Mapped[str | None] = mapped_column(String(50))
     theme: Mapped[str | None] = mapped_column(String(50))
+    list_unsubscribe: Mapped[bool] = mapped_column(default=False)
+    """Messages through it carry one-click unsubscribe links (RFC 8058) unless they say not."""
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     secrets: Mapped[str | None] = mapped_column(Text)
     health: Mapped[str] = mapped_column(String(10), default="unknown")

@@ -47,6 +47,10 @@ class ProfileFields(CamelModel):
     """Another profile to use when this one fails before any content was sent."""
     theme: ProfileName | None = None
     """The theme that wraps every message sent through this profile."""
+    list_unsubscribe: bool = False
+    """Every message through this profile carries a signed one-click unsubscribe link
+    (List-Unsubscribe, RFC 8058) unless it sets `listUnsubscribe: false`; needs
+    POSTROOM_PUBLIC_URL. A POST to the link suppresses the address for this profile."""
 
 
 class SmtpProfile(ProfileFields):
@@ -122,6 +126,7 @@ class ProfileOut(CamelModel):
     max_recipients_per_message: int | None
     fallback: str | None
     theme: str | None
+    list_unsubscribe: bool
     settings: dict[str, Any]
     """The type's settings; each secret appears only as `<name>Set: true|false`."""
     health: Health

@@ -35,6 +35,7 @@ COMMON_FIELDS = (
     "maxRecipientsPerMessage",
     "fallback",
     "theme",
+    "listUnsubscribe",
 )
 
 
@@ -44,6 +45,14 @@ class Profiles:
 
     box: SecretBox
     egress: EgressPolicy
+    public_url: str | None = None
+    """POSTROOM_PUBLIC_URL: one-click unsubscribe cannot be turned on without it."""
+
+
+PUBLIC_URL_NEEDED = (
+    "one-click unsubscribe needs POSTROOM_PUBLIC_URL, the address recipients reach this "
+    "service at (its links go in List-Unsubscribe)"
+)
 
 
 def config_of(profile: ServerProfile, box: SecretBox) -> CamelModel:
@@ -114,6 +123,7 @@ def to_out(profile: ServerProfile, routing: MailRouting, box: SecretBox) -> Prof
         max_recipients_per_message=profile.max_recipients_per_message,
         fallback=profile.fallback,
         theme=profile.theme,
+        list_unsubscribe=profile.list_unsubscribe,
         settings=settings,
         health=Health.model_validate(
             {
@@ -221,6 +231,8 @@ async def _apply(
         theme = await session.scalar(select(Theme.id).where(Theme.name == body.theme))
         if theme is None:
             raise Invalid(f"no theme {body.theme!r}", field="theme")
+    if body.list_unsubscribe and ctx.public_url is None:
+        raise Invalid(PUBLIC_URL_NEEDED, field="listUnsubscribe")
     if isinstance(body.settings, SmtpConfig):
         check_port_setting(ctx.egress, body.settings.effective_port, "settings.port")
     public, stored = secret_settings.split(body.settings)
@@ -232,6 +244,7 @@ async def _apply(
     profile.max_recipients_per_message = body.max_recipients_per_message
     profile.fallback = body.fallback
     profile.theme = body.theme
+    profile.list_unsubscribe = body.list_unsubscribe
     profile.settings = public
     profile.secrets = ctx.box.encrypt(stored) if stored else None
     profile.updated_at = utcnow()

@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-RecipientStatus = Literal["sent", "queued", "rejected", "invalid", "failed", "deferred"]
+RecipientStatus = Literal[
+    "sent", "queued", "rejected", "invalid", "failed", "deferred", "suppressed"
+]
 """The closed vocabulary every transport maps its provider's answer onto.
 
 sent: the server took responsibility (SMTP 250, provider accepted);
 queued: a provider accepted it for later sending; rejected / invalid: permanently refused for this
-recipient; failed: permanently failed for another reason; deferred: refused for now, retry.
+recipient; failed: permanently failed for another reason; deferred: refused for now, retry;
+suppressed: not sent, the address is on Postroom's suppression list (set by the dispatcher before
+sending, never by a transport).
 """
 
 FINAL_OK: frozenset[RecipientStatus] = frozenset({"sent", "queued"})

@@ -22,6 +22,7 @@ EXPECTED = {
     "invalid": "rejected",
     "failed": "failed",
     "deferred": "deferred",
+    "suppressed": "suppressed",
 }
 
 

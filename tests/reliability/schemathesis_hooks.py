@@ -5,8 +5,9 @@ that admin's password or role (PATCH/DELETE /api/v1/users/admin) and spend the r
 401s. Those calls go to another user name instead: Postroom refusing to lose its last admin is
 tested in tests/users.
 
-`cursor` (GET /api/v1/messages) is an opaque token only a previous page hands out: any string the
-fuzzer makes up is a 400 by design, so it is not sent (bad cursors are pinned in test_security).
+`cursor` (GET /api/v1/messages, /api/v1/suppressions) is an opaque token only a previous page
+hands out: any string the fuzzer makes up is a 400 by design, so it is not sent (bad cursors are
+pinned in test_security and tests/suppressions).
 """
 
 from __future__ import annotations
@@ -23,5 +24,6 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     parameters = case.path_parameters or {}
     if case.operation.path == "/api/v1/users/{name}" and parameters.get("name") == FUZZ_ADMIN:
         parameters["name"] = "someone_else"
-    if case.operation.path == "/api/v1/messages" and isinstance(case.query, dict):
+    paged = ("/api/v1/messages", "/api/v1/suppressions", "/api/v1/suppressions/export")
+    if case.operation.path in paged and isinstance(case.query, dict):
         case.query.pop("cursor", None)

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from html import escape
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import HTMLResponse, StreamingResponse
+
+from app.deps import AdminUser, RuntimeDep, SessionDep
+from app.schemas import EmailAddress, SafeStr
+from app.servers.schemas import ProfileName
+from app.suppressions import csvio, service
+from app.suppressions.models import Reason
+from app.suppressions.schemas import ImportResult, SuppressionIn, SuppressionOut, SuppressionPage
+from app.suppressions.unsubscribe import Links, unsubscribe
+
+router = APIRouter(prefix="/api/v1/suppressions", tags=["suppressions"])
+
+Search = Annotated[SafeStr | None, Query(alias="q", max_length=320)]
+Profile = Annotated[ProfileName | None, Query()]
+"""A profile's entries only (`builtin`: the built-in server's)."""
+
+
+@router.get("", response_model=SuppressionPage)
+async def list_suppressions(
+    _: AdminUser,
+    session: SessionDep,
+    q: Search = None,
+    profile: Profile = None,
+    reason: Reason | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> SuppressionPage:
+    """The list, the latest added first; `q` matches a part of the address. Pass `nextCursor`
+    back as `cursor` for the next page."""
+    where = service.Filter(text=q, profile=profile, reason=reason)
+    rows, next_cursor = await service.search(session, where, limit=limit, cursor=cursor)
+    return SuppressionPage(items=[SuppressionOut.of(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.post("", response_model=SuppressionOut, status_code=status.HTTP_201_CREATED)
+async def add_suppression(body: SuppressionIn, _: AdminUser, session: SessionDep) -> SuppressionOut:
+    """Suppress an address, for every profile or for one; 409 when it already is."""
+    row = await service.add(session, body.address, body.profile, body.reason)
+    return SuppressionOut.of(row)
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "The entries as CSV"}},
+)
+async def export_suppressions(
+    _: AdminUser,
+    runtime: RuntimeDep,
+    q: Search = None,
+    profile: Profile = None,
+    reason: Reason | None = None,
+) -> StreamingResponse:
+    """The list (or the entries the filters select) as CSV, streamed: columns address, profile,
+    reason, source, eventId, messageId, createdAt."""
+    where = service.Filter(text=q, profile=profile, reason=reason)
+    return StreamingResponse(
+        csvio.export(runtime.sessions, where),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="suppressions.csv"'},
+    )
+
+
+@router.post(
+    "/import",
+    response_model=ImportResult,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+            },
+        }
+    },
+)
+async def import_suppressions(request: Request, _: AdminUser, session: SessionDep) -> ImportResult:
+    """Add the entries of a CSV (a text/csv body, or a multipart `file`) with the columns of the
+    export (`address` required; `profile` empty for every profile; `reason` default manual).
+    All or nothing: a bad row is a 422 naming its row and column. Entries already on the list
+    are kept as they are."""
+    text = csvio.csv_text(request.headers.get("content-type", ""), await request.body())
+    entries = await csvio.parse(session, text)
+    added = await service.add_many(session, entries)
+    return ImportResult(rows=len(entries), added=added)
+
+
+@router.delete("/{address}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_suppression(
+    address: EmailAddress, _: AdminUser, session: SessionDep, profile: Profile = None
+) -> Response:
+    """Take an address off the list: its entry for `profile`, or without it, the global one."""
+    await service.remove(session, address, profile)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+unsubscribe_router = APIRouter(prefix="/u", tags=["unsubscribe"])
+_HTML: dict[int | str, dict[str, Any]] = {
+    200: {"description": "A page for a person", "content": {"text/html": {}}}
+}
+"""The pages are HTML; errors (a link this service did not sign: 404) are JSON as everywhere."""
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def _links(runtime: RuntimeDep) -> Links:
+    return Links.of(runtime.settings, runtime.box)
+
+
+@unsubscribe_router.get("/{token}", responses=_HTML)
+async def unsubscribe_page(token: str, runtime: RuntimeDep) -> HTMLResponse:
+    """A page with the button that unsubscribes. Nothing changes on GET: mail scanners fetch
+    links to look at them."""
+    link = _links(runtime).read(token)
+    form = (
+        f"<p>Stop mail to <b>{escape(link.address)}</b> from this sender?</p>\n"
+        '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
+        '<button type="submit">Unsubscribe</button></form>'
+    )
+    return HTMLResponse(_PAGE.format(title="Unsubscribe", body=form))
+
+
+@unsubscribe_router.post("/{token}", responses=_HTML)
+async def unsubscribe_now(token: str, runtime: RuntimeDep, session: SessionDep) -> HTMLResponse:
+    """RFC 8058 one-click: a mail client POSTs `List-Unsubscribe=One-Click` here. The address is
+    suppressed for the profile the mail came through (reason `unsubscribe`) and an
+    `unsubscribed` event recorded. No login: the signed token is the authority."""
+    link = _links(runtime).read(token)
+    await unsubscribe(session, link)
+    done = f"<p>{escape(link.address)} will get no more mail from this sender.</p>"
+    return HTMLResponse(_PAGE.format(title="Unsubscribed", body=done))

@@ -1,0 +1,3 @@
+from tests.delivery.conftest import dispatcher
+
+__all__ = ["dispatcher"]
