@@ -27,6 +27,7 @@ from app.delivery.transports import TransportCache
 from app.deps import Runtime, RuntimeDep
 from app.egress import EgressPolicy, http_client, parse_networks
 from app.errors import ERROR_RESPONSES, install_error_handlers
+from app.events.bounces.router import router as bounces_router
 from app.limits import BodyLimit
 from app.messages.intake import Intake
 from app.messages.router import router as messages_router
@@ -238,6 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users_router)
     app.include_router(probe_router)
     app.include_router(themes_router)
+    app.include_router(bounces_router)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics(runtime: RuntimeDep) -> Response:
