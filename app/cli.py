@@ -209,13 +209,18 @@ def serve(
         bool | None,
         typer.Option(help="Run the dispatcher in this process (default: POSTROOM_DISPATCHER)."),
     ] = None,
+    bounce_port: Annotated[
+        int | None,
+        typer.Option(help="Take bounce reports over SMTP on this port (POSTROOM_BOUNCE_PORT)."),
+    ] = None,
 ) -> None:
     """Run the API and, unless --no-dispatcher, the dispatcher."""
     import uvicorn
 
     from app.main import create_app
 
-    settings = _settings() if dispatcher is None else _settings(dispatcher=dispatcher)
+    overrides: dict[str, Any] = {"dispatcher": dispatcher, "bounce_port": bounce_port}
+    settings = _settings(**{k: v for k, v in overrides.items() if v is not None})
     with user_errors(settings):
         check_secret_keys(settings)
     _logging(settings)

@@ -28,6 +28,7 @@ from app.deps import Runtime, RuntimeDep
 from app.egress import EgressPolicy, http_client, parse_networks
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.events.bounces.router import router as bounces_router
+from app.events.bounces.running import running_bounce_loops
 from app.limits import BodyLimit
 from app.messages.intake import Intake
 from app.messages.router import router as messages_router
@@ -177,6 +178,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = runtime
         if settings.dispatcher:
             await stack.enter_async_context(running_dispatcher(runtime))
+        await stack.enter_async_context(running_bounce_loops(runtime))
         generated = await bootstrap_admin(runtime)
         if generated is not None:
             print(  # noqa: T201 - shown once, on purpose, on the console of the first start
