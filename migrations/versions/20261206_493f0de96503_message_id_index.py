@@ -1,4 +1,5 @@
-"""messages.message_id indexed: a bounce report without a VERP token is matched by it (issue 14)
+"""bounces: messages.message_id indexed (a report without a VERP token is matched by it), and
+bounce_cursors (where a Microsoft Graph bounce poll got to) (issue 14)
 
 Revision ID: 493f0de96503
 Revises: 7c2d9e4f1b30
@@ -7,7 +8,9 @@ Create Date: 2026-12-06 23:00:00.000000
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
+import app.db
 
 
 revision: str = "493f0de96503"
@@ -17,6 +20,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "bounce_cursors",
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("position", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_bounce_cursors")),
+    )
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_messages_message_id"), ["message_id"], unique=False)
 
@@ -24,3 +34,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_messages_message_id"))
+    op.drop_table("bounce_cursors")

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from app.delivery.liveness import HEARTBEAT_EVERY
 from app.deps import Runtime
+from app.events.bounces.graph import GraphPoller
 from app.events.bounces.imap import ImapPoller, ImapSettings
 from app.events.bounces.listener import BounceListener
 from app.events.bounces.loop import Supervised
@@ -48,6 +49,16 @@ async def running_bounce_loops(runtime: Runtime) -> AsyncIterator[list[Supervise
                     settings.bounce_poll_interval,
                 )
             )
+        graph = GraphPoller(runtime.sessions, runtime.box, runtime.http, bounces)
+        loops.append(
+            Supervised(
+                runtime.sessions,
+                runtime.metrics,
+                "bounce-graph",
+                graph.poll,
+                settings.bounce_poll_interval,
+            )
+        )
         stopping = asyncio.Event()
         tasks = [asyncio.create_task(loop.run(stopping)) for loop in loops]
         try:
