@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     bounce_imap_folder: str = "INBOX"
     bounce_imap_done_folder: str = ""
     """Move each processed message there; empty: leave it, flagged \\Seen."""
+    bounce_graph_poll: bool = False
+    """Run the Microsoft Graph bounce poll in this process: it reads the Inbox of every msgraph
+    profile that sets `pollBounces` (one process is enough; more only read the same twice)."""
     bounce_poll_interval: float = Field(60.0, gt=0)
     """Seconds between two polls of a bounce mailbox (IMAP, and Microsoft Graph profiles that set
     `pollBounces`)."""

@@ -45,8 +45,9 @@ class MsgraphConfig(CamelModel):
     login_url: HttpUrl = "https://login.microsoftonline.com"
     graph_url: HttpUrl = "https://graph.microsoft.com"
     poll_bounces: bool = False
-    """Poll the mailbox's Inbox for non-delivery reports (Graph has no bounce events): needs the
-    Mail.Read application permission as well (app/events/bounces/graph.py)."""
+    """Poll the mailbox's Inbox for non-delivery reports (Graph has no bounce events) in the
+    process that sets POSTROOM_BOUNCE_GRAPH_POLL: needs the Mail.Read application permission as
+    well (app/events/bounces/graph.py)."""
 
 
 def _refusal(response: httpx.Response) -> Refusal:

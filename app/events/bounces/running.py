@@ -49,16 +49,17 @@ async def running_bounce_loops(runtime: Runtime) -> AsyncIterator[list[Supervise
                     settings.bounce_poll_interval,
                 )
             )
-        graph = GraphPoller(runtime.sessions, runtime.box, runtime.http, bounces)
-        loops.append(
-            Supervised(
-                runtime.sessions,
-                runtime.metrics,
-                "bounce-graph",
-                graph.poll,
-                settings.bounce_poll_interval,
+        if settings.bounce_graph_poll:
+            graph = GraphPoller(runtime.sessions, runtime.box, runtime.http, bounces)
+            loops.append(
+                Supervised(
+                    runtime.sessions,
+                    runtime.metrics,
+                    "bounce-graph",
+                    graph.poll,
+                    settings.bounce_poll_interval,
+                )
             )
-        )
         stopping = asyncio.Event()
         tasks = [asyncio.create_task(loop.run(stopping)) for loop in loops]
         try:

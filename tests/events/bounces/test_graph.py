@@ -4,8 +4,10 @@ documented shapes: the client-credentials token, the Inbox listing (OData, paged
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.delivery.models import Message
+from app.config import Settings
+from app.delivery.models import Heartbeat, Message
 from app.deps import Runtime
 from app.events.bounces.graph import GraphPoller
 from app.events.bounces.models import BounceCursor
@@ -198,3 +201,23 @@ async def test_a_failing_graph_is_raised_for_the_loop_and_moves_no_cursor(
         await poller(runtime).poll()
     async with runtime.sessions() as session:
         assert list(await session.scalars(select(BounceCursor))) == []
+
+
+class TestInTheApp:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        """The app itself polls, every 0.2 s."""
+        return settings.model_copy(update={"bounce_graph_poll": True, "bounce_poll_interval": 0.2})
+
+    async def test_the_app_polls_in_a_supervised_loop(
+        self, admin: httpx.AsyncClient, runtime: Runtime, graph: FakeGraph
+    ) -> None:
+        graph.messages = [("AAMkndr=", datetime.now(UTC), sample("postfix.eml"))]
+        await add_graph_profile(admin, graph)
+        deadline = time.monotonic() + 15
+        while await stored_events(runtime) == 0:  # an NDR about no known message: unknown
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        async with runtime.sessions() as session:
+            loops = set(await session.scalars(select(Heartbeat.loop)))
+        assert "bounce-graph" in loops
