@@ -252,3 +252,15 @@ def test_ingest_exits_75_when_the_database_does_not_answer(settings: Settings) -
     assert done.returncode == 75, done.stderr
     assert b"Traceback" not in done.stderr
     assert b"cannot use the database" in done.stderr
+
+
+@pytest.mark.parametrize("domain", ["a..example.com", "bounces@example.com", "-x.example.com"])
+async def test_a_bounce_domain_that_is_no_domain_is_a_422(
+    admin: httpx.AsyncClient, domain: str
+) -> None:
+    response = await admin.post(
+        "/api/v1/servers",
+        json={"name": "relay", "type": "smtp", "settings": {"bounceDomain": domain}},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["field"] == "settings.bounceDomain"
