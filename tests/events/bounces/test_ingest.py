@@ -264,3 +264,29 @@ async def test_a_bounce_domain_that_is_no_domain_is_a_422(
     )
     assert response.status_code == 422, response.text
     assert response.json()["error"]["details"][0]["field"] == "settings.bounceDomain"
+
+
+def killed_while_reading(settings: Settings, raw: bytes) -> int:
+    """`postroom ingest` killed with half the report read; its exit status."""
+    process = subprocess.Popen(
+        [POSTROOM, "ingest"], stdin=subprocess.PIPE, env=environment(settings)
+    )
+    assert process.stdin is not None
+    process.stdin.write(raw[: len(raw) // 2])
+    process.stdin.flush()
+    process.kill()
+    status = process.wait(30)
+    process.stdin.close()
+    return status
+
+
+async def test_ingest_killed_while_reading_stores_nothing_and_the_retry_does(
+    settings: Settings, runtime: Runtime
+) -> None:
+    raw = sample("postfix.eml")
+    # Killed, it never exits 0: the MTA's pipe keeps the report and tries again.
+    assert killed_while_reading(settings, raw) != 0
+    assert await stored_events(runtime) == 0
+    again = ingest(settings, raw)
+    assert again.returncode == 0, again.stderr
+    assert await stored_events(runtime) == 1
