@@ -1,4 +1,4 @@
-"""The `postroom` command: serve, worker, migrate, users, send, verify, rotate-keys.
+"""The `postroom` command: serve, worker, migrate, users, send, verify, ingest, rotate-keys.
 
 Each command imports what it needs when it runs: `postroom send` must start in well under 2 s, and
 importing the whole app (FastAPI, every router, every transport) took most of that.
@@ -209,13 +209,18 @@ def serve(
         bool | None,
         typer.Option(help="Run the dispatcher in this process (default: POSTROOM_DISPATCHER)."),
     ] = None,
+    bounce_port: Annotated[
+        int | None,
+        typer.Option(help="Take bounce reports over SMTP on this port (POSTROOM_BOUNCE_PORT)."),
+    ] = None,
 ) -> None:
     """Run the API and, unless --no-dispatcher, the dispatcher."""
     import uvicorn
 
     from app.main import create_app
 
-    settings = _settings() if dispatcher is None else _settings(dispatcher=dispatcher)
+    overrides: dict[str, Any] = {"dispatcher": dispatcher, "bounce_port": bounce_port}
+    settings = _settings(**{k: v for k, v in overrides.items() if v is not None})
     with user_errors(settings):
         check_secret_keys(settings)
     _logging(settings)
@@ -380,6 +385,47 @@ def verify(name: str) -> None:
     if outcome.hint:
         typer.echo(f"hint: {outcome.hint}")
     raise typer.Exit(0 if outcome.ok else 1)
+
+
+EX_DATAERR = 65
+EX_TEMPFAIL = 75
+"""sysexits.h: what an MTA's pipe transport understands. 75 makes Postfix or Exim keep the report
+and try again later; 65 returns it (it is not a report, and never will be)."""
+
+
+@cli.command()
+def ingest(
+    recipient: Annotated[
+        list[str] | None,
+        typer.Option(help="The address the report was sent to (Postfix: ${original_recipient})."),
+    ] = None,
+) -> None:
+    """Record a bounce report (RFC 3464 DSN or RFC 5965 ARF) read from stdin, as an MTA pipes it.
+
+    Prints one line. Exit 0 only once its events are committed; 65 when stdin is not a report
+    (or is over 1 MiB); 75 (EX_TEMPFAIL: the MTA retries) for anything else, a database that
+    does not answer included."""
+    from app.events.bounces.dsn import MAX_REPORT_BYTES, NotAReport, parse
+    from app.events.bounces.service import Bounces, Ingested
+
+    raw = sys.stdin.buffer.read(MAX_REPORT_BYTES + 1)
+    try:
+        report = parse(raw)
+    except NotAReport as err:
+        fail(str(err), EX_DATAERR)
+
+    async def work(runtime: Runtime) -> Ingested:
+        bounces = Bounces(runtime.sessions, runtime.transports.verp, runtime.metrics)
+        return await bounces.record(report, recipient or ())
+
+    try:
+        done = _run(work)
+    except typer.Exit as err:  # the one line is said: only the code changes
+        raise typer.Exit(EX_TEMPFAIL) from err
+    except Exception as err:
+        logging.getLogger("postroom.ingest").exception("the report was not recorded")
+        fail(f"the report was not recorded ({type(err).__name__}); try again later", EX_TEMPFAIL)
+    typer.echo(done.summary())
 
 
 @cli.command("rotate-keys")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -88,6 +89,28 @@ class Settings(BaseSettings):
     migrate_on_start: bool = True
     """Upgrade the schema at start-up; with several replicas turn it off, run `postroom migrate`."""
     log_level: str = "INFO"
+
+    bounce_port: int | None = Field(None, ge=1, le=65535)
+    """Run the bounce listener (an SMTP server taking DSN and ARF reports) on this port in
+    `postroom serve`; unset: off."""
+    bounce_host: str = "127.0.0.1"
+    """Where the bounce listener binds: only the MTA that forwards bounces should reach it."""
+    bounce_imap_host: str | None = None
+    """Poll this IMAP server's mailbox for bounce reports (relays such as Microsoft 365 deliver
+    them to a mailbox); unset: off."""
+    bounce_imap_port: int = Field(993, ge=1, le=65535)
+    bounce_imap_security: Literal["tls", "starttls", "none"] = "tls"
+    bounce_imap_user: str = ""
+    bounce_imap_password: str = ""
+    bounce_imap_folder: str = "INBOX"
+    bounce_imap_done_folder: str = ""
+    """Move each processed message there; empty: leave it, flagged \\Seen."""
+    bounce_graph_poll: bool = False
+    """Run the Microsoft Graph bounce poll in this process: it reads the Inbox of every msgraph
+    profile that sets `pollBounces` (one process is enough; more only read the same twice)."""
+    bounce_poll_interval: float = Field(60.0, gt=0)
+    """Seconds between two polls of a bounce mailbox (IMAP, and Microsoft Graph profiles that set
+    `pollBounces`)."""
 
     @property
     def url(self) -> str:

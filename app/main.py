@@ -28,6 +28,8 @@ from app.delivery.transports import TransportCache
 from app.deps import Runtime, RuntimeDep
 from app.egress import EgressPolicy, http_client, parse_networks
 from app.errors import ERROR_RESPONSES, install_error_handlers
+from app.events.bounces.router import router as bounces_router
+from app.events.bounces.running import running_bounce_loops
 from app.events.hooks.router import router as hooks_router
 from app.events.hooks.service import EventHooks
 from app.events.providers.sns import Sns
@@ -207,6 +209,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.dispatcher:
             await stack.enter_async_context(running_dispatcher(runtime))
             await stack.enter_async_context(running_sender(runtime))
+        await stack.enter_async_context(running_bounce_loops(runtime))
         generated = await bootstrap_admin(runtime)
         if generated is not None:
             print(  # noqa: T201 - shown once, on purpose, on the console of the first start
@@ -279,6 +282,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(hooks_router)
     app.include_router(suppressions_router)
     app.include_router(unsubscribe_router)
+    app.include_router(bounces_router)
     install_console(app)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)

@@ -6,6 +6,7 @@ from app.console import models as console
 from app.db import Base
 from app.delivery import models as delivery
 from app.events import models as events
+from app.events.bounces import models as bounces
 from app.events.hooks import models as hooks
 from app.servers import models as servers
 from app.suppressions import models as suppressions
@@ -15,6 +16,7 @@ from app.webhooks import models as webhooks
 
 __all__ = [
     "Base",
+    "bounces",
     "branding",
     "console",
     "delivery",

@@ -20,7 +20,7 @@ from app.deps import Runtime
 from app.main import create_app
 from app.tables import Base
 
-pytest_plugins = ["tests.smtpd"]
+pytest_plugins = ["tests.smtpd", "tests.imapd"]
 
 PG_URL = os.environ.get("POSTROOM_TEST_DATABASE_URL")
 ADMIN = ("admin", "admin-password-123")

@@ -376,12 +376,14 @@ class Dispatcher:
                 self._fail_all(job, list(batch.recipients), err)
                 continue
             try:
-                await self._transaction(job, transport, outgoing)
+                await self._transaction(job, transport, self._envelope(job, job.profile, outgoing))
             except TransportError as err:
                 if err.before_data and job.fallback is not None:
                     try:
                         fallback = self._transport(job.fallback)
-                        await self._transaction(job, fallback, outgoing)
+                        await self._transaction(
+                            job, fallback, self._envelope(job, job.fallback, outgoing)
+                        )
                         continue
                     except TransportError as fallback_err:
                         err = fallback_err
@@ -390,6 +392,13 @@ class Dispatcher:
                     rest = [r for later in batches[index + 1 :] for r in later.recipients]
                     self._fail_all(job, rest, err)
                     return
+
+    def _envelope(
+        self, job: Job, profile: ServerProfile | None, outgoing: OutgoingMessage
+    ) -> OutgoingMessage:
+        """The envelope sender `profile` gets: a signed VERP address when it has a bounce domain
+        (app/events/bounces/verp.py), so its bounces name the message and recipient."""
+        return self.transports.verp.envelope(outgoing, profile, job.message.id, job.recipients)
 
     def _unsubscribe(self, job: Job) -> bool:
         """Whether the message carries one-click unsubscribe links: its own `listUnsubscribe`,

@@ -30,8 +30,9 @@ class Message(Base):
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
-    message_id: Mapped[str] = mapped_column(String(255))
-    """The RFC 5322 Message-ID, fixed at enqueue and kept on every attempt."""
+    message_id: Mapped[str] = mapped_column(String(255), index=True)
+    """The RFC 5322 Message-ID, fixed at enqueue and kept on every attempt; indexed for bounce
+    reports that name the mail only by it."""
     status: Mapped[str] = mapped_column(String(20), default="queued")
     sender: Mapped[str] = mapped_column(String(320), index=True)
     subject: Mapped[str] = mapped_column(String(1000), default="")

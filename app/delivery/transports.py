@@ -6,6 +6,8 @@ from datetime import datetime
 
 from app.config import Settings
 from app.crypto import SecretBox
+from app.events.bounces.verp import PURPOSE as VERP_PURPOSE
+from app.events.bounces.verp import Verp
 from app.servers.models import ServerProfile
 from app.servers.service import config_of
 from app.transports import registry
@@ -21,6 +23,8 @@ class TransportCache:
     def __init__(self, settings: Settings, box: SecretBox, context: TransportContext) -> None:
         self._box = box
         self._context = context
+        self.verp = Verp(box.derive(VERP_PURPOSE))
+        """Signs the envelope senders of profiles with a bounce domain."""
         self._builtin = registry.build(
             "file", BUILTIN, FileConfig(directory=settings.outbox_dir), context
         )

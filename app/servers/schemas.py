@@ -65,6 +65,7 @@ class SmtpProfile(ProfileFields):
         checks = [
             ("host", check_host, config.host),
             ("name", check_ehlo_name, config.name),
+            ("bounceDomain", check_host, config.bounce_domain),
             ("proxy", check_proxy_url, config.proxy and config.proxy.get_secret_value()),
             ("oauth2.tokenUrl", check_http_url, config.oauth2 and config.oauth2.token_url),
         ]

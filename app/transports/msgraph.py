@@ -44,6 +44,10 @@ class MsgraphConfig(CamelModel):
     """The mailbox that sends: its id or user principal name."""
     login_url: HttpUrl = "https://login.microsoftonline.com"
     graph_url: HttpUrl = "https://graph.microsoft.com"
+    poll_bounces: bool = False
+    """Poll the mailbox's Inbox for non-delivery reports (Graph has no bounce events) in the
+    process that sets POSTROOM_BOUNCE_GRAPH_POLL: needs the Mail.Read application permission as
+    well (app/events/bounces/graph.py)."""
 
 
 def _refusal(response: httpx.Response) -> Refusal:
@@ -86,18 +90,7 @@ class MsgraphTransport(HttpTransport):
         self._send_url = (
             f"{config.graph_url.rstrip('/')}/v1.0/users/{quote(config.user_id, safe='@')}/sendMail"
         )
-        self._tokens = TokenCache(
-            context.http,
-            TokenRequest(
-                token_url=f"{config.login_url.rstrip('/')}/{config.tenant_id}/oauth2/v2.0/token",
-                client_id=config.client_id,
-                client_secret=config.client_secret.get_secret_value(),
-                scope=GRAPH_SCOPE,
-                provider="Microsoft Entra ID",
-                credentials_fix=f"check {MsgraphConfig.credentials} (secrets expire)",
-                url_setting="loginUrl",
-            ),
-        )
+        self._tokens = TokenCache(context.http, token_request(config))
 
     async def _send(self, message: OutgoingMessage) -> SendResult:
         refuse_options(message, self.api.provider)
@@ -160,6 +153,19 @@ class MsgraphTransport(HttpTransport):
             else:
                 report.unchecked.append("whether the app has the Mail.Send application permission")
         return report
+
+
+def token_request(config: MsgraphConfig) -> TokenRequest:
+    """The app-only (client credentials) token for Graph, as sending and the bounce poll get it."""
+    return TokenRequest(
+        token_url=f"{config.login_url.rstrip('/')}/{config.tenant_id}/oauth2/v2.0/token",
+        client_id=config.client_id,
+        client_secret=config.client_secret.get_secret_value(),
+        scope=GRAPH_SCOPE,
+        provider="Microsoft Entra ID",
+        credentials_fix=f"check {MsgraphConfig.credentials} (secrets expire)",
+        url_setting="loginUrl",
+    )
 
 
 def _check_envelope(message: OutgoingMessage, mime: bytes) -> None:

@@ -108,6 +108,9 @@ class SmtpConfig(CamelModel):
     auth_method: Literal["plain", "login", "cram-md5", "xoauth2"] | None = None
     """None: the first the server offers of PLAIN, LOGIN, CRAM-MD5 (nodemailer's order)."""
     oauth2: OAuth2Settings | None = None
+    bounce_domain: SafeStr | None = Field(None, max_length=200, pattern=r"^[A-Za-z0-9.-]+$")
+    """When set, each message's envelope sender is `bounces+<token>@<bounceDomain>` (VERP): the
+    domain's MX hands bounces to Postroom (app/events/bounces)."""
     name: SafeStr | None = Field(None, max_length=253, pattern=r"^[^\s]+$")
     """The EHLO host name; default: POSTROOM_HOSTNAME, else this machine's name when it is a
     real one (not localhost), else the address literal of the connection ([192.0.2.1])."""

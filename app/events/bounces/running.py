@@ -1,0 +1,69 @@
+"""Starts the bounce loops a process is configured for (the listener, the IMAP poller, the
+Microsoft Graph poller), each supervised, and stops them with the process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from app.delivery.liveness import HEARTBEAT_EVERY
+from app.deps import Runtime
+from app.events.bounces.graph import GraphPoller
+from app.events.bounces.imap import ImapPoller, ImapSettings
+from app.events.bounces.listener import BounceListener
+from app.events.bounces.loop import Supervised
+from app.events.bounces.service import Bounces
+
+
+@asynccontextmanager
+async def running_bounce_loops(runtime: Runtime) -> AsyncIterator[list[Supervised]]:
+    """Yields the loops started (none when nothing is configured)."""
+    settings = runtime.settings
+    bounces = Bounces(runtime.sessions, runtime.transports.verp, runtime.metrics)
+    loops: list[Supervised] = []
+    async with AsyncExitStack() as stack:
+        if settings.bounce_port:
+            listener = BounceListener(
+                bounces, settings.bounce_host, settings.bounce_port, settings.hostname
+            )
+            stack.push_async_callback(listener.aclose)
+            loops.append(
+                Supervised(
+                    runtime.sessions,
+                    runtime.metrics,
+                    "bounce-listener",
+                    listener.ensure,
+                    HEARTBEAT_EVERY,
+                )
+            )
+        imap = ImapSettings.of(settings)
+        if imap is not None:
+            poller = ImapPoller(bounces, imap)
+            loops.append(
+                Supervised(
+                    runtime.sessions,
+                    runtime.metrics,
+                    "bounce-imap",
+                    poller.poll,
+                    settings.bounce_poll_interval,
+                )
+            )
+        if settings.bounce_graph_poll:
+            graph = GraphPoller(runtime.sessions, runtime.box, runtime.http, bounces)
+            loops.append(
+                Supervised(
+                    runtime.sessions,
+                    runtime.metrics,
+                    "bounce-graph",
+                    graph.poll,
+                    settings.bounce_poll_interval,
+                )
+            )
+        stopping = asyncio.Event()
+        tasks = [asyncio.create_task(loop.run(stopping)) for loop in loops]
+        try:
+            yield loops
+        finally:
+            stopping.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
