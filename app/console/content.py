@@ -4,11 +4,13 @@ app.themes.service and app.branding.service as the API routes use them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from markupsafe import Markup
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from app.branding import service as branding
@@ -146,28 +148,44 @@ async def update_template(
 async def _save_template(
     request: Request, form: Form, runtime: Runtime, name: str | None
 ) -> Response:
+    async def store(session: AsyncSession, target: str | None) -> None:
+        body = _template_in(form, target)
+        if name is None:
+            await themes.create_template(session, body)
+        else:
+            await themes.replace_template(session, name, body)
+
+    return await _save(request, form, runtime, "template", name, store)
+
+
+async def _save(
+    request: Request,
+    form: Form,
+    runtime: Runtime,
+    kind: str,
+    name: str | None,
+    store: Callable[[AsyncSession, str | None], Awaitable[None]],
+) -> Response:
+    """Store a template or theme (`kind`) from its form: back to its page when saved, else the
+    form again with what was wrong, field by field."""
     target = name or form.text("name")
     try:
-        body = _template_in(form, target or None)
         async with transaction(runtime.sessions) as session:
-            if name is None:
-                await themes.create_template(session, body)
-            else:
-                await themes.replace_template(session, name, body)
+            await store(session, target or None)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         values = {k: v for k, v in form.data.items() if isinstance(v, str)}
         return await _edit_page(
             request,
             runtime,
-            "template",
+            kind,
             name,
             values,
             status_of(err),
             form_error=summary,
             errors=fields,
         )
-    return redirect(f"{PREFIX}/templates/{target}?saved=1")
+    return redirect(f"{PREFIX}/{kind}s/{target}?saved=1")
 
 
 @router.post("/templates/{name}/preview")
@@ -246,28 +264,14 @@ async def update_theme(
 
 
 async def _save_theme(request: Request, form: Form, runtime: Runtime, name: str | None) -> Response:
-    target = name or form.text("name")
-    try:
-        body = _theme_in(form, target or None)
-        async with transaction(runtime.sessions) as session:
-            if name is None:
-                await themes.create_theme(session, body)
-            else:
-                await themes.replace_theme(session, name, body)
-    except (AppError, ValidationError) as err:
-        summary, fields = problems(err)
-        values = {k: v for k, v in form.data.items() if isinstance(v, str)}
-        return await _edit_page(
-            request,
-            runtime,
-            "theme",
-            name,
-            values,
-            status_of(err),
-            form_error=summary,
-            errors=fields,
-        )
-    return redirect(f"{PREFIX}/themes/{target}?saved=1")
+    async def store(session: AsyncSession, target: str | None) -> None:
+        body = _theme_in(form, target)
+        if name is None:
+            await themes.create_theme(session, body)
+        else:
+            await themes.replace_theme(session, name, body)
+
+    return await _save(request, form, runtime, "theme", name, store)
 
 
 @router.get("/branding")
