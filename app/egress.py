@@ -3,7 +3,7 @@
 By default link-local networks (cloud metadata at 169.254.169.254 included) are denied and
 everything else, LAN relays and localhost included, is allowed: most SMTP servers live on the LAN.
 
-SMTP resolves and checks its host itself before each connection (app/transports/smtp.py). Provider
+SMTP resolves and checks its host itself before each connection (app/transports/smtp/). Provider
 API calls go through `http_client`, whose transport does the same for every new connection: the
 URL's host is resolved here, every address checked, and the socket opened to a checked address
 (TLS still verifies the URL's host name), so a name that changes its answer between the check and

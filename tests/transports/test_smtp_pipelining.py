@@ -12,6 +12,7 @@ from app.transports import smtp
 from app.transports.base import TransportContext
 from app.transports.errors import PermanentError, TemporaryError
 from app.transports.smtp import SmtpTransport
+from app.transports.smtp.client import PipeliningProtocol
 from tests.smtpd import SmtpServer, StartServer, make_message
 
 pytestmark = pytest.mark.anyio
@@ -177,7 +178,7 @@ async def test_replies_that_arrive_together_are_read_one_by_one_in_order() -> No
     """Several replies in one read, and a reply arriving while the one before waits to be
     picked up: aiosmtplib's own protocol would drop the later ones."""
     loop = asyncio.get_running_loop()
-    protocol = smtp._PipeliningProtocol(loop=loop)
+    protocol = PipeliningProtocol(loop=loop)
     protocol.connection_made(_Transport())
 
     protocol.data_received(b"250 2.1.0 sender ok\r\n250 2.1.5 rcpt ok\r\n")
