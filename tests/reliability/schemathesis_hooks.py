@@ -8,6 +8,9 @@ tested in tests/users.
 `cursor` (GET /api/v1/messages, /api/v1/suppressions) is an opaque token only a previous page
 hands out: any string the fuzzer makes up is a 400 by design, so it is not sent (bad cursors are
 pinned in test_security and tests/suppressions).
+
+A bounce report (POST /api/v1/hooks/dsn) is raw bytes as `message/rfc822`: sent as the octet
+stream serializer sends bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 import schemathesis
 
 FUZZ_ADMIN = "admin"
+
+schemathesis.serializer.alias("message/rfc822", "application/octet-stream")
 
 
 @schemathesis.hook
