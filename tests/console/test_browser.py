@@ -208,6 +208,25 @@ def test_a_template_previews_as_it_is_typed(page: Any, axe_source: str) -> None:
         check_accessibility(page, axe_source)
 
 
+def test_add_a_suppression_and_a_webhook(page: Any, axe_source: str) -> None:
+    page.click("text=Suppressions")
+    page.fill("#a-address", "gone@example.org")
+    page.select_option("#a-reason", "complaint")
+    page.click("button:text('Add')")
+    page.wait_for_url(re.compile(r"/console/suppressions\?done=added$"))
+    assert "complaint" in page.locator("tbody tr", has_text="gone@example.org").inner_text()
+    page.click("text=Webhooks")
+    page.fill("#w-url", "http://127.0.0.1:9/hooks/postroom")
+    page.uncheck("#w-type-opened")
+    page.click("button:text('Add endpoint')")
+    assert page.locator("#secret").inner_text().startswith("whsec_")
+    check_accessibility(page, axe_source)
+    page.click("text=Send test event")
+    page.locator("tr.delivery", has_text="webhook.test").wait_for()
+    page.reload()
+    assert page.locator("#secret").count() == 0
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -219,6 +238,8 @@ def test_a_template_previews_as_it_is_typed(page: Any, axe_source: str) -> None:
         f"/console/users/{ADMIN[0]}/delete",
         "/console/records?from=not-a-date",
         "/console/servers/nosuchprofile",
+        "/console/suppressions",
+        "/console/webhooks",
     ],
 )
 def test_the_other_pages_pass_axe(page: Any, axe_source: str, path: str) -> None:
