@@ -3,7 +3,8 @@
 Log in; add an SMTP relay with STARTTLS required and a private CA through the form; verify it
 (each step listed), break it without saving and see the failing step and its hint; send a test
 that reaches the sink; post a message with the API and find it in the records by recipient;
-open it and see its attempt; the dashboard; a sender cannot open the servers page; a form
+open it and see its attempt; the dashboard; add a suppression and a webhook (its secret shown
+once) and queue a test event; a sender cannot open the servers page; a form
 without its CSRF token is refused; log out. axe-core checks every page on the way."""
 
 from __future__ import annotations
