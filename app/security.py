@@ -182,7 +182,10 @@ class Authenticator:
         return await self._recheck(key, entry, name)
 
     def _refresh(self, key: bytes, entry: _Verified, name: str) -> None:
-        task = asyncio.create_task(self._recheck(key, entry, name))
+        # Marked read now, not when the task starts: the requests of this very loop iteration
+        # would each start a re-read of their own otherwise.
+        before, entry.checked = entry.checked, time.monotonic()
+        task = asyncio.create_task(self._reread(key, entry, name, before))
         self._refreshing.add(task)
         task.add_done_callback(self._refreshed)
 
@@ -195,6 +198,11 @@ class Authenticator:
         """Read the user row again: False (and the entry dropped) when the user is gone or its
         hash changed. Requests meanwhile keep using the entry: one read per credential."""
         before, entry.checked = entry.checked, time.monotonic()
+        return await self._reread(key, entry, name, before)
+
+    async def _reread(self, key: bytes, entry: _Verified, name: str, before: float) -> bool:
+        """The read of `_recheck` and `_refresh`, the entry already marked read (`before` is put
+        back when the read fails, so the next request tries again)."""
         try:
             row = await self._user(name)
         except BaseException:
