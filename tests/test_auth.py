@@ -306,6 +306,29 @@ async def test_cached_credentials_read_the_user_row_twice_a_second_at_most(
     assert 2 <= len(reads) <= 1.2 / RECHECK_SECONDS + 1, (len(reads), requests)
 
 
+async def test_concurrent_requests_on_a_due_credential_read_the_row_once(
+    admin: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """Under load, the requests that find a credential due do not each re-read its row (each
+    read is a transaction of its own: on SQLite it would split the intake's group commits)."""
+    reads: list[str] = []
+
+    def saw(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM users" in statement:
+            reads.append(statement)
+
+    assert (await admin.get("/api/v1/servers")).status_code == 200  # verified and cached
+    await asyncio.sleep(RECHECK_SECONDS + 0.05)  # due: re-read in the background
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", saw)
+    try:
+        answers = await asyncio.gather(*(admin.get("/api/v1/servers") for _ in range(32)))
+        await asyncio.sleep(0.1)  # the background read has ended
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", saw)
+    assert [a.status_code for a in answers] == [200] * 32
+    assert len(reads) == 1, reads
+
+
 async def test_the_failed_login_throttle_is_shared_by_replicas(
     anon: httpx.AsyncClient, replica: Any
 ) -> None:
