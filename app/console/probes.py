@@ -18,16 +18,24 @@ from app.console.web import (
     render,
     status_of,
 )
+from app.db import transaction
 from app.delivery import probe
-from app.deps import RuntimeDep
+from app.deps import RuntimeDep, client_address
 from app.errors import AppError
+from app.events.service import tally
+from app.security import Principal
 from app.servers import service
 
 router = APIRouter(prefix=f"{PREFIX}/servers", route_class=ConsoleRoute, include_in_schema=False)
 
 
 async def _run(
-    request: Request, name: str, form: CheckedForm, runtime: RuntimeDep, action: str
+    request: Request,
+    name: str,
+    admin: Principal,
+    form: CheckedForm,
+    runtime: RuntimeDep,
+    action: str,
 ) -> Response:
     async with runtime.sessions() as session:
         stored = service.to_out(
@@ -52,6 +60,11 @@ async def _run(
         if to is not None:
             await runtime.test_sends.hit(name)
             test = await probe.send_test(found, to, runtime.transport_context)
+            async with transaction(runtime.sessions) as session:
+                events = await probe.record_test(
+                    session, found, test, by=admin.name, client_ip=client_address(request)
+                )
+            runtime.metrics.count_events(tally(events))
         else:
             report = await probe.verify(found, runtime.transport_context)
     except (AppError, ValidationError) as err:
@@ -81,15 +94,15 @@ async def _run(
 
 @router.post("/{name}/verify")
 async def verify(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, admin: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     """Connect, greet, EHLO, TLS, AUTH, quit with the form as it is now: nothing is saved."""
-    return await _run(request, name, form, runtime, "verify")
+    return await _run(request, name, admin, form, runtime, "verify")
 
 
 @router.post("/{name}/test")
 async def test(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, admin: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     """Send the test mail with the form as it is now (throttled like the API's)."""
-    return await _run(request, name, form, runtime, "test")
+    return await _run(request, name, admin, form, runtime, "test")

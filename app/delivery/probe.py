@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,15 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.branding import service as branding
 from app.db import utcnow
 from app.delivery.compose import compose, new_message_id
+from app.delivery.events import event_type
 from app.delivery.grouping import Batch
+from app.delivery.models import Attempt, Message, Recipient
 from app.errors import Invalid
+from app.events.service import DeliveryEvent, record_events
 from app.schemas import CamelModel
 from app.servers import service as servers
 from app.servers.service import Profiles
 from app.transports import registry
 from app.transports.base import Address, TransportContext, VerifyReport, VerifyStep
 from app.transports.errors import TemporaryError, TransportError
-from app.transports.result import FINAL_OK
+from app.transports.result import FINAL_OK, RecipientStatus
 from app.transports.smtp import CLOSED_AFTER_HANDSHAKE, NO_STARTTLS, SmtpConfig
 
 log = logging.getLogger("postroom.probe")
@@ -175,6 +179,8 @@ class TestOutcome(CamelModel):
     error: str | None = None
     hint: str | None = None
     """What an admin most likely has to change, when the error is a usual mistake."""
+    record: str | None = None
+    """The test mail's sending record (GET /api/v1/messages/{record})."""
 
 
 class VerifyStepOut(CamelModel):
@@ -209,8 +215,9 @@ def text_of_test_mail(found: Candidate) -> str:
 
 
 async def send_test(found: Candidate, to: str, context: TransportContext) -> TestOutcome:
-    """Send the test mail now (not queued) and say how it went."""
-    sender = found.sender or Address(to)
+    """Send the test mail now (not queued) and say how it went; `record_test` then keeps it in
+    the sending records."""
+    sender = _test_sender(found, to)
     text = text_of_test_mail(found)
     message_id = new_message_id(sender.email)
     payload = {"subject": TEST_SUBJECT, "text": text, "to": [{"email": to}]}
@@ -254,6 +261,74 @@ async def send_test(found: Candidate, to: str, context: TransportContext) -> Tes
         error_code="EENVELOPE" if refused else None,
         error="; ".join(f"{r}: {s.code} {s.message}" for r, s in refused.items()) or None,
     )
+
+
+def _test_sender(found: Candidate, to: str) -> Address:
+    return found.sender or Address(to)
+
+
+async def record_test(
+    session: AsyncSession, found: Candidate, test: TestOutcome, *, by: str, client_ip: str | None
+) -> list[DeliveryEvent]:
+    """Keep a test mail that was sent (or refused) in the sending records, as a message with its
+    one attempt and its event, so it is found there like any other mail; sets `test.record`.
+    Returns the events recorded, for the metrics once committed."""
+    now = utcnow()
+    recipient_status: RecipientStatus = (
+        "sent" if test.ok else "rejected" if test.error_code == "EENVELOPE" else "failed"
+    )
+    sender = _test_sender(found, test.to)
+    recipient = Recipient(
+        email=test.to,
+        kind="to",
+        status=recipient_status,
+        code=test.reply_code,
+        response=test.error or test.reply,
+        updated_at=now,
+    )
+    attempt = Attempt(
+        number=1,
+        server=found.name,
+        started_at=now - timedelta(milliseconds=test.duration_ms),
+        duration_ms=test.duration_ms,
+        outcome="sent" if test.ok else "failed",
+        recipients=1,
+        tls_version=test.tls_version,
+        reply_code=test.reply_code,
+        reply=test.reply,
+        error_code=test.error_code,
+        error=test.error,
+    )
+    message = Message(
+        message_id=test.message_id,
+        status="sent" if test.ok else "failed",
+        sender=sender.email,
+        subject=TEST_SUBJECT,
+        server=found.name,
+        payload={"subject": TEST_SUBJECT, "to": [{"email": test.to}], "test": True},
+        created_by=by,
+        client_ip=client_ip,
+        attempts=1,
+        last_error=test.error,
+        created_at=attempt.started_at,
+        sent_at=now if test.ok else None,
+        recipients=[recipient],
+        attempt_log=[attempt],
+    )
+    session.add(message)
+    await session.flush()
+    test.record = message.id
+    event = DeliveryEvent(
+        message_pk=message.id,
+        type=event_type(recipient_status),
+        recipient_pk=recipient.id,
+        email=test.to,
+        occurred_at=now,
+        profile=found.name,
+        reason=test.error or test.reply,
+        diagnostic_code=None if test.reply_code is None else str(test.reply_code),
+    )
+    return await record_events(session, [event])
 
 
 async def _guarded(call: Awaitable[T], profile: str) -> T:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import Field
 
+from app.db import transaction
 from app.delivery import probe
 from app.delivery.probe import TestOutcome, VerifyOutcome
-from app.deps import AdminUser, RuntimeDep
+from app.deps import AdminUser, RuntimeDep, client_address
+from app.events.service import tally
 from app.schemas import CamelModel, EmailAddress
 
 router = APIRouter(prefix="/api/v1/servers", tags=["servers"])
@@ -31,14 +33,23 @@ class TestBody(ProbeBody):
 
 
 @router.post("/{name}/test", response_model=TestOutcome)
-async def test_server(name: str, body: TestBody, _: AdminUser, runtime: RuntimeDep) -> TestOutcome:
+async def test_server(
+    name: str, body: TestBody, admin: AdminUser, request: Request, runtime: RuntimeDep
+) -> TestOutcome:
     """Send the test mail now, not queued; at most a few a minute per profile (all replicas
-    together). `to` defaults to the profile's sender, else the branding sender."""
+    together). `to` defaults to the profile's sender, else the branding sender. The mail is kept
+    in the sending records (`record`), sent or not."""
     async with runtime.sessions() as session:
         found = await probe.candidate(session, runtime.profiles, name, body.changes)
         to = await probe.test_recipient(session, found, body.to)
     await runtime.test_sends.hit(name)
-    return await probe.send_test(found, to, runtime.transport_context)
+    test = await probe.send_test(found, to, runtime.transport_context)
+    async with transaction(runtime.sessions) as session:
+        events = await probe.record_test(
+            session, found, test, by=admin.name, client_ip=client_address(request)
+        )
+    runtime.metrics.count_events(tally(events))
+    return test
 
 
 @router.post("/{name}/verify", response_model=VerifyOutcome)

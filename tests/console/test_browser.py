@@ -143,6 +143,23 @@ def test_send_a_test_mail(page: Any, sink: SmtpServer) -> None:
     assert transaction.tls_version is not None  # STARTTLS, trusted through the uploaded CA
 
 
+def test_find_the_test_mail_in_the_records(page: Any) -> None:
+    """The done criterion's last step, in the browser only: the test mail just sent is in the
+    sending records, found by its recipient."""
+    page.click("text=Sending records")
+    page.fill("#q-recipient", "ops@example.com")
+    page.click("button:text('Search')")
+    page.wait_for_url(re.compile(r"recipient=ops%40example.com"))
+    rows = page.locator("tbody tr")
+    assert rows.count() == 1
+    subject = "Congratulation! Your mail server is configured successfully."
+    assert subject in rows.first.inner_text()
+    page.click(f"text={subject}")
+    page.wait_for_url(re.compile(r"/console/records/[0-9a-f]{32}$"))
+    assert page.locator("tr.attempt").count() == 1
+    assert "ops@example.com" in page.content()
+
+
 def test_find_a_message_posted_with_the_api(
     page: Any, axe_source: str, live_server: LiveServer, sink: SmtpServer
 ) -> None:

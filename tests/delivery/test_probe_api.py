@@ -163,3 +163,44 @@ def test_the_test_mail_names_the_port_it_connects_to() -> None:
     plain = Candidate("plain", "smtp", SmtpConfig.model_validate({"host": "mx.example"}), None)
     assert "Host: localhost\nPort: 465\n" in text_of_test_mail(implicit)
     assert "Host: mx.example\nPort: 25\n" in text_of_test_mail(plain)
+
+
+async def test_a_test_mail_is_kept_in_the_sending_records(
+    admin: httpx.AsyncClient, smtp_server_factory: StartServer
+) -> None:
+    """Sent or refused, a test mail is found in the records like any other mail: its one
+    attempt, its recipient's result and event (issue 15's "send a test, and find it")."""
+    good = smtp_server_factory(users={"alice": "right"})
+    await add_smtp_profile(admin, good, settings={"user": "alice", "pass": "right"})
+    sent = (await admin.post("/api/v1/servers/relay/test", json={"to": "me@example.com"})).json()
+    assert sent["ok"] is True
+    found = (await admin.get("/api/v1/messages", params={"recipient": "me@example.com"})).json()
+    [summary] = found["items"]
+    assert summary["id"] == sent["record"]
+    record = (await admin.get(f"/api/v1/messages/{sent['record']}")).json()
+    assert (record["status"], record["server"], record["messageId"]) == (
+        "sent",
+        "relay",
+        sent["messageId"],
+    )
+    [recipient] = record["recipients"]
+    assert (recipient["email"], recipient["status"]) == ("me@example.com", "sent")
+    assert [e["type"] for e in recipient["events"]] == ["queued", "sent"]
+    [attempt] = record["attemptLog"]
+    assert (attempt["outcome"], attempt["replyCode"]) == ("sent", 250)
+
+    refused = (
+        await admin.patch("/api/v1/servers/relay", json={"settings": {"pass": "wrong"}})
+    ).status_code
+    assert refused == 200
+    failed = (await admin.post("/api/v1/servers/relay/test", json={"to": "you@example.com"})).json()
+    assert failed["ok"] is False
+    record = (await admin.get(f"/api/v1/messages/{failed['record']}")).json()
+    assert record["status"] == "failed"
+    [attempt] = record["attemptLog"]
+    assert (attempt["outcome"], attempt["errorCode"], attempt["replyCode"]) == (
+        "failed",
+        "EAUTH",
+        535,
+    )
+    assert "wrong" not in str(record)
