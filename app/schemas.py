@@ -169,6 +169,14 @@ def a_label_domain(domain: str) -> str:
         return domain
 
 
+def comparable(entry: str) -> str:
+    """An address or a domain in one spelling, for matching rules and lists against what is sent:
+    lower case, the domain as A-labels (so bücher.example and xn--bcher-kva.example match,
+    whichever one was stored or sent)."""
+    local, at, domain = entry.lower().rpartition("@")
+    return f"{local}{at}{a_label_domain(domain)}"
+
+
 def a_labels(address: str) -> str:
     """The address as it goes on the wire, its domain in A-labels (as nodemailer sends it):
     bob@bücher.example -> bob@xn--bcher-kva.example. A non-ASCII local part stays: only

@@ -9,13 +9,11 @@ for them. Admins are not bounded and cost nothing here.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import idna
-
 from app.errors import Forbidden
+from app.schemas import comparable
 from app.security import Principal
 
 if TYPE_CHECKING:
@@ -45,16 +43,6 @@ class Bounds:
         if self.allowed_servers is not None:
             return profile in self.allowed_servers
         return is_default
-
-
-def comparable(entry: str) -> str:
-    """An address or a domain in one spelling: lower case, the domain as A-labels (so
-    bücher.example and xn--bcher-kva.example match, whichever one was stored or sent)."""
-    local, at, domain = entry.lower().rpartition("@")
-    if not domain.isascii():
-        with contextlib.suppress(idna.IDNAError):  # else as it is: it matches no A-label
-            domain = idna.encode(domain, uts46=True).decode()
-    return f"{local}{at}{domain}"
 
 
 def bounds_of(principal: Principal) -> Bounds:

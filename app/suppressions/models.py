@@ -1,6 +1,6 @@
 """The suppression list: addresses Postroom does not send to, globally or through one profile.
 
-An address is stored in one spelling (`app.messages.bounds.comparable`: lower case, the domain in
+An address is stored in one spelling (`app.schemas.comparable`: lower case, the domain in
 A-labels), so the dispatcher's check is an exact, indexed match. The global scope is the empty
 string, not NULL: a unique constraint treats NULLs as distinct, and one address must not be
 suppressed twice in one scope.

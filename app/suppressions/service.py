@@ -21,7 +21,7 @@ from app.config import Settings
 from app.db import among, utcnow
 from app.delivery.transports import BUILTIN
 from app.errors import BadRequest, Conflict, Invalid, NotFound
-from app.messages.bounds import comparable
+from app.schemas import comparable
 from app.servers.models import ServerProfile
 from app.suppressions.models import (
     GLOBAL,
