@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import among, transaction, update_by_id, utcnow
-from app.delivery import outbox
+from app.delivery import outbox, quota
 from app.delivery.compose import compose, group_names
 from app.delivery.events import attempt_event
 from app.delivery.grouping import Batch, plan
@@ -38,6 +38,7 @@ from app.transports.errors import (
     ConfigurationError,
     PermanentError,
     TemporaryError,
+    Throttled,
     TransportError,
 )
 from app.transports.result import FINAL_OK, PERMANENT, RecipientResult, RecipientStatus
@@ -72,6 +73,8 @@ class Job:
     delivered_any: bool = False
     servers: dict[str, str] = field(default_factory=dict)
     """The profile each recipient's last transaction went through (a fallback's, maybe)."""
+    throttled: dict[str, float] = field(default_factory=dict)
+    """Seconds each profile whose server said "too many" asked every worker to wait."""
 
 
 class Dispatcher:
@@ -470,6 +473,8 @@ class Dispatcher:
             outcome = "deferred" if isinstance(error, TemporaryError) else "failed"
             if error.ambiguous:
                 self.metrics.ambiguous.inc()
+            if isinstance(error, Throttled):
+                job.throttled[server] = max(job.throttled.get(server, 0.0), error.wait)
             if isinstance(error, ConfigurationError):
                 job.config_error = str(error)
                 self.metrics.configuration_errors.labels(profile=server, code=error.code).inc()
@@ -557,6 +562,7 @@ class Dispatcher:
                         job.claim.id,
                         job.claim.attempt,
                     )
+            await quota.throttle(session, [job.throttled for job in jobs], now)
             if not live:
                 return
             await session.execute(*update_by_id(MESSAGES, [values for _, values in live]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import ID, Base, new_id, table_of, utcnow
@@ -134,3 +134,25 @@ class Heartbeat(Base):
     beat_at: Mapped[datetime] = mapped_column(default=utcnow)
     error: Mapped[str | None] = mapped_column(Text)
     """The last exception the loop survived, with when it happened, until a pass succeeds."""
+
+
+class QuotaBucket(Base):
+    """A profile's sending quota as every worker sees it (app/delivery/quota.py): what its rate
+    limit's windows have counted, and until when its provider asked it to slow down. Locked by
+    the claim that takes from it, so 1 or 8 workers send at the same rate."""
+
+    __tablename__ = "quota_buckets"
+
+    profile: Mapped[str] = mapped_column(
+        String(50), ForeignKey("server_profiles.name", ondelete="CASCADE"), primary_key=True
+    )
+    state: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """The windows' counts and the bookings (app/delivery/buckets.py); null until first used."""
+    throttled_until: Mapped[datetime | None]
+    """The provider answered "too many" (HTTP 429, SMTP 421 4.7.x): nothing goes before then."""
+    held: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Messages the quota held back (their due time moved), ever: a counter for /metrics."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+QUOTA_BUCKETS = table_of(QuotaBucket)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app.db import Base, among, utcnow
+from app.delivery import quota
 from app.delivery.models import Message, Recipient
 
 K = TypeVar("K", str, int)
@@ -82,8 +83,20 @@ class RetryPolicy:
 async def claim(
     session: AsyncSession, *, limit: int, lease: float, now: datetime | None = None
 ) -> list[Claim]:
-    """Claim up to `limit` due messages; call inside a transaction of its own."""
-    return await claim_due(session, MESSAGE_QUEUE, limit=limit, lease=lease, now=now)
+    """Claim up to `limit` due messages; call inside a transaction of its own. Those a rate
+    limit holds back go back in the queue (app/delivery/quota.py); while a claim is all such,
+    the next rows are looked at (a few rounds at most), so a backlog held back does not keep
+    other profiles' messages waiting for the next poll."""
+    now = now or utcnow()
+    for _ in range(HELD_ROUNDS):
+        claims = await claim_due(session, MESSAGE_QUEUE, limit=limit, lease=lease, now=now)
+        admitted = await quota.admit(session, claims, now)
+        if admitted or not claims:
+            return admitted
+    return []
+
+
+HELD_ROUNDS = 8
 
 
 async def claim_due(

@@ -30,6 +30,8 @@ class ServerProfile(Base):
     theme: Mapped[str | None] = mapped_column(String(50))
     list_unsubscribe: Mapped[bool] = mapped_column(default=False)
     """Messages through it carry one-click unsubscribe links (RFC 8058) unless they say not."""
+    rate_limit: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """Its RateLimit as the API shows it (camelCase); null: no limit."""
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     secrets: Mapped[str | None] = mapped_column(Text)
     health: Mapped[str] = mapped_column(String(10), default="unknown")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from app.errors import FieldsError
 from app.schemas import CamelModel, EmailAddress, Integer, SafeStr
@@ -31,6 +31,35 @@ Text = Annotated[str, AfterValidator(_no_nul)]
 """Free text, line breaks allowed (PostgreSQL cannot store NUL)."""
 
 
+WINDOWS = {"perSecond": 1, "perMinute": 60, "perHour": 3600, "perDay": 86_400}
+"""The rate limit's windows, by name, and their length in seconds."""
+Rate = Annotated[Integer, Field(ge=1, le=1_000_000_000)]
+
+
+class RateLimit(CamelModel):
+    """At most so many messages (or recipients) in any second, minute, hour or day (each window
+    rolling, as Microsoft 365, Gmail and Amazon SES count), through this profile, whatever the
+    number of workers: held back messages stay queued, due when their turn comes."""
+
+    per_second: Rate | None = None
+    per_minute: Rate | None = None
+    per_hour: Rate | None = None
+    per_day: Rate | None = None
+    count: Literal["messages", "recipients"] = "messages"
+    """What a window counts: messages, or their recipients (Microsoft 365's 10,000 a day)."""
+
+    @model_validator(mode="after")
+    def _some_window(self) -> RateLimit:
+        if not self.windows():
+            raise ValueError(f"set at least one of {', '.join(WINDOWS)}")
+        return self
+
+    def windows(self) -> dict[str, int]:
+        """The limit of each window set, by the window's name."""
+        dumped = self.model_dump(by_alias=True, exclude={"count"})
+        return {name: limit for name, limit in dumped.items() if limit is not None}
+
+
 class ProfileFields(CamelModel):
     """What every profile has, whatever its type."""
 
@@ -51,6 +80,8 @@ class ProfileFields(CamelModel):
     """Every message through this profile carries a signed one-click unsubscribe link
     (List-Unsubscribe, RFC 8058) unless it sets `listUnsubscribe: false`; needs
     POSTROOM_PUBLIC_URL. A POST to the link suppresses the address for this profile."""
+    rate_limit: RateLimit | None = None
+    """How fast messages go through this profile, counted across every worker."""
 
 
 class SmtpProfile(ProfileFields):
@@ -128,6 +159,7 @@ class ProfileOut(CamelModel):
     fallback: str | None
     theme: str | None
     list_unsubscribe: bool
+    rate_limit: RateLimit | None
     settings: dict[str, Any]
     """The type's settings; each secret appears only as `<name>Set: true|false`."""
     health: Health

@@ -36,6 +36,7 @@ COMMON_FIELDS = (
     "fallback",
     "theme",
     "listUnsubscribe",
+    "rateLimit",
 )
 
 
@@ -124,6 +125,7 @@ def to_out(profile: ServerProfile, routing: MailRouting, box: SecretBox) -> Prof
         fallback=profile.fallback,
         theme=profile.theme,
         list_unsubscribe=profile.list_unsubscribe,
+        rate_limit=profile.rate_limit,
         settings=settings,
         health=Health.model_validate(
             {
@@ -245,6 +247,8 @@ async def _apply(
     profile.fallback = body.fallback
     profile.theme = body.theme
     profile.list_unsubscribe = body.list_unsubscribe
+    limit = body.rate_limit
+    profile.rate_limit = limit.model_dump(by_alias=True, exclude_none=True) if limit else None
     profile.settings = public
     profile.secrets = ctx.box.encrypt(stored) if stored else None
     profile.updated_at = utcnow()

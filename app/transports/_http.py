@@ -41,12 +41,13 @@ from app.transports.errors import (
     CredentialsError,
     PermanentError,
     TemporaryError,
+    Throttled,
     TransportError,
     unknown_host,
 )
 from app.transports.result import SendResult
 
-Kind = Literal["temporary", "credentials", "permanent"]
+Kind = Literal["temporary", "throttled", "credentials", "permanent"]
 """How a refusal is retried: later, later after an admin fixed the profile, or never."""
 
 _log = logging.getLogger(__name__)
@@ -187,6 +188,9 @@ def refusal_error(api: Api, response: httpx.Response) -> TransportError:
     if kind == "credentials":
         message = f"{api.provider} refused the credentials: {fix or api.credentials_fix}"
         return CredentialsError(message, code="EAUTH", **options)
+    if kind == "throttled":
+        message = f"{api.provider} asked to slow down" + (f": {fix}" if fix else "")
+        return Throttled(message, code="EAPI", **options)
     if kind == "temporary":
         message = f"{api.provider} failed, retry later" + (f": {fix}" if fix else "")
         return TemporaryError(message, code="EAPI", **options)
@@ -197,10 +201,13 @@ def refusal_error(api: Api, response: httpx.Response) -> TransportError:
 
 
 def kind_of_status(status: int) -> Kind:
-    """HTTP 408/429/5xx are retried, 401/403 are credentials, any other status is permanent."""
+    """HTTP 429 slows the profile down, 408/5xx are retried, 401/403 are credentials, any other
+    status is permanent."""
+    if status == 429:
+        return "throttled"
     if status in (401, 403):
         return "credentials"
-    if status in (408, 429) or status >= 500:
+    if status == 408 or status >= 500:
         return "temporary"
     return "permanent"
 

@@ -1,7 +1,9 @@
 """Errors a transport raises when a whole send fails.
 
     TransportError                 code: nodemailer's words (ECONNECTION, ETIMEDOUT, EAUTH, ...)
-    ├── TemporaryError             retry later (SMTP 4xx, timeouts, HTTP 408/429/5xx, ...)
+    ├── TemporaryError             retry later (SMTP 4xx, timeouts, HTTP 408/5xx, ...)
+    │   ├── Throttled              the server said "too many" (HTTP 429, SMTP 421 4.7.x): the
+    │   │                          whole profile waits, on every worker
     │   └── ConfigurationError     a setting is wrong (untrusted certificate, requireTLS without
     │       │                      STARTTLS, client certificate refused, host that does not
     │       │                      exist): retried, and shown on the profile's health
@@ -60,6 +62,18 @@ class TransportError(Exception):
 
 class TemporaryError(TransportError):
     """Retry later: the same send may succeed."""
+
+
+class Throttled(TemporaryError):
+    """The server asked us to slow down: this send is retried, and no worker sends through the
+    profile again before `wait` seconds (app/delivery/quota.py)."""
+
+    DEFAULT_WAIT = 60.0
+    """Seconds to wait when the server did not say (SMTP never does; Amazon SES does not)."""
+
+    @property
+    def wait(self) -> float:
+        return self.retry_after if self.retry_after is not None else self.DEFAULT_WAIT
 
 
 class ConfigurationError(TemporaryError):

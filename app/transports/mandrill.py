@@ -74,7 +74,7 @@ API = Api(
         "PaymentRequired": Rule("permanent", "the Mandrill account needs a positive balance"),
         "Unknown_Subaccount": Rule("permanent"),
         "ValidationError": Rule("permanent"),
-        "RequestLimitExceeded": Rule("temporary"),
+        "RequestLimitExceeded": Rule("throttled"),
         "GeneralError": Rule("temporary"),
         "ServiceUnavailable": Rule("temporary"),
     },

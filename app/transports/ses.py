@@ -91,9 +91,9 @@ API = Api(
     ),
     url_setting="endpointUrl",
     rules={
-        "TooManyRequestsException": Rule("temporary"),
-        "ThrottlingException": Rule("temporary"),
-        "Throttling": Rule("temporary"),
+        "TooManyRequestsException": Rule("throttled"),
+        "ThrottlingException": Rule("throttled"),
+        "Throttling": Rule("throttled"),
         "MessageRejected": Rule("permanent", _VERIFY_SENDER),
         "MailFromDomainNotVerifiedException": Rule(
             "permanent", "verify the custom MAIL FROM domain of the sender in SES"

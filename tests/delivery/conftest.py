@@ -8,7 +8,7 @@ from sqlalchemy import update
 
 from app.db import transaction, utcnow
 from app.delivery.dispatcher import Dispatcher
-from app.delivery.models import Message
+from app.delivery.models import Message, QuotaBucket
 from app.deps import Runtime
 from tests.conftest import allow_sender
 from tests.smtpd import SmtpServer
@@ -25,6 +25,12 @@ async def make_due(runtime: Runtime) -> None:
         await session.execute(
             update(Message).where(Message.status == "queued").values(next_attempt_at=utcnow())
         )
+
+
+async def end_throttles(runtime: Runtime) -> None:
+    """Skip the wait a provider asked for: no profile is throttled any more."""
+    async with transaction(runtime.sessions) as session:
+        await session.execute(update(QuotaBucket).values(throttled_until=None))
 
 
 async def add_smtp_profile(

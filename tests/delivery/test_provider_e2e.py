@@ -22,7 +22,7 @@ import respx
 
 from app.delivery.dispatcher import Dispatcher
 from app.deps import Runtime
-from tests.delivery.conftest import make_due, record, send
+from tests.delivery.conftest import end_throttles, make_due, record, send
 from tests.servers.helpers import BODIES, body, create
 
 pytestmark = pytest.mark.anyio
@@ -182,6 +182,11 @@ async def test_ses_throttling_is_retried_and_then_sent(
 
     await dispatcher.drain()
     assert route.call_count == 1, "not due yet"
+    await make_due(runtime)
+    await dispatcher.drain()
+    assert route.call_count == 1, "the profile waits a minute (Throttled.DEFAULT_WAIT)"
+    assert (await record(sender, message_id))["attempts"] == 1, "held back, not an attempt"
+    await end_throttles(runtime)
     await make_due(runtime)
     await dispatcher.drain()
 

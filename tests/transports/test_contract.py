@@ -26,6 +26,7 @@ from app.transports.errors import (
     CredentialsError,
     PermanentError,
     TemporaryError,
+    Throttled,
     TransportError,
     UnsupportedFeature,
 )
@@ -175,7 +176,7 @@ async def test_an_unknown_option_raises_before_any_request(
         (401, CredentialsError),
         (403, CredentialsError),
         (408, TemporaryError),
-        (429, TemporaryError),
+        (429, Throttled),
         (500, TemporaryError),
         (502, TemporaryError),
         (503, TemporaryError),

@@ -16,6 +16,7 @@ from app.transports.errors import (
     CredentialsError,
     PermanentError,
     TemporaryError,
+    Throttled,
     TransportError,
     UnsupportedFeature,
 )
@@ -140,7 +141,7 @@ async def test_a_recipient_missing_from_the_answer_is_deferred(
         (422, -2, "ValidationError", PermanentError),
         (402, 10, "PaymentRequired", PermanentError),
         (404, 12, "Unknown_Subaccount", PermanentError),
-        (429, 429, "RequestLimitExceeded", TemporaryError),
+        (429, 429, "RequestLimitExceeded", Throttled),
         (500, -1, "GeneralError", TemporaryError),
         (503, -2, "ServiceUnavailable", TemporaryError),
         (400, -3, "Some_Future_Error", PermanentError),

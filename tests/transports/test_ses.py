@@ -27,6 +27,7 @@ from app.transports.errors import (
     CredentialsError,
     PermanentError,
     TemporaryError,
+    Throttled,
     TransportError,
 )
 from tests.transports._messages import context, outgoing
@@ -213,16 +214,16 @@ async def test_endpoint_follows_region_or_endpoint_url(
         (refusal(400, "SendingPausedException", "paused"), PermanentError, None),
         (
             refusal(429, "TooManyRequestsException", "Maximum sending rate exceeded."),
-            TemporaryError,
+            Throttled,
             "TooManyRequestsException",
         ),
-        (refusal(400, "ThrottlingException", "Daily message quota exceeded"), TemporaryError, None),
-        (refusal(400, "Throttling", "Maximum sending rate exceeded."), TemporaryError, None),
+        (refusal(400, "ThrottlingException", "Daily message quota exceeded"), Throttled, None),
+        (refusal(400, "Throttling", "Maximum sending rate exceeded."), Throttled, None),
         (
             httpx.Response(
                 400, json={"__type": "com.amazon.coral#ThrottlingException", "message": "slow"}
             ),
-            TemporaryError,
+            Throttled,
             "ThrottlingException",
         ),
         (

@@ -8,6 +8,7 @@ been delivered already.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -29,6 +30,7 @@ from app.transports.errors import (
     CredentialsError,
     PermanentError,
     TemporaryError,
+    Throttled,
     TransportError,
     unknown_host,
 )
@@ -208,7 +210,8 @@ def translate(err: Exception, phase: Phase, tracker: Tracker) -> TransportError 
         )
     if isinstance(err, SMTPResponseException):
         permanent = reply_code is not None and reply_code >= 500 and phase in _PERMANENT_ON_5XX
-        return (PermanentError if permanent else TemporaryError)(
+        kind = PermanentError if permanent else TemporaryError
+        return (Throttled if throttling(reply_code, reply) else kind)(
             f"{where}: refused" if reply_code is not None else f"{where}: {err.message}",
             code=_REPLY_ERROR_CODES.get(phase, "EPROTOCOL"),
             reply_code=reply_code,
@@ -236,6 +239,24 @@ def translate(err: Exception, phase: Phase, tracker: Tracker) -> TransportError 
     if isinstance(err, ValueError) and phase in ("mail", "rcpt"):
         return PermanentError(f"{where}: {err}", code="EENVELOPE", before_data=True)
     return None
+
+
+_SLOW_DOWN = re.compile(
+    r"throttl|rate.?limit|(sending|message|submission) rate|limit exceeded|quota exceeded"
+    r"|too many (messages|mails?|e-?mails|connections|requests|sessions)",
+    re.IGNORECASE,
+)
+"""What servers say when they throttle: SES's "454 Throttling failure: Maximum sending rate
+exceeded", Postfix's "421 4.7.0 Error: too many connections", Exchange's "432 4.3.2 ... thread
+limit exceeded". Not "452 4.5.3 Too many recipients": that one is about this message."""
+
+
+def throttling(code: int | None, reply: str | None) -> bool:
+    """Whether an SMTP reply asks the client to slow down: a 4xx that says so, or a 421 with a
+    4.7.x status (Gmail's and Microsoft's "421 4.7.0 Try again later")."""
+    if code is None or not 400 <= code < 500 or not reply:
+        return False
+    return bool(_SLOW_DOWN.search(reply)) or (code == 421 and reply.startswith("4.7."))
 
 
 _NOT_CONFIG = "<not a configuration error>"
