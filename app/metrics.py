@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86_400)
@@ -156,6 +156,10 @@ class Snapshot:
     profiles: dict[str, int]
     """Profiles by health."""
     failing: list[FailingProfile] = field(default_factory=list)
+    held: dict[str, int] = field(default_factory=dict)
+    """Messages each profile's rate limit or throttle held back, ever (app/delivery/quota.py)."""
+    throttled: dict[str, float] = field(default_factory=dict)
+    """Seconds each throttled profile still waits, as its provider asked."""
 
 
 DISPATCHER_LOOPS = ("dispatcher", "worker")
@@ -215,6 +219,24 @@ class _SnapshotCollector(Collector):
         for profile in s.failing:
             failing.add_metric([profile.name, profile.type], 1)
         yield failing
+        held = CounterMetricFamily(
+            "postroom_quota_held_back",
+            "Messages a profile's rate limit or its provider's throttle held back (put back in "
+            "the queue, due at their turn; not attempts), by profile, counted by every worker.",
+            labels=["profile"],
+        )
+        for name, count in sorted(s.held.items()):
+            held.add_metric([name], count)
+        yield held
+        throttled = GaugeMetricFamily(
+            "postroom_quota_throttled_seconds",
+            "Seconds a profile still waits because its provider said too many (HTTP 429, SMTP "
+            "421 4.7.x), by profile; absent when none is throttled.",
+            labels=["profile"],
+        )
+        for name, seconds in sorted(s.throttled.items()):
+            throttled.add_metric([name], seconds)
+        yield throttled
 
 
 def _family(

@@ -65,6 +65,8 @@ class Transaction:
     mail_options: list[str]
     tls_version: str | None
     authenticated_as: str | None
+    received_at: float = field(default_factory=time.monotonic)
+    """When the server took it (time.monotonic), for tests that measure a rate."""
 
     @property
     def message(self) -> EmailMessage:

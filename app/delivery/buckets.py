@@ -11,7 +11,7 @@ out at 50/51 of the limit (19.6 a second for 20).
 
 A message that does not fit now is booked at the earliest time it fits: its units are counted
 there, its due time is set to that time, and the booking, keyed by that time, is redeemed when
-the message comes back, so it does not pay twice. Bookings reach one shortest window ahead;
+the message comes back, so it does not pay twice. Bookings reach two shortest windows ahead;
 further back in a backlog a message gets an estimate (where it would fit after everything placed
 before it, not counted) and is placed again when it comes due: a backlog becomes a schedule
 rather than being re-read on every claim.
@@ -103,8 +103,11 @@ class Bucket:
             "spreadUntil": self.spread_until,
         }
 
-    def redeem(self, due: int, cost: int) -> bool:
-        """Whether a message due at `due` had been booked for then; its booking is used up."""
+    def redeem(self, due: int, cost: int, now: int | None) -> bool:
+        """Whether a message due at `due`, booked for then, goes now. Its booking is used up
+        either way; a message picked up late is counted when it goes, not when it was booked
+        for, so a late claim cannot push a window over its limit: if it no longer fits (or may
+        not go at all, `now` None: a throttle), it is placed again like any other (`place`)."""
         left = self.bookings.get(due)
         if left is None or left < cost:
             return False
@@ -112,39 +115,41 @@ class Bucket:
             del self.bookings[due]
         else:
             self.bookings[due] = left - cost
-        return True
+        self._count(due, cost, -1)
+        if now is not None and self._fits(now, cost):
+            self._count(now, cost, 1)
+            return True
+        return False
 
-    def place(self, costs: list[int], now: int, start: int) -> list[int]:
-        """When each message may go (oldest first, `costs` their units), none before `start` (a
-        provider's throttle) nor before the one ahead of it: `now` when it fits now, or a booked
-        time up to a shortest window ahead, both counted; beyond, an estimate, not counted."""
+    def place(self, costs: list[int], now: int, start: int, *, joining: int = 0) -> list[int]:
+        """When each message may go (in line order, `costs` their units), none before `start`
+        (a provider's throttle) nor before the one ahead of it: `now` when it fits now, or a
+        booked time up to two shortest windows ahead, both counted; beyond, an estimate, not
+        counted. Messages from index `joining` on are new to the queue: their estimates start
+        after the last one given (`spread_until`), behind the backlog; the ones before them were
+        waiting already and keep their place."""
         if not self.windows:
             return [start] * len(costs)
-        horizon = now + min(w.length for w in self.windows)
+        horizon = now + 2 * min(w.length for w in self.windows)
         counted: list[dict[int, int]] | None = None
         """The real counts, kept aside once the estimates began (their counts are dropped)."""
         times: list[int] = []
         at = start
         rooms: list[int] | None = None
-        for cost in costs:
+        for index, cost in enumerate(costs):
             while True:
-                if counted is None and at > horizon:
+                if at > horizon and counted is None:
                     counted = copy.deepcopy(self.spent)
-                    at = max(at, self.spread_until or 0)
-                    rooms = None
+                if at > horizon and index >= joining and at < (self.spread_until or 0):
+                    at, rooms = self.spread_until or 0, None
                 if rooms is None:
                     rooms = [self._room(k, at) for k in range(len(self.windows))]
-                if all(
-                    min(cost, w.limit) <= room for w, room in zip(self.windows, rooms, strict=True)
-                ):
+                if all(self._units(k, cost) <= room for k, room in enumerate(rooms)):
                     break
                 at, rooms = self._next(at), None
-            for k, w in enumerate(self.windows):
-                units = min(cost, w.limit)
-                rooms[k] -= units
-                if units:
-                    slot = at // w.slot
-                    self.spent[k][slot] = self.spent[k].get(slot, 0) + units
+            for k in range(len(self.windows)):
+                rooms[k] -= self._units(k, cost)
+            self._count(at, cost, 1)
             if counted is None and at > now:
                 self.bookings[at] = self.bookings.get(at, 0) + cost
             times.append(at)
@@ -152,6 +157,25 @@ class Bucket:
             self.spent = counted
             self.spread_until = max(times[-1], self.spread_until or 0)
         return times
+
+    def _fits(self, at: int, cost: int) -> bool:
+        return all(self._units(k, cost) <= self._room(k, at) for k in range(len(self.windows)))
+
+    def _units(self, k: int, cost: int) -> int:
+        """What a message counts in window k: a message bigger than the window's whole limit
+        counts as the limit, so it goes once the window is empty rather than never."""
+        return min(cost, self.windows[k].limit)
+
+    def _count(self, at: int, cost: int, sign: int) -> None:
+        for k, w in enumerate(self.windows):
+            units = self._units(k, cost)
+            if units:
+                slot = at // w.slot
+                left = self.spent[k].get(slot, 0) + sign * units
+                if left:
+                    self.spent[k][slot] = left
+                else:
+                    self.spent[k].pop(slot, None)
 
     def _room(self, k: int, at: int) -> int:
         """Units window k can still take at `at` without any stretch of its length, now or

@@ -159,9 +159,18 @@ class Dispatcher:
         if beat is None or now - beat >= HEARTBEAT_EVERY:
             await self.heartbeats.beat(now)
         if not jobs:
-            await self._idle(stopping, min(self.settings.poll_interval, HEARTBEAT_EVERY))
+            await self._idle(stopping, await self._until_due())
         elif free <= len(jobs) or len(jobs) < self.settings.dispatcher_batch:
             await self._idle(stopping, BUSY_POLL)
+
+    async def _until_due(self) -> float:
+        """Seconds to wait for work: until the next queued message is due (a message a rate
+        limit held back goes at its turn, not at the next poll), at most the poll interval."""
+        longest = min(self.settings.poll_interval, HEARTBEAT_EVERY)
+        async with transaction(self.sessions) as session:
+            due = await outbox.next_due(session)
+        wait = longest if due is None else (due - utcnow()).total_seconds()
+        return min(longest, max(wait, BUSY_POLL))
 
     async def _survive(self, err: Exception, failures: int, stopping: asyncio.Event) -> None:
         self.last_error, delay = await survived(err, failures, self.heartbeats, self.metrics, log)

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import transaction, utcnow
-from app.delivery.models import Heartbeat, Message
+from app.delivery.models import Heartbeat, Message, QuotaBucket
 from app.metrics import FailingProfile, LoopBeat, Metrics, Snapshot
 from app.servers.models import ServerProfile
 
@@ -132,6 +132,11 @@ async def snapshot(session: AsyncSession) -> Snapshot:
         .where(ServerProfile.health == "failing")
         .order_by(ServerProfile.name)
     )
+    quotas = (
+        await session.execute(
+            select(QuotaBucket.profile, QuotaBucket.held, QuotaBucket.throttled_until)
+        )
+    ).all()
     return Snapshot(
         messages={status: count for status, count in by_status},
         oldest_due=max(0.0, (now - _aware(oldest)).total_seconds()) if oldest else 0.0,
@@ -142,6 +147,12 @@ async def snapshot(session: AsyncSession) -> Snapshot:
         stale_after=STALE_AFTER,
         profiles={h: count for h, count in health},
         failing=[FailingProfile(name, type_) for name, type_ in failing],
+        held={name: held for name, held, _ in quotas if held},
+        throttled={
+            name: (until - now).total_seconds()
+            for name, _, until in quotas
+            if until and until > now
+        },
     )
 
 

@@ -99,6 +99,16 @@ async def claim(
 HELD_ROUNDS = 8
 
 
+async def next_due(session: AsyncSession) -> datetime | None:
+    """When the next queued message is due (the due index's first row)."""
+    return await session.scalar(
+        select(Message.next_attempt_at)
+        .where(Message.status == "queued")
+        .order_by(Message.next_attempt_at)
+        .limit(1)
+    )
+
+
 async def claim_due(
     session: AsyncSession,
     queue: Queue,

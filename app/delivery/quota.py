@@ -45,7 +45,13 @@ async def admit(session: AsyncSession, claims: list[C], now: datetime) -> list[C
         return claims
     metered = (
         await session.execute(
-            select(Message.id, Message.server, Message.next_attempt_at, ServerProfile.rate_limit)
+            select(
+                Message.id,
+                Message.server,
+                Message.next_attempt_at,
+                Message.created_at,
+                ServerProfile.rate_limit,
+            )
             .join(ServerProfile, ServerProfile.name == Message.server)
             .outerjoin(QuotaBucket, QuotaBucket.profile == Message.server)
             .where(
@@ -68,13 +74,17 @@ async def admit(session: AsyncSession, claims: list[C], now: datetime) -> list[C
         bucket = Bucket.load(limit, row.state, clock)
         until = row.throttled_until
         start = clock if until is None or until <= now else micros(until)
-        waiting = []
+        waiting: list[tuple[str, int]] = []
+        joining: list[tuple[str, int]] = []
         for message in (m for m in metered if m.server == name):
             cost = costs[message.id]
-            if start > clock or not bucket.redeem(micros(message.next_attempt_at), cost):
-                waiting.append((message.id, cost))
-        times = bucket.place([cost for _, cost in waiting], clock, start)
-        later = {id_: moment(at) for (id_, _), at in zip(waiting, times, strict=True) if at > clock}
+            due = micros(message.next_attempt_at)
+            if not bucket.redeem(due, cost, clock if start == clock else None):
+                new = message.next_attempt_at == message.created_at
+                (joining if new else waiting).append((message.id, cost))
+        line = waiting + joining
+        times = bucket.place([cost for _, cost in line], clock, start, joining=len(waiting))
+        later = {id_: moment(at) for (id_, _), at in zip(line, times, strict=True) if at > clock}
         held |= later
         states.append(
             {"name": name, "new_state": bucket.dump() if limit else None, "count": len(later)}
@@ -186,5 +196,5 @@ async def _costs(
             )
             .group_by(Recipient.message_pk)
         )
-        costs |= dict(rows.tuples().all())
+        costs |= {message_pk: count for message_pk, count in rows}
     return costs

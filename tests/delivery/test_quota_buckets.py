@@ -1,0 +1,239 @@
+"""The quota arithmetic (app/delivery/buckets.py), with no database: rolling windows that never
+go over their limit whatever the claims' timing, bookings redeemed once, estimates not counted,
+and a backlog drained at the limit's rate."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.delivery.buckets import SECOND, SLOTS, Bucket, micros, moment
+from app.servers.schemas import RateLimit
+
+T0 = 1_800_000_000 * SECOND
+"""Some time in 2027, in microseconds."""
+
+
+def limit(**windows: Any) -> RateLimit:
+    return RateLimit.model_validate(windows)
+
+
+def stored(bucket: Bucket) -> dict[str, Any]:
+    """What the database gives back: the dump through JSON."""
+    state: dict[str, Any] = json.loads(json.dumps(bucket.dump()))
+    return state
+
+
+@dataclass
+class Queued:
+    id: int
+    cost: int
+    due: int
+    created: int
+
+
+class Queue:
+    """Messages and the bucket state between claims; `claim` does what `quota.admit` does: a
+    booked message redeems, the others are placed, those waiting already ahead of new ones."""
+
+    def __init__(self, rate: RateLimit, arrivals: list[tuple[int, int]]) -> None:
+        self.rate = rate
+        self.queue = [Queued(n, cost, at, at) for n, (at, cost) in enumerate(arrivals)]
+        self.state: dict[str, Any] | None = None
+        self.sent: list[tuple[int, int]] = []
+        self.order: list[int] = []
+        self.looked = 0
+
+    def claim(self, now: int) -> int:
+        """Claim every due message at `now`; how many went."""
+        due = sorted((m for m in self.queue if m.due <= now), key=lambda m: (m.due, m.id))
+        self.looked += len(due)
+        bucket = Bucket.load(self.rate, self.state, now)
+        left = [m for m in due if not bucket.redeem(m.due, m.cost, now)]
+        line = [m for m in left if m.due != m.created] + [m for m in left if m.due == m.created]
+        times = bucket.place([m.cost for m in line], now, now, joining=len(line) - len(left))
+        for m, at in zip(line, times, strict=True):
+            m.due = at
+        went = [m for m in due if m.due <= now]
+        for m in went:
+            self.sent.append((now, m.cost))
+            self.order.append(m.id)
+            self.queue.remove(m)
+        self.state = stored(bucket)
+        return len(went)
+
+    def next_due(self) -> int | None:
+        return min((m.due for m in self.queue), default=None)
+
+
+def run(
+    rate: RateLimit, arrivals: list[tuple[int, int]], claims: list[int]
+) -> tuple[list[tuple[int, int]], int]:
+    """Claims at the given times; the sends, as (time, cost), and how many times a message was
+    looked at."""
+    queue = Queue(rate, arrivals)
+    for now in claims:
+        queue.claim(now)
+    return queue.sent, queue.looked
+
+
+def work(
+    rate: RateLimit, arrivals: list[tuple[int, int]], until: int, lateness: int = 5_000
+) -> Queue:
+    """A worker as the dispatcher runs: after a claim that sent something it looks again 20 ms
+    later, otherwise at the next due time (and `lateness`: the claim's own time), or a second."""
+    queue = Queue(rate, arrivals)
+    now = min(at for at, _ in arrivals)
+    while now <= until:
+        if queue.claim(now):
+            now += 20_000
+        else:
+            due = queue.next_due()
+            now = min(now + SECOND, max(due, now) if due is not None else now + SECOND)
+            now += lateness
+    return queue
+
+
+def worst(sent: list[tuple[int, int]], length: int) -> int:
+    """The most units sent in any stretch of `length` microseconds."""
+    return max(sum(c for t, c in sent if start <= t < start + length) for start, _ in sent)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gaps=st.lists(st.integers(1, 300_000), min_size=20, max_size=120),
+    costs=st.lists(st.integers(0, 7), min_size=1, max_size=60),
+    per_second=st.integers(1, 12),
+    per_minute=st.integers(5, 80),
+    recipients=st.booleans(),
+)
+def test_no_window_ever_goes_over_its_limit(
+    gaps: list[int], costs: list[int], per_second: int, per_minute: int, recipients: bool
+) -> None:
+    """Whatever the arrivals and the claims' timing (late claims included: a booked message
+    picked up late counts when it goes), no second holds more than perSecond units and no
+    minute more than perMinute."""
+    rate = limit(
+        perSecond=per_second,
+        perMinute=per_minute,
+        count="recipients" if recipients else "messages",
+    )
+    claims = [T0]
+    for gap in gaps:
+        claims.append(claims[-1] + gap)
+    arrivals = [
+        (claims[n % len(claims)], cost if recipients else 1) for n, cost in enumerate(costs)
+    ]
+    sent, _ = run(rate, arrivals, claims)
+    if sent:
+        assert worst(sent, SECOND) <= per_second or max(c for _, c in sent) > per_second
+        assert worst(sent, 60 * SECOND) <= per_minute or max(c for _, c in sent) > per_minute
+
+
+def test_a_backlog_goes_out_at_the_limit_and_becomes_a_schedule() -> None:
+    """3,000 messages queued at once, 20 a second: 19.6 a second (a slot's worth below the
+    limit: a unit counts a window after its slot's end), no second over 20, and each message
+    looked at about twice (when queued, when its turn comes), not on every claim."""
+    rate = limit(perSecond=20)
+    queue = work(rate, [(T0, 1)] * 3000, until=T0 + 200 * SECOND)
+    sent = queue.sent
+    assert len(sent) == 3000
+    assert worst(sent, SECOND) <= 20
+    per_second = (len(sent) - 20) / ((sent[-1][0] - sent[0][0]) / SECOND)
+    assert 19.0 <= per_second <= 20, per_second
+    assert queue.looked < 3000 * 2.5, queue.looked
+
+
+def test_new_messages_join_the_back_of_the_line() -> None:
+    """A backlog of 200 at 10 a second, then one more: it goes after the backlog."""
+    rate = limit(perSecond=10)
+    queue = work(rate, [(T0, 1)] * 200 + [(T0 + 5 * SECOND, 1)], until=T0 + 40 * SECOND)
+    assert len(queue.sent) == 201
+    assert queue.order[-1] == 200, "the late one went last"
+    assert queue.sent[-1][0] >= T0 + 19 * SECOND
+
+
+def test_a_token_bucket_would_let_twice_the_limit_through_this_does_not() -> None:
+    """A burst of N, then N more as the window refills: a token bucket of N refilling N a minute
+    sends 2N in the minute after the burst; a rolling window holds the second N back until the
+    first has left it."""
+    rate = limit(perMinute=30)
+    claims = [T0 + n * SECOND for n in range(0, 200)]
+    sent, _ = run(rate, [(T0, 1)] * 30 + [(T0 + 30 * SECOND, 1)] * 30, claims)
+    assert len(sent) == 60
+    assert worst(sent, 60 * SECOND) == 30
+    assert {t for t, _ in sent[:30]} == {T0}
+    assert min(t for t, _ in sent[30:]) >= T0 + 60 * SECOND
+
+
+def test_what_fits_goes_now_the_rest_is_booked_then_estimated() -> None:
+    rate = limit(perSecond=10)
+    bucket = Bucket.load(rate, None, T0)
+    times = bucket.place([1] * 35, T0, T0)
+    assert times[:10] == [T0] * 10
+    slot = SECOND // SLOTS
+    booked = T0 + SECOND + slot
+    assert times[10:20] == [booked] * 10, "when the first ten stop counting: a window and a slot"
+    assert bucket.bookings == {booked: 10}
+    assert all(t > T0 + SECOND for t in times[20:]), "beyond a window ahead: estimates"
+    assert times[20:] == sorted(times[20:])
+    assert bucket.spread_until == times[-1]
+    state = stored(bucket)
+    assert sum(units for _, units in state["windows"]["perSecond"]) == 20, "estimates not counted"
+
+
+def test_a_booking_is_redeemed_once() -> None:
+    rate = limit(perSecond=1)
+    bucket = Bucket.load(rate, None, T0)
+    [now, later] = bucket.place([1, 1], T0, T0)
+    assert now == T0 and later > T0
+    bucket = Bucket.load(rate, stored(bucket), later)
+    assert bucket.redeem(later, 1, later)
+    assert not bucket.redeem(later, 1, later), "used up"
+    assert not bucket.redeem(later + 1, 1, later), "a message not booked for then pays"
+
+
+def test_a_throttle_gives_the_booking_back() -> None:
+    rate = limit(perSecond=1)
+    bucket = Bucket.load(rate, None, T0)
+    [_, later] = bucket.place([1, 1], T0, T0)
+    assert not bucket.redeem(later, 1, None)
+    assert bucket.bookings == {}
+    assert sum(bucket.spent[0].values()) == 1, "only the message that went still counts"
+
+
+def test_a_message_bigger_than_a_window_waits_for_an_empty_one() -> None:
+    rate = limit(perMinute=30, count="recipients")
+    bucket = Bucket.load(rate, None, T0)
+    [small, big] = bucket.place([5, 60], T0, T0)
+    assert small == T0
+    assert T0 + 60 * SECOND < big <= T0 + 62 * SECOND
+
+
+def test_a_message_with_no_recipient_left_costs_nothing() -> None:
+    rate = limit(perSecond=1, count="recipients")
+    bucket = Bucket.load(rate, None, T0)
+    assert bucket.place([1, 0, 0], T0, T0) == [T0, T0, T0]
+
+
+def test_no_window_and_a_throttle_hold_everything_until_it_ends() -> None:
+    bucket = Bucket.load(None, None, T0)
+    assert bucket.place([1, 1], T0, T0 + 7 * SECOND) == [T0 + 7 * SECOND] * 2
+
+
+def test_what_no_longer_counts_is_dropped_and_a_new_unit_starts_afresh() -> None:
+    bucket = Bucket.load(limit(perSecond=5), None, T0)
+    bucket.place([1] * 5, T0, T0)
+    state = stored(bucket)
+    assert Bucket.load(limit(perSecond=5), state, T0 + 3 * SECOND).spent == [{}]
+    assert Bucket.load(limit(perSecond=5, count="recipients"), state, T0).spent == [{}]
+    assert sum(Bucket.load(limit(perSecond=9), state, T0).spent[0].values()) == 5
+
+
+def test_times_round_trip_exactly() -> None:
+    when = moment(T0 + 123_457)
+    assert micros(when) == T0 + 123_457
