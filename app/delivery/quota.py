@@ -63,7 +63,8 @@ async def admit(session: AsyncSession, claims: list[C], now: datetime) -> list[C
     ).all()
     if not metered:
         return claims
-    limits = {row.server: _limit(row.rate_limit) for row in metered}
+    stored = {row.server: row.rate_limit for row in metered}
+    limits = {name: _limit(limit) for name, limit in stored.items()}
     buckets = await _lock(session, sorted(limits), now)
     costs = await _costs(session, metered, limits)
     clock = micros(now)
