@@ -142,12 +142,21 @@ class Bucket:
         """When each message may go (in line order, `costs` their units), none before `start`
         (a provider's throttle) nor before the one ahead of it: `now` when it fits now, or a
         booked time up to two shortest windows ahead, both counted; beyond, an estimate, not
-        counted. Messages from index `joining` on are new to the queue: their estimates start
-        after the last one given (`spread_until`), behind the backlog; the ones before them were
-        waiting already and keep their place."""
+        counted, behind the last estimate given (`spread_until`): the back of the line.
+
+        Messages from index `joining` on are new to the queue: while a backlog has estimates
+        ahead, they join it at the back even when there is room now (the backlog's estimates
+        count on that room; the ones before them were waiting already)."""
         if not self.windows:
             return [start] * len(costs)
-        horizon = now + 2 * min(w.length for w in self.windows)
+        shortest = min(self.windows, key=lambda w: w.length)
+        horizon = now + 2 * shortest.length
+        spacing = (shortest.length + shortest.slot) // shortest.limit
+        """Under a rate (PACED), a unit every (window + slot) / N: what a backlog sustains."""
+        if shortest.length > PACED:
+            spacing = 0
+        last = max(self.bookings, default=None)
+        """The last time booked or estimated: the next goes `spacing` later at the earliest."""
         counted: list[dict[int, int]] | None = None
         """The real counts, kept aside once the estimates began (their counts are dropped)."""
         times: list[int] = []
@@ -155,37 +164,31 @@ class Bucket:
         rooms: list[int] | None = None
         for index, cost in enumerate(costs):
             while True:
+                behind = self.spread_until is not None and at < self.spread_until
+                if behind and (at > horizon or index >= joining):
+                    at, last, rooms = self.spread_until or 0, self.spread_until, None
                 if at > horizon and counted is None:
                     counted = copy.deepcopy(self.spent)
-                if at > horizon and index >= joining and at < (self.spread_until or 0):
-                    at, rooms = self.spread_until or 0, None
                 if rooms is None:
                     rooms = [self._room(k, at) for k in range(len(self.windows))]
-                if all(self._units(k, cost) <= room for k, room in enumerate(rooms)):
-                    paced = self._paced(cost) if at > now and counted is None else at
-                    if at >= paced:
-                        break
-                    at, rooms = paced, None
-                    continue
-                at, rooms = self._next(at), None
+                if not all(self._units(k, cost) <= room for k, room in enumerate(rooms)):
+                    at, rooms = self._next(at), None
+                elif at > now and last is not None and at < last + spacing * max(cost, 1):
+                    at, rooms = last + spacing * max(cost, 1), None
+                else:
+                    break
             for k in range(len(self.windows)):
                 rooms[k] -= self._units(k, cost)
             self._count(at, cost, 1)
             if counted is None and at > now:
                 self.bookings[at] = self.bookings.get(at, 0) + cost
+            if at > now:
+                last = at
             times.append(at)
         if counted is not None:
             self.spent = counted
             self.spread_until = max(times[-1], self.spread_until or 0)
         return times
-
-    def _paced(self, cost: int) -> int:
-        """The earliest a message of `cost` units may be booked: evenly after the last booking,
-        at the rate of the shortest window when it is a second or a minute (PACED)."""
-        pace = min(self.windows, key=lambda w: w.length)
-        if pace.length > PACED or not self.bookings:
-            return 0
-        return max(self.bookings) + pace.length * max(cost, 1) // pace.limit
 
     def _fits(self, at: int, cost: int) -> bool:
         return all(self._units(k, cost) <= self._room(k, at) for k in range(len(self.windows)))

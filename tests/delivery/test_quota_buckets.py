@@ -66,8 +66,9 @@ class Queue:
                 counted_at[m.id] = m.due if now - m.due <= bucket.grace else now
             else:
                 left.append(m)
-        line = [m for m in left if m.due != m.created] + [m for m in left if m.due == m.created]
-        times = bucket.place([m.cost for m in line], now, now, joining=len(line) - len(left))
+        waiting = [m for m in left if m.due != m.created]
+        line = waiting + [m for m in left if m.due == m.created]
+        times = bucket.place([m.cost for m in line], now, now, joining=len(waiting))
         for m, at in zip(line, times, strict=True):
             m.due = at
         went = [m for m in due if m.due <= now]
@@ -175,13 +176,17 @@ def test_a_backlog_goes_out_at_the_limit_and_becomes_a_schedule() -> None:
     assert queue.looked < 3000 * 2.5, queue.looked
 
 
-def test_new_messages_join_the_back_of_the_line() -> None:
-    """A backlog of 200 at 10 a second, then one more: it goes after the backlog."""
+def test_a_message_with_no_room_joins_the_back_of_the_line() -> None:
+    """A backlog of 200 at 10 a second was given its schedule; a message that comes half a second
+    later, when the window has no room, is estimated after the whole backlog."""
     rate = limit(perSecond=10)
-    queue = work(rate, [(T0, 1)] * 200 + [(T0 + 5 * SECOND, 1)], until=T0 + 40 * SECOND)
-    assert len(queue.sent) == 201
-    assert queue.order[-1] == 200, "the late one went last"
-    assert queue.sent[-1][0] >= T0 + 19 * SECOND
+    bucket = Bucket.load(rate, None, T0)
+    backlog = bucket.place([1] * 200, T0, T0)
+    assert bucket.spread_until == backlog[-1] > T0 + 19 * SECOND
+    later = T0 + SECOND // 2
+    bucket = Bucket.load(rate, stored(bucket), later)
+    [when] = bucket.place([1], later, later)
+    assert when > backlog[-1]
 
 
 def test_a_token_bucket_would_let_twice_the_limit_through_this_does_not() -> None:
@@ -207,8 +212,8 @@ def test_what_fits_goes_now_the_rest_is_booked_then_estimated() -> None:
     assert times[:10] == [T0] * 10
     slot = SECOND // SLOTS
     booked = T0 + SECOND + slot
-    paced = [booked + n * SECOND // 10 for n in range(10)]
-    assert times[10:20] == paced, "one every tenth of a second once the first ten stop counting"
+    paced = [booked + n * (SECOND + slot) // 10 for n in range(10)]
+    assert times[10:20] == paced, "evenly spaced, from when the first ten stop counting"
     assert bucket.bookings == dict.fromkeys(paced, 1)
     assert all(t > T0 + SECOND for t in times[20:]), "beyond a window ahead: estimates"
     assert times[20:] == sorted(times[20:])

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select, update
 
-from app.db import transaction
+from app.db import transaction, utcnow
+from app.delivery.models import Heartbeat, Message
 from app.main import open_runtime
 from app.servers import service as servers
 from tests.conftest import PG_URL
@@ -37,34 +40,43 @@ def claimed(log: str) -> int:
 def test_four_workers_send_at_the_profile_s_rate(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
-    count = int(RATE * (WARM_UP + MEASURED + 10))
+    count = int(RATE * (WARM_UP + MEASURED + 5))
     loop = crash.Loop()
     sink = SmtpServer().start()
     try:
         with crash.place_for("quota", tmp_path, PG_URL) as place:
             crash.prepare(loop, place, sink, count, pool=True, maxConnections=4)
 
-            async def limit() -> None:
-                patch = {"rateLimit": {"perSecond": RATE}}
+            async def due_at(when: datetime, **patch: object) -> None:
+                """Every queued message due at `when`; and the sink profile patched."""
                 async with (
                     open_runtime(place.settings) as runtime,
                     transaction(runtime.sessions) as session,
                 ):
-                    await servers.patch_profile(session, runtime.profiles, "sink", patch)
+                    if patch:
+                        await servers.patch_profile(session, runtime.profiles, "sink", patch)
+                    await session.execute(update(Message).values(next_attempt_at=when))
 
-            loop.run(limit())
+            # The workers start with nothing due (four processes starting at once on a busy
+            # machine take a while), so the measure is of four workers, not of the first one.
+            loop.run(due_at(utcnow() + timedelta(hours=1), rateLimit={"perSecond": RATE}))
             env = place.env(migrate_on_start="false", log_level="DEBUG", dispatcher_concurrency=16)
             processes = [
                 crash.Process(place, f"worker{n}", ["worker"], env) for n in range(WORKERS)
             ]
+            db = crash.Db(loop, place)
             try:
-                crash.wait_until(lambda: bool(sink.transactions), 60, "the first message")
+                alive = select(func.count()).where(Heartbeat.loop == "worker")
+                crash.wait_until(lambda: db.rows(alive)[0][0] == WORKERS, 120, "the workers")
+                loop.run(due_at(utcnow()))
+                crash.wait_until(lambda: bool(sink.transactions), 30, "the first message")
                 start = sink.transactions[0].received_at + WARM_UP
                 time.sleep(max(start + MEASURED - time.monotonic(), 0) + 0.5)
                 times = [t.received_at for t in sink.transactions]
             finally:
                 for process in processes:
                     process.stop()
+                db.close()
             logs = [process.output() for process in processes]
             copies = crash.message_ids(sink)
     finally:
