@@ -84,19 +84,10 @@ async def claim(
     session: AsyncSession, *, limit: int, lease: float, now: datetime | None = None
 ) -> list[Claim]:
     """Claim up to `limit` due messages; call inside a transaction of its own. Those a rate
-    limit holds back go back in the queue (app/delivery/quota.py); while a claim is all such,
-    the next rows are looked at (a few rounds at most), so a backlog held back does not keep
-    other profiles' messages waiting for the next poll."""
+    limit holds back go back in the queue, due at their turn (app/delivery/quota.py)."""
     now = now or utcnow()
-    for _ in range(HELD_ROUNDS):
-        claims = await claim_due(session, MESSAGE_QUEUE, limit=limit, lease=lease, now=now)
-        admitted = await quota.admit(session, claims, now)
-        if admitted or not claims:
-            return admitted
-    return []
-
-
-HELD_ROUNDS = 8
+    claims = await claim_due(session, MESSAGE_QUEUE, limit=limit, lease=lease, now=now)
+    return await quota.admit(session, claims, now)
 
 
 async def next_due(session: AsyncSession) -> datetime | None:

@@ -70,7 +70,7 @@ async def test_a_claim_takes_what_fits_and_puts_the_rest_back_due_at_its_turn(
     for message in held:
         assert_held(message, now + timedelta(seconds=60))
     first, second = (m.next_attempt_at for m in held)
-    assert second - first == timedelta(seconds=20), "booked evenly: 3 a minute, one every 20 s"
+    assert second - first == timedelta(seconds=20.4), "evenly: every (a minute and a slot) / 3"
     assert await claim(runtime, now) == [], "not looked at again before their turn"
 
     assert await claim(runtime, first) == ids[3:4], "its turn: it goes"
