@@ -271,17 +271,18 @@ class Authenticator:
         # Marked read now, not when the task starts: the requests of this very loop iteration
         # would each start a re-read of their own otherwise.
         before, entry.checked = entry.checked, time.monotonic()
-        self._later(self._reread(key, entry, name, before), "re-reading a user row")
+        failed = "re-reading a user row failed (the next request tries again)"
+        self._later(self._reread(key, entry, name, before), failed)
 
-    def _later(self, work: Awaitable[Any], what: str) -> None:
-        """Run `work` in the background; a failure is logged (the next request tries again)."""
+    def _later(self, work: Awaitable[Any], failed: str) -> None:
+        """Run `work` in the background; a failure is logged as `failed`, with its reason."""
         task = asyncio.ensure_future(work)
         self._background.add(task)
 
         def done(task: asyncio.Task[Any]) -> None:
             self._background.discard(task)
             if not task.cancelled() and (err := task.exception()) is not None:
-                log.warning("%s failed (the next request tries again): %s", what, err)
+                log.warning("%s: %s", failed, err)
 
         task.add_done_callback(done)
 
@@ -392,7 +393,8 @@ class Authenticator:
         if token is None or now - token.touched < TOUCH_SECONDS:
             return
         token.touched = now
-        self._later(tokens.touch(self._engine, token.id, utcnow()), "recording a token's use")
+        failed = f"recording the use of token {token.id} failed (a use a minute later tries again)"
+        self._later(tokens.touch(self._engine, token.id, utcnow()), failed)
 
     async def _user(self, name: str) -> _Row | None:
         if "\0" in name:  # PostgreSQL refuses NUL in text; no user has one

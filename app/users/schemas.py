@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -98,7 +98,14 @@ class UserList(CamelModel):
 
 
 def _future(value: datetime | None) -> datetime | None:
-    if value is not None and value <= utcnow():
+    """A future instant, in UTC (as stored)."""
+    if value is None:
+        return None
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError as err:  # 9999-12-31T23:59-14:00 is in the year 10000
+        raise ValueError("must be in the years 1 to 9999 in UTC") from err
+    if value <= utcnow():
         raise ValueError("must be in the future")
     return value
 

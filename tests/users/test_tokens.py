@@ -139,6 +139,7 @@ async def test_bad_input_is_422_naming_the_field_and_stores_nothing(
         ({"name": "x", "expiresAt": past}, "expiresAt"),
         ({"name": "x", "expiresAt": "2099-01-01T00:00:00"}, "expiresAt"),  # no time zone
         ({"name": "x", "expiresAt": "next year"}, "expiresAt"),
+        ({"name": "x", "expiresAt": "9999-12-31T23:59:59-14:00"}, "expiresAt"),  # year 10000
         ({"name": "x", "token": "pr_chosen"}, "token"),
     ]:
         response = await admin.post("/api/v1/users/admin/tokens", json=body)
