@@ -202,6 +202,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(open_runtime(settings))
+        stack.push_async_callback(runtime.auth.aclose)  # before the engine is disposed
         app.state.runtime = runtime
         app.state.hooks = EventHooks(
             runtime.sessions, runtime.box, runtime.metrics, Sns(runtime.http)

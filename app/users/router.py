@@ -3,8 +3,18 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.deps import AdminUser, RuntimeDep, SessionDep
-from app.users import service
-from app.users.schemas import UserCreate, UserCreated, UserList, UserOut, UserUpdate
+from app.users import service, tokens
+from app.users.schemas import (
+    TokenCreate,
+    TokenCreated,
+    TokenList,
+    TokenOut,
+    UserCreate,
+    UserCreated,
+    UserList,
+    UserOut,
+    UserUpdate,
+)
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 
@@ -55,4 +65,31 @@ async def update_user(
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_user(name: str, _: AdminUser, session: SessionDep, runtime: RuntimeDep) -> None:
     await service.delete_user(session, name)
+    runtime.auth.changed(name)
+
+
+@router.post("/{name}/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
+async def issue_token(
+    name: str, body: TokenCreate, _: AdminUser, session: SessionDep
+) -> TokenCreated:
+    """Issue an API token for the user: `Authorization: Bearer <token>` then acts as the user
+    (its role and sending bounds). The token is in this answer only; Postroom keeps its hash."""
+    row, token = await tokens.issue(session, name, body.name, body.expires_at)
+    out = TokenOut.model_validate(row, from_attributes=True)
+    return TokenCreated(**out.model_dump(exclude={"status"}), token=token)
+
+
+@router.get("/{name}/tokens", response_model=TokenList)
+async def list_tokens(name: str, _: AdminUser, session: SessionDep) -> TokenList:
+    """The user's tokens, revoked and expired ones included (never the token itself)."""
+    rows = await tokens.list_tokens(session, name)
+    return TokenList(items=[TokenOut.model_validate(r, from_attributes=True) for r in rows])
+
+
+@router.delete("/{name}/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_token(
+    name: str, token_id: str, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+) -> None:
+    """Revoke a token: refused here at once, on every other replica within a second."""
+    await tokens.revoke(session, name, token_id)
     runtime.auth.changed(name)
