@@ -13,6 +13,7 @@ from app.console import sessions
 from app.console.web import (
     PREFIX,
     CheckedForm,
+    ConsoleActor,
     ConsoleAdmin,
     ConsoleRoute,
     Form,
@@ -66,7 +67,7 @@ async def list_users(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> 
 
 @router.post("")
 async def create_user(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     try:
         body = UserCreate.model_validate(
@@ -85,6 +86,7 @@ async def create_user(
                 body.password,
                 allowed_from=body.allowed_from,
                 allowed_servers=body.allowed_servers,
+                actor=actor,
             )
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
@@ -128,7 +130,7 @@ async def edit_user(
 
 @router.post("/{name}")
 async def save_user(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     try:
         body = UserUpdate.model_validate(
@@ -143,6 +145,7 @@ async def save_user(
                 password=body.password,
                 allowed_from=body.allowed_from,
                 allowed_servers=body.allowed_servers,
+                actor=actor,
             )
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
@@ -184,9 +187,9 @@ async def confirm_delete(
 
 @router.post("/{name}/delete")
 async def delete_user(
-    name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     async with transaction(runtime.sessions) as session:
-        await service.delete_user(session, name)
+        await service.delete_user(session, name, actor=actor)
     runtime.auth.changed(name)
     return redirect(router.prefix)
