@@ -56,8 +56,9 @@ def _iso_8601(value: object) -> object:
 
 
 def _utc(value: datetime) -> datetime:
-    """A date-time without an offset is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    """In UTC, as every stored time is (SQLite compares them as text); without an offset, it is
+    UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]

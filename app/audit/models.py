@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import JSON, Index, String
+from sqlalchemy import JSON, CheckConstraint, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -52,6 +52,7 @@ class AuditEntry(Base):
 
     __tablename__ = "audit_log"
     __table_args__ = (
+        CheckConstraint(f"via IN ({', '.join(repr(v) for v in VIAS)})", name="via"),
         Index("ix_audit_log_actor_id", "actor", "id"),
         Index("ix_audit_log_target_id", "target_kind", "target_name", "id"),
     )

@@ -31,6 +31,9 @@ def upgrade() -> None:
         sa.Column("target_kind", sa.String(length=20), nullable=False),
         sa.Column("target_name", sa.String(length=320), nullable=True),
         sa.Column("changes", sa.JSON(), nullable=False),
+        sa.CheckConstraint(
+            "via IN ('basic', 'token', 'console', 'cli', 'system')", name=op.f("ck_audit_log_via")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
     )
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
