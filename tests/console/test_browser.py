@@ -4,8 +4,8 @@ Log in; add an SMTP relay with STARTTLS required and a private CA through the fo
 (each step listed), break it without saving and see the failing step and its hint; send a test
 that reaches the sink; post a message with the API and find it in the records by recipient;
 open it and see its attempt; the dashboard; add a suppression and a webhook (its secret shown
-once) and queue a test event; a sender cannot open the servers page; a form
-without its CSRF token is refused; log out. axe-core checks every page on the way."""
+once) and queue a test event; find those changes in the audit log; a sender cannot open the
+servers page; a form without its CSRF token is refused; log out. axe-core checks every page on the way."""
 
 from __future__ import annotations
 
@@ -243,6 +243,27 @@ def test_add_a_suppression_and_a_webhook(page: Any, axe_source: str) -> None:
     page.locator("tr.delivery", has_text="webhook.test").wait_for()
     page.reload()
     assert page.locator("#secret").count() == 0
+
+
+def test_the_audit_log_shows_who_changed_what(page: Any, axe_source: str) -> None:
+    page.click("text=Audit log")
+    assert page.locator("h1").inner_text() == "Audit log"
+    relay = page.locator("tr.audit-entry", has_text="server.create").last
+    assert "relay" in relay.inner_text()
+    assert "settings.pass: changed" in relay.inner_text()
+    assert "relay-pass" not in page.content()
+    assert (
+        "gone@example.org"
+        in page.locator("tr.audit-entry", has_text="suppression.create").inner_text()
+    )
+    check_accessibility(page, axe_source)
+    page.select_option("#l-action", "suppression.create")
+    page.click("button:text('Search')")
+    page.wait_for_url(re.compile(r"action=suppression.create"))
+    rows = page.locator("tr.audit-entry")
+    assert rows.count() == 1
+    assert f"{ADMIN[0]} (console)" in rows.first.inner_text()
+    check_accessibility(page, axe_source)
 
 
 @pytest.mark.parametrize(
