@@ -17,7 +17,7 @@ Row = TypeVar("Row")
 def _after(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
         raise BadRequest("invalid cursor", details=[{"field": "cursor", "message": "invalid"}])
     return int(cursor)
 

@@ -66,9 +66,10 @@ async def test_newest_first_and_paged(admin: httpx.AsyncClient) -> None:
     assert pages == 3
     assert seen == list(reversed(addresses))
     assert ids == sorted(ids, reverse=True)
-    bad = await admin.get(URL, params={"cursor": "not-a-cursor"})
-    assert bad.status_code == 400
-    assert bad.json()["error"]["details"] == [{"field": "cursor", "message": "invalid"}]
+    for cursor in ("not-a-cursor", "²"):  # a digit to str.isdigit, not to int()
+        bad = await admin.get(URL, params={"cursor": cursor})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["details"] == [{"field": "cursor", "message": "invalid"}]
 
 
 async def test_filters(app_runtime: tuple[object, Runtime], admin: httpx.AsyncClient) -> None:

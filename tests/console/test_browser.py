@@ -5,7 +5,8 @@ Log in; add an SMTP relay with STARTTLS required and a private CA through the fo
 that reaches the sink; post a message with the API and find it in the records by recipient;
 open it and see its attempt; the dashboard; add a suppression and a webhook (its secret shown
 once) and queue a test event; find those changes in the audit log; a sender cannot open the
-servers page; a form without its CSRF token is refused; log out. axe-core checks every page on the way."""
+servers page; a form without its CSRF token is refused; log out. axe-core checks every page on
+the way."""
 
 from __future__ import annotations
 
