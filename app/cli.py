@@ -25,6 +25,7 @@ import typer
 from app.config import Settings
 
 if TYPE_CHECKING:
+    from app.audit.service import Actor
     from app.delivery.probe import VerifyOutcome
     from app.deps import Runtime
 
@@ -274,6 +275,19 @@ def migrate(revision: str = "head") -> None:
         migrations.upgrade(settings, revision)
 
 
+def _operator() -> Actor:
+    """Who runs this command (the system's user name), as the audit log records its changes."""
+    import getpass
+
+    from app.audit.service import Actor
+
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):  # no USER variable and no passwd entry (a bare container)
+        name = "unknown"
+    return Actor(name, "cli")
+
+
 @users_cli.command("add")
 def users_add(
     name: str,
@@ -294,7 +308,9 @@ def users_add(
 
     async def work(runtime: Runtime) -> str | None:
         async with transaction(runtime.sessions) as session:
-            _, generated = await users.create_user(session, body.name, body.role, body.password)
+            _, generated = await users.create_user(
+                session, body.name, body.role, body.password, actor=_operator()
+            )
         return generated
 
     generated = _run(work)

@@ -13,6 +13,7 @@ import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.audit.service import Actor
 from app.config import Settings
 from app.crypto import SecretBox
 from app.delivery.dispatcher import Dispatcher
@@ -108,5 +109,17 @@ async def sender_user(request: Request) -> Principal:
     return require_role(await _caller(request), "admin", "sender")
 
 
+def actor_of(principal: Principal, request: Request) -> Actor:
+    """The caller as the audit log records it: by HTTP Basic, or by an API token (Bearer)."""
+    bearer = request.headers.get("authorization", "")[:7].lower() == "bearer "
+    return Actor(principal.name, "token" if bearer else "basic", client_address(request))
+
+
+async def admin_actor(request: Request) -> Actor:
+    return actor_of(await admin_user(request), request)
+
+
 AdminUser = Annotated[Principal, Depends(admin_user)]
+AdminActor = Annotated[Actor, Depends(admin_actor)]
+"""An admin about to change the configuration: what the audit log records of it."""
 SenderUser = Annotated[Principal, Depends(sender_user)]

@@ -16,6 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import migrate
+from app.audit.router import router as audit_router
+from app.audit.service import SYSTEM
 from app.branding.router import router as branding_router
 from app.config import Settings
 from app.console.router import install as install_console
@@ -98,7 +100,7 @@ async def bootstrap_admin(runtime: Runtime) -> str | None:
             return None
         password = runtime.settings.admin_password or None
         _, generated = await users.create_user(
-            session, runtime.settings.admin_user, "admin", password
+            session, runtime.settings.admin_user, "admin", password, actor=SYSTEM
         )
         return generated
 
@@ -283,6 +285,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(hooks_router)
     app.include_router(suppressions_router)
     app.include_router(unsubscribe_router)
+    app.include_router(audit_router)
     app.include_router(bounces_router)
     install_console(app)
 

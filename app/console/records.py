@@ -24,7 +24,7 @@ TEXT_FILTERS = ("sender", "recipient", "template", "server", "createdBy")
 STATUSES: tuple[MessageStatus, ...] = ("queued", "sending", "sent", "partially_sent", "failed")
 
 
-def _when(value: str, field: str, errors: dict[str, str]) -> datetime | None:
+def when(value: str, field: str, errors: dict[str, str]) -> datetime | None:
     """A date or date-time from the form (a datetime-local input), taken as UTC."""
     if not value:
         return None
@@ -54,8 +54,8 @@ async def search(
         server=given["server"] or None,
         created_by=given["createdBy"] or None,
         status=status,
-        created_from=_when(given["from"], "from", errors),
-        created_to=_when(given["to"], "to", errors),
+        created_from=when(given["from"], "from", errors),
+        created_to=when(given["to"], "to", errors),
     )
     page = None
     if not errors:

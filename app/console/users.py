@@ -15,6 +15,7 @@ from app.console import sessions
 from app.console.web import (
     PREFIX,
     CheckedForm,
+    ConsoleActor,
     ConsoleAdmin,
     ConsoleRoute,
     Form,
@@ -70,7 +71,7 @@ async def list_users(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> 
 
 @router.post("")
 async def create_user(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     try:
         body = UserCreate.model_validate(
@@ -89,6 +90,7 @@ async def create_user(
                 body.password,
                 allowed_from=body.allowed_from,
                 allowed_servers=body.allowed_servers,
+                actor=actor,
             )
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
@@ -145,7 +147,7 @@ async def edit_user(
 
 @router.post("/{name}")
 async def save_user(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     try:
         body = UserUpdate.model_validate(
@@ -160,6 +162,7 @@ async def save_user(
                 password=body.password,
                 allowed_from=body.allowed_from,
                 allowed_servers=body.allowed_servers,
+                actor=actor,
             )
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
@@ -172,7 +175,7 @@ async def save_user(
 
 @router.post("/{name}/tokens")
 async def issue_token(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     """The page that answers shows the token; a reload does not."""
     expires = form.text("expiresAt")
@@ -182,7 +185,7 @@ async def issue_token(
     try:
         body = TokenCreate.model_validate(values | {"expiresAt": at})
         async with transaction(runtime.sessions) as session:
-            _row, token = await tokens.issue(session, name, body.name, body.expires_at)
+            _row, token = await tokens.issue(session, name, body.name, body.expires_at, actor=actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await _edit_page(
@@ -199,10 +202,10 @@ async def issue_token(
 
 @router.post("/{name}/tokens/{token_id}/revoke")
 async def revoke_token(
-    name: str, token_id: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    name: str, token_id: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     async with transaction(runtime.sessions) as session:
-        await tokens.revoke(session, name, token_id)
+        await tokens.revoke(session, name, token_id, actor=actor)
     runtime.auth.changed(name)
     return redirect(f"{router.prefix}/{name}#tokens")
 
@@ -226,9 +229,9 @@ async def confirm_delete(
 
 @router.post("/{name}/delete")
 async def delete_user(
-    name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     async with transaction(runtime.sessions) as session:
-        await service.delete_user(session, name)
+        await service.delete_user(session, name, actor=actor)
     runtime.auth.changed(name)
     return redirect(router.prefix)

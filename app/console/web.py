@@ -17,9 +17,10 @@ from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.audit.service import Actor
 from app.console import sessions
 from app.console.sessions import Login
-from app.deps import Runtime, get_runtime
+from app.deps import Runtime, client_address, get_runtime
 from app.errors import AppError, validation_details
 from app.security import Principal
 
@@ -162,8 +163,14 @@ async def _admin(request: Request) -> Principal:
     return principal
 
 
+async def _actor(request: Request) -> Actor:
+    return Actor((await _admin(request)).name, "console", client_address(request))
+
+
 ConsoleUser = Annotated[Principal, Depends(_user)]
 ConsoleAdmin = Annotated[Principal, Depends(_admin)]
+ConsoleActor = Annotated[Actor, Depends(_actor)]
+"""An admin changing the configuration from a page: what the audit log records of it."""
 
 
 @dataclass(frozen=True, slots=True)

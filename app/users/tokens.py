@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import Row, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.audit import service as audit
+from app.audit.service import Actor
 from app.db import utcnow
 from app.errors import NotFound
 from app.users.models import ApiToken, User
@@ -50,7 +52,12 @@ def refusal(expires_at: datetime | None, revoked_at: datetime | None) -> str | N
 
 
 async def issue(
-    session: AsyncSession, user_name: str, name: str, expires_at: datetime | None
+    session: AsyncSession,
+    user_name: str,
+    name: str,
+    expires_at: datetime | None,
+    *,
+    actor: Actor | None,
 ) -> tuple[ApiToken, str]:
     """A new token for the user: its row, and the token itself (to be shown this once)."""
     user = await get_user(session, user_name)
@@ -64,6 +71,8 @@ async def issue(
     )
     session.add(row)
     await session.flush()
+    what = {"id": row.id, "name": name, "expiresAt": expires_at}
+    await audit.record(session, actor, "token.create", user_name, audit.changes(None, what))
     return row, token
 
 
@@ -74,7 +83,9 @@ async def list_tokens(session: AsyncSession, user_name: str) -> list[ApiToken]:
     return list(await session.scalars(query.order_by(ApiToken.created_at, ApiToken.id)))
 
 
-async def revoke(session: AsyncSession, user_name: str, token_id: str) -> ApiToken:
+async def revoke(
+    session: AsyncSession, user_name: str, token_id: str, *, actor: Actor | None
+) -> ApiToken:
     """Revoke one of the user's tokens (a token revoked already keeps its first revocation)."""
     user = await get_user(session, user_name)
     row = await session.get(ApiToken, token_id) if _ID.fullmatch(token_id) else None
@@ -82,6 +93,8 @@ async def revoke(session: AsyncSession, user_name: str, token_id: str) -> ApiTok
         raise NotFound(f"user {user_name!r} has no token {token_id!r}")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        what = {"id": row.id, "name": row.name}
+        await audit.record(session, actor, "token.revoke", user_name, audit.changes(what, None))
     return row
 
 
