@@ -43,7 +43,7 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
     async with transaction(runtime.sessions) as session:
         [stale_claim] = await outbox.claim(session, limit=10, lease=0.0)
     [job] = await stale_worker._load([stale_claim])
-    await stale_worker._send(job)
+    await stale_worker._attempt(job)
     assert len(server.transactions) == 1
 
     await asyncio.sleep(0.01)
