@@ -11,6 +11,7 @@ from app.deps import RuntimeDep, SenderUser, SessionDep, client_address
 from app.errors import BadRequest
 from app.events.models import EventType
 from app.messages import records, service
+from app.messages.records import RecordFilter
 from app.messages.schemas import (
     Accepted,
     BatchIn,
@@ -20,7 +21,7 @@ from app.messages.schemas import (
     MessagePage,
     MessageStatus,
 )
-from app.messages.service import Caller, RecordFilter
+from app.messages.service import Caller
 
 
 def _iso_8601(value: object) -> object:
