@@ -19,9 +19,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from app.db import utcnow
-from app.delivery.compose import compose, group_names
+from app.delivery.compose import compose
 from app.delivery.grouping import Batch, plan
 from app.delivery.models import Message, Recipient
+from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
 from app.events.bounces.verp import Verp
 from app.metrics import Metrics
@@ -29,7 +30,7 @@ from app.servers.models import ServerProfile
 from app.suppressions.service import Listed
 from app.suppressions.unsubscribe import Links, Unsubscribe
 from app.themes.render import Layout
-from app.transports.base import Address, OutgoingMessage, Transport
+from app.transports.base import OutgoingMessage, Transport
 from app.transports.errors import (
     ConfigurationError,
     PermanentError,
@@ -50,6 +51,8 @@ class Job:
     """What one attempt needs, read in a short transaction before any I/O."""
 
     message: Message
+    stored: StoredMessage
+    """What the message is to send: its payload, parsed once when the job is loaded."""
     attempt: int
     """The attempt number the claim gave: the outbox's finish is fenced on it."""
     recipients: list[Recipient]
@@ -133,7 +136,7 @@ class Delivery:
             self._fail_all(job, pending, error)
             return
         batches = plan(
-            group=message.payload.get("group") is not None,
+            group=job.stored.group is not None,
             group_size=len(job.recipients),
             pending=pending,
             personal=frozenset(r.email for r in job.recipients if r.data),
@@ -142,14 +145,12 @@ class Delivery:
             each=self._unsubscribe(job),
         )
         transport = self._transport(job.profile)
-        sender = Address(message.payload["from"]["email"], message.payload["from"].get("name", ""))
         signature = job.profile.signature if job.profile is not None else None
-        names = group_names(message.payload)
+        names = job.stored.group_names()
         for index, batch in enumerate(batches):
             try:
                 outgoing = compose(
-                    message.payload,
-                    sender=sender,
+                    job.stored,
                     batch=batch,
                     message_id=message.message_id,
                     date=message.created_at,
@@ -198,7 +199,7 @@ class Delivery:
     def _unsubscribe(self, job: Job) -> bool:
         """Whether the message carries one-click unsubscribe links: its own `listUnsubscribe`,
         else its profile's (and the service knows its public URL)."""
-        wanted = job.message.payload.get("listUnsubscribe")
+        wanted = job.stored.list_unsubscribe
         if wanted is None:
             wanted = job.profile is not None and job.profile.list_unsubscribe
         return bool(wanted) and self.links.base_url is not None
@@ -328,7 +329,7 @@ class Delivery:
 def hold_back(job: Job, listed: Listed) -> None:
     """A suppressed recipient's result is `suppressed`, before anything is sent: it is not sent
     to, and its companions go on."""
-    if job.message.payload.get("ignoreSuppressions"):
+    if job.stored.ignore_suppressions:
         return
     profile = job.message.server or BUILTIN
     for r in job.recipients:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,6 +25,7 @@ from app.delivery.events import attempt_event
 from app.delivery.job import Job, hold_back
 from app.delivery.models import ATTEMPTS, MESSAGES, RECIPIENTS, Message, Recipient
 from app.delivery.queue import Lease, Queue, claim_due, release_expired
+from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
 from app.events.service import DeliveryEvent, record_events
 from app.servers.models import ServerProfile
@@ -88,6 +90,8 @@ async def load(sessions: async_sessionmaker[AsyncSession], claims: list[Claim]) 
             )
             if message.status == "sending" and message.attempts == attempts[message.id].attempt
         ]
+        stored = _readable(messages)
+        messages = [message for message in messages if message.id in stored]
         recipients: dict[str, list[Recipient]] = {message.id: [] for message in messages}
         for row in await session.scalars(
             select(Recipient)
@@ -95,22 +99,24 @@ async def load(sessions: async_sessionmaker[AsyncSession], claims: list[Claim]) 
             .order_by(Recipient.id)
         ):
             recipients[row.message_pk].append(row)
-        listed = await suppressions.listed(session, _unsent(messages, recipients))
+        listed = await suppressions.listed(session, _unsent(messages, stored, recipients))
         profiles = await _profiles(session, {m.server for m in messages if m.server})
         layouts = await _layouts(
-            session, {name for m in messages if (name := _theme_name(m, profiles))}
+            session, {name for m in messages if (name := _theme_name(m, stored, profiles))}
         )
         session.expunge_all()
     jobs = []
     for message in messages:
         profile = profiles.get(message.server) if message.server else None
         fallback = profiles.get(profile.fallback) if profile and profile.fallback else None
-        name = _theme_name(message, profiles)
+        name = _theme_name(message, stored, profiles)
         layout = layouts.get(name) if name else None
         if name and layout is None:
             log.warning("message %s: theme %r no longer exists; sent without it", message.id, name)
         attempt = attempts[message.id].attempt
-        job = Job(message, attempt, recipients[message.id], profile, fallback, layout)
+        job = Job(
+            message, stored[message.id], attempt, recipients[message.id], profile, fallback, layout
+        )
         hold_back(job, listed)
         jobs.append(job)
     return jobs
@@ -279,21 +285,40 @@ async def sweep(
     return await release_expired(session, MESSAGE_QUEUE, now)
 
 
-def _unsent(messages: list[Message], recipients: dict[str, list[Recipient]]) -> list[str]:
+def _readable(messages: list[Message]) -> dict[str, StoredMessage]:
+    """Each message's payload, parsed once. One that cannot be read (no version wrote such a
+    row, but a hand edit could) is logged and left out, so it cannot fail its whole batch's load
+    on every pass: its lease expires and the sweep gives up on it at POSTROOM_MAX_MESSAGE_AGE."""
+    stored = {}
+    for message in messages:
+        try:
+            stored[message.id] = StoredMessage.of(message.payload)
+        except ValidationError:
+            log.exception("message %s: its stored payload cannot be read; not sent", message.id)
+    return stored
+
+
+def _unsent(
+    messages: list[Message],
+    stored: dict[str, StoredMessage],
+    recipients: dict[str, list[Recipient]],
+) -> list[str]:
     """The addresses the suppression list is checked for: the recipients still to be sent to,
     of the messages that do not ignore the list."""
     return [
         r.email
         for message in messages
-        if not message.payload.get("ignoreSuppressions")
+        if not stored[message.id].ignore_suppressions
         for r in recipients[message.id]
         if r.status in ("pending", "deferred")
     ]
 
 
-def _theme_name(message: Message, profiles: dict[str, ServerProfile]) -> str | None:
+def _theme_name(
+    message: Message, stored: dict[str, StoredMessage], profiles: dict[str, ServerProfile]
+) -> str | None:
     """A message naming a theme (or null) decides; otherwise its profile's theme applies."""
-    if message.payload.get("themeSet"):
+    if stored[message.id].theme_set:
         return message.theme
     profile = profiles.get(message.server) if message.server else None
     return profile.theme if profile is not None else None

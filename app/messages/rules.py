@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.delivery.stored import Parts, StoredAttachment, StoredMessage
 from app.errors import Forbidden, Invalid
 from app.messages.lookups import Lookups
-from app.messages.schemas import LINE_BREAKS, MessageIn
+from app.messages.schemas import LINE_BREAKS, AddressIn, MessageIn
 from app.security import Principal
 from app.servers.models import ServerProfile
 from app.servers.service import PUBLIC_URL_NEEDED
 from app.themes import service as themes
+from app.transports.base import Address
 
 PERSONAL_FACTOR = 10
 """Per-recipient rendering may store up to this many times the message size limit in all."""
@@ -103,15 +106,14 @@ async def render(
     session: AsyncSession,
     settings: Settings,
     body: MessageIn,
-    payload: dict[str, Any],
     recipients: list[dict[str, Any]],
-) -> None:
-    """Render the template into the payload now, so a missing variable is a 422 at POST.
+) -> tuple[dict[str, str], dict[str, Parts]]:
+    """Render the template now, so a missing variable is a 422 at POST: the parts the message
+    does not give itself, and the personal parts of the group members with `data` of their own.
 
     The message's own subject/text/html win over the template's. A group recipient with `data` of
-    its own (merged over the message's) gets its parts rendered separately, stored under
-    payload["personal"][<its email as in its Recipient row>] = {"subject", "text", "html"};
-    compose uses them for that recipient's single-recipient batch.
+    its own (merged over the message's) gets its parts rendered separately, by its email as in its
+    Recipient row; compose uses them for that recipient's single-recipient batch.
     """
     assert body.template is not None
     template = await themes.find_template(session, body.template)
@@ -120,12 +122,13 @@ async def render(
     data = body.data or {}
     limit = settings.max_message_bytes
     personal = [r for r in recipients if r["data"]]
+    shared: dict[str, str] = {}
     if len(personal) < len(recipients):
-        payload |= themes.render_template(template, data, limit=limit, skip=skip)
+        shared = themes.render_template(template, data, limit=limit, skip=skip)
     if not personal:
-        return
+        return shared, {}
     position = {r.email.lower(): i for i, r in reversed(list(enumerate(body.recipients or ())))}
-    rendered: dict[str, dict[str, str]] = {}
+    rendered: dict[str, Parts] = {}
     total = 0
     for row in personal:
         field = f"recipients[{position[row['email'].lower()]}].data"
@@ -138,20 +141,50 @@ async def render(
                 f"the personalised messages are over {limit * PERSONAL_FACTOR} characters in all",
                 field="recipients",
             )
-        rendered[row["email"]] = parts | own
-    payload["personal"] = rendered
+        rendered[row["email"]] = Parts(**(parts | own))
+    return shared, rendered
 
 
-def check_rendered_subjects(payload: dict[str, Any]) -> None:
+def stored_message(
+    body: MessageIn, sender: Address, shared: dict[str, str], personal: dict[str, Parts]
+) -> StoredMessage:
+    """What the outbox keeps of the message: its parts (its own, else the template's `shared`
+    rendering), its recipients as its headers show them, and its options."""
+    return StoredMessage(
+        sender=sender,
+        to=_addresses(body.to),
+        cc=_addresses(body.cc),
+        bcc=_addresses(body.bcc),
+        reply_to=_addresses(body.reply_to),
+        group=None if body.recipients is None else _addresses(body.recipients),
+        subject=body.subject if body.subject is not None else shared.get("subject"),
+        text=body.text if body.text is not None else shared.get("text"),
+        html=body.html if body.html is not None else shared.get("html"),
+        attachments=tuple(
+            StoredAttachment(a.filename, a.content_type, a.content) for a in body.attachments
+        ),
+        headers=body.headers,
+        personal=personal,
+        ignore_suppressions=body.ignore_suppressions,
+        list_unsubscribe=body.list_unsubscribe,
+        theme_set="theme" in body.model_fields_set,
+    )
+
+
+def _addresses(items: Sequence[AddressIn]) -> tuple[Address, ...]:
+    return tuple([Address(item.email, item.name or "") for item in items])
+
+
+def check_rendered_subjects(message: StoredMessage) -> None:
     """A rendered subject goes into a header: no line separator of any kind (the template
     renderer refuses CR, LF and NUL; Python's email refuses the others at send time)."""
-    subjects = [payload.get("subject") or ""]
-    subjects += [parts.get("subject") or "" for parts in payload.get("personal", {}).values()]
+    subjects = [message.subject or ""]
+    subjects += [parts.subject or "" for parts in message.personal.values()]
     if any(ch in LINE_BREAKS for subject in subjects for ch in subject):
         raise Invalid("the rendered subject has a line separator", field="data")
 
 
-def record_subject(payload: dict[str, Any]) -> str:
+def record_subject(message: StoredMessage) -> str:
     """The subject for the records: the shared one, else the first personalised one."""
-    personal: dict[str, str] = next(iter(payload.get("personal", {}).values()), {})
-    return str(payload.get("subject") or personal.get("subject") or "")
+    personal = next(iter(message.personal.values()), Parts())
+    return message.subject or personal.subject or ""

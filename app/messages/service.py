@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db import new_id, utcnow
 from app.delivery.compose import new_message_id
 from app.delivery.models import MESSAGES, RECIPIENTS, Message
+from app.delivery.stored import Parts
 from app.delivery.transports import BUILTIN
 from app.errors import (
     AppError,
@@ -34,6 +35,7 @@ from app.messages.schemas import Accepted, BatchItem, MessageIn
 from app.security import Principal
 from app.suppressions import service as suppressions
 from app.themes import service as themes
+from app.transports.base import Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,41 +160,27 @@ async def _accept(
         )
     if body.theme is not None:
         await themes.find_theme(session, body.theme)
-    payload = body.model_dump(
-        mode="json",
-        by_alias=True,
-        exclude_none=True,
-        exclude={
-            "from_", "recipients", "server", "resource", "template", "theme", "data",
-            "ignore_suppressions", "list_unsubscribe",
-        },
-    )  # fmt: skip
-    if body.ignore_suppressions:
-        payload["ignoreSuppressions"] = True
-    if body.list_unsubscribe is not None:
-        payload["listUnsubscribe"] = body.list_unsubscribe
-    payload["from"] = {"email": sender_email, "name": sender_name or ""}
-    if body.recipients is not None:
-        payload["group"] = [{"email": r.email, "name": r.name or ""} for r in body.recipients]
-    if "theme" in body.model_fields_set:
-        payload["themeSet"] = True
     message_pk = new_id()
     recipients = rules.recipient_rows(body, message_pk)
+    shared: dict[str, str] = {}
+    personal: dict[str, Parts] = {}
     if body.template is not None:
-        await rules.render(session, settings, body, payload, recipients)
-        rules.check_rendered_subjects(payload)
+        shared, personal = await rules.render(session, settings, body, recipients)
+    stored = rules.stored_message(body, Address(sender_email, sender_name or ""), shared, personal)
+    if body.template is not None:
+        rules.check_rendered_subjects(stored)
     now = utcnow()
     message = {
         "id": message_pk,
         "message_id": new_message_id(sender_email),
         "status": "queued",
         "sender": sender_email,
-        "subject": rules.record_subject(payload),
+        "subject": rules.record_subject(stored),
         "server": profile.name if profile is not None else None,
         "template": body.template,
         "theme": body.theme,
         "resource": body.resource,
-        "payload": payload,
+        "payload": stored.to_json(),
         "created_by": caller.principal.name,
         "client_ip": caller.address,
         "idempotency_key": idempotency_key,

@@ -11,6 +11,7 @@ import pytest
 
 from app.delivery.job import Delivery, Job, hold_back
 from app.delivery.models import Message, Recipient
+from app.delivery.stored import StoredMessage
 from app.events.bounces.verp import Verp
 from app.metrics import Metrics
 from app.servers.models import ServerProfile
@@ -105,7 +106,7 @@ def job(
     ]
     for recipient in recipients:
         recipient.status = "pending"
-    return Job(message, 3, recipients, via, fallback)
+    return Job(message, StoredMessage.of(payload), 3, recipients, via, fallback)
 
 
 def delivery(transports: FakeTransports, *, timeout: float = 5.0) -> Delivery:
