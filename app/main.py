@@ -43,6 +43,7 @@ from app.openapi import install as install_openapi
 from app.schemas import LocalDomains
 from app.security import Authenticator
 from app.servers.router import router as servers_router
+from app.servers.schemas import PROFILE_TYPES
 from app.suppressions import service as suppressions
 from app.suppressions.router import router as suppressions_router
 from app.suppressions.router import unsubscribe_router
@@ -269,7 +270,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
-    install_error_handlers(app)
+    install_error_handlers(app, union_tags=PROFILE_TYPES)
     install_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_message_bytes)
     if settings.allow_local_domains:

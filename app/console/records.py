@@ -12,8 +12,8 @@ from starlette.responses import Response
 from app.console.web import PREFIX, ConsoleRoute, ConsoleUser, render
 from app.deps import RuntimeDep
 from app.messages import records
+from app.messages.records import RecordFilter
 from app.messages.schemas import MessageStatus
-from app.messages.service import RecordFilter
 
 router = APIRouter(prefix=f"{PREFIX}/records", route_class=ConsoleRoute, include_in_schema=False)
 

@@ -3,7 +3,7 @@ Every change goes through app.servers.service, as the API's routes do."""
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
@@ -25,14 +25,14 @@ from app.db import transaction
 from app.deps import Runtime, RuntimeDep
 from app.errors import AppError, NotFound
 from app.servers import service, sisense
-from app.servers.schemas import ProfileOut, ProfileType
+from app.servers.schemas import PROFILE_TYPES, ProfileOut
 from app.servers.secrets import secret_paths
 from app.themes import service as themes
 from app.transports.registry import TRANSPORTS
 
 router = APIRouter(prefix=f"{PREFIX}/servers", route_class=ConsoleRoute, include_in_schema=False)
 
-TYPES: tuple[str, ...] = get_args(ProfileType)
+TYPES = PROFILE_TYPES
 
 
 async def _choices(runtime: Runtime, exclude: str | None) -> dict[str, list[tuple[str, str]]]:

@@ -23,6 +23,7 @@ from app.console.sessions import Login
 from app.deps import Runtime, client_address, get_runtime
 from app.errors import AppError, validation_details
 from app.security import Principal
+from app.servers.schemas import PROFILE_TYPES
 
 HERE = Path(__file__).parent
 PREFIX = "/console"
@@ -209,7 +210,7 @@ def is_tls(request: Request, trust_forwarded: bool) -> bool:
 def problems(err: AppError | ValidationError) -> tuple[str, dict[str, str]]:
     """An error as the form shows it: a summary, and a message per field path."""
     if isinstance(err, ValidationError):
-        details = validation_details(err.errors())
+        details = validation_details(err.errors(), PROFILE_TYPES)
         summary = "Please correct the fields marked below."
     else:
         details, summary = err.details, err.message

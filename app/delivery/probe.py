@@ -21,6 +21,7 @@ from app.delivery.compose import compose, new_message_id
 from app.delivery.events import event_type
 from app.delivery.grouping import Batch
 from app.delivery.models import Attempt, Message, Recipient
+from app.delivery.stored import StoredMessage
 from app.errors import Invalid
 from app.events.service import DeliveryEvent, record_events
 from app.schemas import CamelModel
@@ -220,10 +221,9 @@ async def send_test(found: Candidate, to: str, context: TransportContext) -> Tes
     sender = _test_sender(found, to)
     text = text_of_test_mail(found)
     message_id = new_message_id(sender.email)
-    payload = {"subject": TEST_SUBJECT, "text": text, "to": [{"email": to}]}
+    payload = StoredMessage(sender=sender, to=(Address(to),), subject=TEST_SUBJECT, text=text)
     outgoing = compose(
         payload,
-        sender=sender,
         batch=Batch("visible", (to,)),
         message_id=message_id,
         date=utcnow(),
@@ -305,7 +305,9 @@ async def record_test(
         sender=sender.email,
         subject=TEST_SUBJECT,
         server=found.name,
-        payload={"subject": TEST_SUBJECT, "to": [{"email": test.to}], "test": True},
+        payload=StoredMessage(
+            sender=sender, to=(Address(test.to),), subject=TEST_SUBJECT, test=True
+        ).to_json(),
         created_by=by,
         client_ip=client_ip,
         attempts=1,

@@ -8,6 +8,7 @@ from app.deps import RuntimeDep, SenderUser, SessionDep, client_address
 from app.errors import BadRequest
 from app.events.models import EventType
 from app.messages import records, service
+from app.messages.records import RecordFilter
 from app.messages.schemas import (
     Accepted,
     BatchIn,
@@ -17,7 +18,7 @@ from app.messages.schemas import (
     MessagePage,
     MessageStatus,
 )
-from app.messages.service import Caller, RecordFilter
+from app.messages.service import Caller
 from app.schemas import IsoDateTime
 
 router = APIRouter(prefix="/api/v1/messages", tags=["messages"])

@@ -6,19 +6,19 @@ from fastapi import APIRouter, Body, status
 
 from app.deps import AdminActor, AdminUser, RuntimeDep, SessionDep
 from app.servers import service, sisense
-from app.servers.schemas import DuplicateBody, ProfileBody, ProfileList, ProfileOut
+from app.servers.schemas import (
+    PROFILE_MODELS,
+    PROFILE_TYPES,
+    DuplicateBody,
+    ProfileBody,
+    ProfileList,
+    ProfileOut,
+)
 from app.servers.sisense import EmailServerBody, EmailServerOut
 
 router = APIRouter(tags=["servers"])
 
-_TYPES = {
-    "smtp": "SmtpProfile",
-    "mandrill": "MandrillProfile",
-    "ses": "SesProfile",
-    "sendgrid": "SendgridProfile",
-    "mailgun": "MailgunProfile",
-    "msgraph": "MsgraphProfile",
-}
+_TYPES = {type_: model.__name__ for type_, model in zip(PROFILE_TYPES, PROFILE_MODELS, strict=True)}
 _WHOLE_PROFILE = {
     "requestBody": {
         "content": {

@@ -18,6 +18,7 @@ from app.errors import Conflict, Invalid, validation_details
 from app.schemas import CamelModel, Integer, SafeStr
 from app.servers import service
 from app.servers.models import ServerProfile
+from app.servers.schemas import PROFILE_TYPES
 from app.servers.service import Profiles
 from app.transports.smtp import SmtpConfig
 
@@ -134,7 +135,7 @@ async def write(
         await audit.record(session, actor, "email_server.update", None, what)
         return after[0]
     except ValidationError as err:
-        details = _unprefixed(validation_details(err.errors()))
+        details = _unprefixed(validation_details(err.errors(), PROFILE_TYPES))
         fields = ", ".join(dict.fromkeys(detail["field"] for detail in details))
         raise Invalid(f"invalid request: {fields}", details=details) from err
     except Invalid as err:
