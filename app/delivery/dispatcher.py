@@ -362,6 +362,7 @@ class Dispatcher:
                     signature=signature,
                     names=names,
                     unsubscribe_url=self._unsubscribe_url(job, batch),
+                    dkim=self.transports.signer(job.profile),
                 )
             except (PermanentError, ValueError) as raised:
                 # ValueError: a header Python's email refuses (a line separator in a subject the
