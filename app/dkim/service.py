@@ -96,8 +96,7 @@ def signer_of(profile: ServerProfile, box: SecretBox, type_: str | None = None) 
     if active is None or profile.dkim_keys is None or not carriage.carried:
         return None
     key = keys.load(box.decrypt(profile.dkim_keys)["active"], active.algorithm)
-    unsigned = frozenset(name.encode("ascii") for name in carriage.unsigned)
-    return Signer(active.domain, active.selector, key, unsigned)
+    return Signer.through(type_ or profile.type, active.domain, active.selector, key)
 
 
 async def make_key(body: DkimKeyIn) -> DkimKey:

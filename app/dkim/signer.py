@@ -18,6 +18,7 @@ from typing import cast
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 
+from app.dkim.carriage import CARRIAGE
 from app.dkim.keys import DkimKey
 
 NAME = b"DKIM-Signature"
@@ -75,6 +76,12 @@ class Signer:
     """Fields (lower case) the profile's transport may rewrite (app/dkim/carriage.py): left out
     of h=."""
     clock: Callable[[], float] = time.time
+
+    @classmethod
+    def through(cls, transport_type: str, domain: str, selector: str, key: DkimKey) -> Signer:
+        """A signer for mail through a transport of this type: without the fields it rewrites."""
+        unsigned = CARRIAGE[transport_type].unsigned
+        return cls(domain, selector, key, frozenset(name.encode("ascii") for name in unsigned))
 
     def signature(self, message: bytes) -> bytes:
         """The DKIM-Signature field for `message` (CRLF line ends), ending in CRLF, to put
