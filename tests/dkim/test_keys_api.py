@@ -3,6 +3,7 @@ input answered with a 422 naming the field and nothing stored."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -141,7 +142,7 @@ async def test_an_imported_key_is_used_and_never_shown(
     for shown in [*answers, str(answer)]:
         assert not any(line in shown for line in body_lines), "the private key is never shown"
     assert "privateKey" not in str(answer)
-    dump = raw_dump(settings)
+    dump = await asyncio.to_thread(raw_dump, settings)  # PostgreSQL: asyncio.run of its own
     assert not any(line.encode() in dump for line in body_lines), "encrypted at rest"
     async with runtime.sessions() as session:
         profile = await servers.get_profile(session, "relay")
@@ -312,7 +313,6 @@ async def test_rotation_wants_the_next_record_published(
 async def test_no_session_is_held_while_rotation_looks_up_dns(
     admin: httpx.AsyncClient, relay: dict[str, Any], dns_server: DnsServer, runtime: Runtime
 ) -> None:
-    import asyncio
 
     await add_key(admin, selector="s1", algorithm="ed25519-sha256")
     publish(dns_server, await add_key(admin, selector="s2", algorithm="ed25519-sha256"), "next")
