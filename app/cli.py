@@ -283,12 +283,15 @@ def verify(name: str) -> None:
     async def work(runtime: Runtime) -> VerifyOutcome:
         async with transaction(runtime.sessions) as session:
             found = await probe.candidate(session, runtime.profiles, name, {})
-        return await probe.verify(found, runtime.transport_context)
+        return await probe.verify(found, runtime.transport_context, runtime.resolver)
 
     outcome = _run(work)
     for step in outcome.steps:
         mark = "ok  " if step.ok else "FAIL"
         typer.echo(f"{mark} {step.name:<10} {step.duration_ms:8.1f} ms  {step.detail}")
+    for check in outcome.dkim:
+        mark = "ok  " if check.status == "match" else "FAIL"
+        typer.echo(f"{mark} dkim {check.slot:<6} {check.detail}")
     for item in outcome.unchecked:
         typer.echo(f"not checked: {item}")
     if outcome.hint:
@@ -339,8 +342,9 @@ def ingest(
 
 @cli.command("rotate-keys")
 def rotate_keys() -> None:
-    """Re-encrypt every stored secret with the first key of POSTROOM_SECRET_KEYS."""
-    from sqlalchemy import select
+    """Re-encrypt every stored secret (DKIM private keys included) with the first key of
+    POSTROOM_SECRET_KEYS."""
+    from sqlalchemy import or_, select
 
     from app.db import transaction
     from app.servers.models import ServerProfile
@@ -349,12 +353,18 @@ def rotate_keys() -> None:
         async with transaction(runtime.sessions) as session:
             profiles = list(
                 await session.scalars(
-                    select(ServerProfile).where(ServerProfile.secrets.is_not(None))
+                    select(ServerProfile).where(
+                        or_(
+                            ServerProfile.secrets.is_not(None), ServerProfile.dkim_keys.is_not(None)
+                        )
+                    )
                 )
             )
             for profile in profiles:
-                assert profile.secrets is not None
-                profile.secrets = runtime.box.rotate(profile.secrets)
+                if profile.secrets is not None:
+                    profile.secrets = runtime.box.rotate(profile.secrets)
+                if profile.dkim_keys is not None:
+                    profile.dkim_keys = runtime.box.rotate(profile.dkim_keys)
         return len(profiles)
 
     typer.echo(f"re-encrypted the secrets of {_run(work)} profiles")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+import dns.asyncresolver
 import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -18,6 +19,7 @@ from app.config import Settings
 from app.crypto import SecretBox
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.transports import TransportCache
+from app.dkim import lookup
 from app.egress import EgressPolicy
 from app.messages.intake import Intake
 from app.metrics import Metrics
@@ -61,6 +63,11 @@ class Runtime:
     @property
     def profiles(self) -> Profiles:
         return Profiles(self.box, self.egress, self.settings.public_url)
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        """For DKIM record checks: POSTROOM_DNS_SERVERS, else the system's resolvers."""
+        return lookup.resolver(self.settings.resolvers)
 
 
 def _runtime(request: Request) -> Runtime:

@@ -28,6 +28,7 @@ from app.delivery.dispatcher import Dispatcher
 from app.delivery.router import router as probe_router
 from app.delivery.transports import TransportCache
 from app.deps import Runtime, RuntimeDep
+from app.dkim.router import router as dkim_router
 from app.egress import EgressPolicy, http_client, parse_networks
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.events.bounces.router import router as bounces_router
@@ -280,6 +281,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(branding_router)
     app.include_router(users_router)
     app.include_router(probe_router)
+    app.include_router(dkim_router)
     app.include_router(themes_router)
     app.include_router(webhooks_router)
     app.webhooks.include_router(webhook_events)

@@ -20,6 +20,7 @@ from email.utils import encode_rfc2231, format_datetime
 from app.db import new_id
 from app.delivery.grouping import Batch
 from app.delivery.stored import Parts, StoredMessage
+from app.dkim.signer import Signer
 from app.schemas import a_label_domain, a_labels
 from app.themes.render import Layout, RenderError, dress
 from app.transports.base import Address, Attachment, Content, OutgoingMessage
@@ -240,11 +241,14 @@ def compose(
     signature: str | None = None,
     names: Mapping[str, str] | None = None,
     unsubscribe_url: str | None = None,
+    dkim: Signer | None = None,
 ) -> OutgoingMessage:
     """Raises PermanentError (EMESSAGE) when the theme's layout cannot be rendered.
 
     `unsubscribe_url`: this batch's one-click unsubscribe link, which goes in List-Unsubscribe
-    with List-Unsubscribe-Post (RFC 8058), in place of any the message's headers gave."""
+    with List-Unsubscribe-Post (RFC 8058), in place of any the message's headers gave.
+    `dkim`: the profile's signer; its DKIM-Signature goes in front of both `mime` and
+    `mime_with_bcc` (Bcc is not signed, so one signature holds for both)."""
     try:
         content = content_of(payload, batch, layout=layout, signature=signature, names=names)
     except RenderError as err:
@@ -254,11 +258,16 @@ def compose(
         headers += [("List-Unsubscribe", f"<{unsubscribe_url}>"), ONE_CLICK]
         content = dataclasses.replace(content, headers=tuple(headers))
     mime = to_mime(content, message_id, date)
+    with_bcc = to_mime(content, message_id, date, with_bcc=True) if content.bcc else None
+    if dkim is not None:
+        field = dkim.signature(mime)
+        mime = field + mime
+        with_bcc = field + with_bcc if with_bcc is not None else None
     return OutgoingMessage(
         envelope_from=payload.sender.email,
         recipients=batch.recipients,
         mime=mime,
         message_id=message_id,
         content=content,
-        mime_with_bcc=to_mime(content, message_id, date, with_bcc=True) if content.bcc else None,
+        mime_with_bcc=with_bcc,
     )

@@ -24,6 +24,7 @@ from app.delivery.grouping import Batch, plan
 from app.delivery.models import Message, Recipient
 from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
+from app.dkim.signer import Signer
 from app.events.bounces.verp import Verp
 from app.metrics import Metrics
 from app.servers.models import ServerProfile
@@ -81,6 +82,8 @@ class Transports(Protocol):
     def verp(self) -> Verp: ...
 
     def get(self, profile: ServerProfile) -> Transport: ...
+
+    def signer(self, profile: ServerProfile | None) -> Signer | None: ...
 
 
 class Delivery:
@@ -158,6 +161,7 @@ class Delivery:
                     signature=signature,
                     names=names,
                     unsubscribe_url=self._unsubscribe_url(job, batch),
+                    dkim=self.transports.signer(job.profile),
                 )
             except (PermanentError, ValueError) as raised:
                 # ValueError: a header Python's email refuses (a line separator in a subject the

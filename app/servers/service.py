@@ -17,6 +17,7 @@ from app.audit import service as audit
 from app.audit.service import Actor, Secret
 from app.crypto import SecretBox
 from app.db import utcnow
+from app.dkim.carriage import CARRIAGE
 from app.egress import EgressPolicy, check_host_setting, check_port_setting
 from app.errors import Conflict, Invalid, NotFound
 from app.schemas import CamelModel
@@ -261,6 +262,13 @@ async def _apply(
             raise Invalid(f"no theme {body.theme!r}", field="theme")
     if body.list_unsubscribe and ctx.public_url is None:
         raise Invalid(PUBLIC_URL_NEEDED, field="listUnsubscribe")
+    if profile.dkim and not CARRIAGE[body.type].carried:
+        raise Invalid(
+            f"the profile signs with DKIM, and a {body.type} profile cannot: "
+            f"{CARRIAGE[body.type].note}. Remove its keys first "
+            f"(DELETE /api/v1/servers/{profile.name}/dkim)",
+            field="type",
+        )
     if isinstance(body.settings, SmtpConfig):
         check_port_setting(ctx.egress, body.settings.effective_port, "settings.port")
     public, stored = secret_settings.split(body.settings)

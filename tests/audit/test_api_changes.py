@@ -76,6 +76,20 @@ async def test_server_profiles(
         assert secret.encode() not in dump
 
 
+async def test_dkim_keys(admin: httpx.AsyncClient, runtime: Runtime) -> None:
+    assert (await admin.post("/api/v1/servers", json=RELAY)).status_code == 201
+    key = {"selector": "s1", "algorithm": "ed25519-sha256"}
+    assert (await admin.post("/api/v1/servers/relay/dkim", json=key)).status_code == 201
+    created = await latest(admin, "dkim.create")
+    _by_admin(created, "dkim.create", "relay")
+    assert created["changes"]["active.selector"] == {"from": None, "to": "s1"}
+    assert created["changes"]["active.privateKey"] == "changed"
+    assert "PRIVATE KEY" not in await stored(runtime)
+    assert (await admin.delete("/api/v1/servers/relay/dkim")).status_code == 204
+    deleted = await latest(admin, "dkim.delete")
+    assert deleted["changes"]["active.selector"] == {"from": "s1", "to": None}
+
+
 async def test_the_sisense_email_server_settings(
     admin: httpx.AsyncClient, runtime: Runtime, settings: Settings
 ) -> None:

@@ -70,6 +70,9 @@ class FakeTransports:
     def get(self, profile: ServerProfile) -> FakeTransport:
         return self.by_name[profile.name]
 
+    def signer(self, profile: ServerProfile | None) -> None:
+        return None
+
 
 def profile(name: str = "relay", **fields: Any) -> ServerProfile:
     return ServerProfile(name=name, type="smtp", settings={}, **fields)
