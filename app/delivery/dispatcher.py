@@ -585,7 +585,7 @@ class Dispatcher:
         for job, values in live:
             if values["status"] != "queued":
                 self.metrics.messages.labels(status=values["status"]).inc()
-                age = (now - job.message.created_at).total_seconds()
+                age = (now - job.message.starts_at).total_seconds()
                 self.metrics.delivery_latency.observe(age)
 
     def _events(self, job: Job, now: datetime) -> list[DeliveryEvent]:
@@ -612,7 +612,7 @@ class Dispatcher:
         statuses = {r.email: r.status for r in job.recipients}
         statuses.update({email: result.status for email, result in job.results.items()})
         waiting = [e for e, s in statuses.items() if s in ("pending", "deferred")]
-        if waiting and self.retry.expired(message.created_at, now):
+        if waiting and self.retry.expired(message.starts_at, now):
             for email in waiting:
                 old = job.results.get(email)
                 job.results[email] = RecipientResult(

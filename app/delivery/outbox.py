@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -141,7 +141,11 @@ async def sweep(
     if max_age is not None:
         cutoff = now - timedelta(seconds=max_age)
         old = list(
-            await session.scalars(select(Message.id).where(*lost, Message.created_at < cutoff))
+            await session.scalars(
+                select(Message.id).where(
+                    *lost, func.coalesce(Message.send_at, Message.created_at) < cutoff
+                )
+            )
         )
         if old:
             await session.execute(

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import utcnow
 from app.delivery.models import Message
 from app.events.models import EventRow
 from app.messages import service
 from app.messages.schemas import EventOut, MessageOut, MessagePage, MessageSummary
 from app.messages.service import RecordFilter
+from app.messages.statuses import shown
 from app.security import Principal
+
+S = TypeVar("S", bound=MessageSummary)
 
 
 async def search(
@@ -28,7 +34,8 @@ async def search(
             return MessagePage(items=[], next_cursor=None)
         where = dataclasses.replace(where, created_by=principal.name)
     rows, next_cursor = await service.search(session, where, limit=limit, cursor=cursor)
-    items = [MessageSummary.model_validate(row, from_attributes=True) for row in rows]
+    now = utcnow()
+    items = [_shown(MessageSummary.model_validate(row, from_attributes=True), now) for row in rows]
     return MessagePage(items=items, next_cursor=next_cursor)
 
 
@@ -38,8 +45,15 @@ async def detail(session: AsyncSession, message_id: str, principal: Principal) -
     return _out(message, events)
 
 
+def _shown(answer: S, now: datetime) -> S:
+    """`scheduled` for a queued message whose sendAt is ahead (app/messages/statuses.py)."""
+    if answer.next_attempt_at is not None:
+        answer.status = shown(answer.status, answer.attempts, answer.next_attempt_at, now)
+    return answer
+
+
 def _out(message: Message, events: list[EventRow]) -> MessageOut:
-    answer = MessageOut.model_validate(message, from_attributes=True)
+    answer = _shown(MessageOut.model_validate(message, from_attributes=True), utcnow())
     queued = EventOut.accepted(message.created_at)
     per_recipient: dict[int | None, list[EventOut]] = {}
     for event in events:

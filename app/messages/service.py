@@ -37,6 +37,7 @@ from app.events.service import events_of
 from app.messages.bounds import enforce
 from app.messages.lookups import Lookups
 from app.messages.schemas import LINE_BREAKS, Accepted, BatchItem, MessageIn
+from app.messages.statuses import shown_as, status_at
 from app.security import Principal
 from app.servers.models import ServerProfile
 from app.servers.service import PUBLIC_URL_NEEDED
@@ -182,7 +183,7 @@ async def _accept(
         exclude_none=True,
         exclude={
             "from_", "recipients", "server", "resource", "template", "theme", "data",
-            "ignore_suppressions", "list_unsubscribe",
+            "ignore_suppressions", "list_unsubscribe", "send_at",
         },
     )  # fmt: skip
     if body.ignore_suppressions:
@@ -216,10 +217,13 @@ async def _accept(
         "idempotency_key": idempotency_key,
         "request_hash": digest,
         "attempts": 0,
-        "next_attempt_at": now,
+        "next_attempt_at": body.send_at or now,
+        "send_at": body.send_at,
         "created_at": now,
     }
-    accepted = Accepted(id=message_pk, status="queued", message_id=message["message_id"])
+    accepted = Accepted(
+        id=message_pk, status=status_at(body.send_at), message_id=message["message_id"]
+    )
     if not body.ignore_suppressions:
         scope = profile.name if profile is not None else BUILTIN
         accepted.suppressed = [r["email"] for r in recipients if listed.why(r["email"], scope)]
@@ -390,7 +394,7 @@ async def _replay(
         raise Invalid(
             "this Idempotency-Key was used with a different body", field="Idempotency-Key"
         )
-    return Accepted(id=earlier.id, status="queued", message_id=earlier.message_id)
+    return Accepted(id=earlier.id, status=status_at(earlier.send_at), message_id=earlier.message_id)
 
 
 async def _sender(
@@ -471,10 +475,11 @@ async def search(
         (Message.theme, where.theme),
         (Message.resource, where.resource),
         (Message.server, where.server),
-        (Message.status, where.status),
     ):
         if value is not None:
             query = query.where(column == value)
+    if where.status is not None:
+        query = query.where(shown_as(where.status, utcnow()))
     if where.recipient is not None:
         query = query.where(
             exists().where(
