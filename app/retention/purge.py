@@ -89,7 +89,7 @@ class Purge:
         bodies = now - timedelta(days=self.settings.retention_body_days)
         done = Purged()
         done.records = await self._repeat(partial(self._records, records), deadline)
-        done.bodies = await self._repeat(partial(self._bodies, bodies, now), deadline)
+        done.bodies = await self._repeat(partial(self._bodies, bodies, records, now), deadline)
         for other in self.others:
             done.other += await self._repeat(partial(self._other, other, records), deadline)
         if done:
@@ -129,10 +129,13 @@ class Purge:
                 )
         return len(ids)
 
-    async def _bodies(self, before: datetime, now: datetime) -> int:
-        """Remove the bodies of one batch of messages older than `before`."""
+    async def _bodies(self, before: datetime, records: datetime, now: datetime) -> int:
+        """Remove the bodies of one batch of messages older than `before`, and younger than
+        `records`: an older one's whole record goes (a purge in another worker may be at it)."""
+        kept = or_(Message.created_at >= records, Message.send_at >= records)
         async with transaction(self.sessions) as session:
-            ids = await self._batch(session, [Message.body_purged_at.is_(None), *_older(before)])
+            where = [Message.body_purged_at.is_(None), *_older(before), kept]
+            ids = await self._batch(session, where)
             if ids:
                 await session.execute(
                     update(Message)
