@@ -125,11 +125,16 @@ def serve(
 
 @cli.command()
 def worker(
-    once: Annotated[bool, typer.Option(help="Deliver what is due now, then exit.")] = False,
+    once: Annotated[
+        bool, typer.Option(help="Deliver what is due now, purge what retention says, then exit.")
+    ] = False,
 ) -> None:
-    """Run the dispatcher and the webhook sender: several workers share a PostgreSQL outbox."""
+    """Run the dispatcher, the webhook sender and the retention purge: several workers share a
+    PostgreSQL outbox."""
     from app.delivery.dispatcher import Dispatcher
     from app.main import running_dispatcher, running_sender
+    from app.retention.purge import Purge
+    from app.retention.running import running_purge
     from app.webhooks.sender import Sender
 
     settings = _settings()
@@ -142,6 +147,7 @@ def worker(
             await runtime.transports.aclose()
             sender = Sender(runtime.sessions, settings, runtime.box, runtime.http, runtime.metrics)
             await sender.drain()
+            await Purge(runtime.sessions, settings).step()
             return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -150,6 +156,7 @@ def worker(
         async with (  # supervised: they never die
             running_dispatcher(runtime, loop="worker"),
             running_sender(runtime),
+            running_purge(runtime),
         ):
             _freeze_start_up_objects()
             await stop.wait()

@@ -44,6 +44,17 @@ class Settings(BaseSettings):
     webhook_max_age: float = Field(259_200.0, gt=0)
     """A webhook delivery still failing this long after its event (3 days) is given up."""
 
+    retention_body_days: float = Field(30.0, gt=0)
+    """Days a finished message keeps its bodies, attachments and template data, counted from its
+    sendAt or else its acceptance; then the purge removes them, and its record and events stay."""
+    retention_record_days: float = Field(400.0, gt=0)
+    """Days a finished message's record is kept at all (with its recipients, attempts, events)."""
+    purge_interval: float = Field(300.0, gt=0)
+    """Seconds between two passes of the retention purge (it runs beside each dispatcher)."""
+    purge_batch: int = Field(500, ge=1, le=100_000)
+    """Rows one purge transaction touches at most: messages, their recipients and their events
+    (a message larger than that goes alone)."""
+
     max_message_bytes: int = Field(10_240_000, gt=0)
     max_visible_recipients: int = Field(100, gt=0)
     max_group_recipients: int = Field(10_000, gt=0)

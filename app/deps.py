@@ -23,6 +23,7 @@ from app.dkim import lookup
 from app.egress import EgressPolicy
 from app.messages.intake import Intake
 from app.metrics import Metrics
+from app.retention.purge import PurgeLoop
 from app.security import Authenticator, Principal, require_role
 from app.servers.service import Profiles
 from app.throttle import Throttle
@@ -56,6 +57,8 @@ class Runtime:
     """This process's dispatcher, while it runs one (for /readyz)."""
     sender: Sender | None = None
     """This process's webhook sender, while it runs one (for /readyz)."""
+    purge: PurgeLoop | None = None
+    """This process's retention purge, while it runs one (beside its dispatcher; for /readyz)."""
 
     def queued(self) -> None:
         self.wake()

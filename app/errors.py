@@ -66,6 +66,14 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class Gone(AppError):
+    """What was asked for existed and was removed for good (a message body the retention purge
+    removed, say)."""
+
+    status_code = 410
+    code = "gone"
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"

@@ -41,6 +41,7 @@ from app.messages.intake import Intake
 from app.messages.router import router as messages_router
 from app.metrics import Metrics
 from app.openapi import install as install_openapi
+from app.retention.running import running_purge
 from app.schemas import LocalDomains
 from app.security import Authenticator
 from app.servers.router import router as servers_router
@@ -214,6 +215,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.dispatcher:
             await stack.enter_async_context(running_dispatcher(runtime))
             await stack.enter_async_context(running_sender(runtime))
+            await stack.enter_async_context(running_purge(runtime))
         await stack.enter_async_context(running_bounce_loops(runtime))
         generated = await bootstrap_admin(runtime)
         if generated is not None:
@@ -256,6 +258,11 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
         sender is None or sender.task is None or sender.task.done()
     ):
         reasons.append("the webhook sender is not running")
+    purge = runtime.purge
+    if runtime.settings.dispatcher and (purge is None or purge.task.done()):
+        reasons.append("the retention purge is not running")
+    if purge is not None and purge.supervised.last_error:
+        answer["purge"] = {"lastError": purge.supervised.last_error}
     if reasons:
         return {"status": "unavailable", "reasons": reasons} | answer
     return {"status": "ready"} | answer

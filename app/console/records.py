@@ -21,7 +21,9 @@ PAGE_SIZE = 25
 MAX_PAGE = 500
 """The API's largest page."""
 TEXT_FILTERS = ("sender", "recipient", "template", "server", "createdBy")
-STATUSES: tuple[MessageStatus, ...] = ("queued", "sending", "sent", "partially_sent", "failed")
+STATUSES: tuple[MessageStatus, ...] = (
+    "scheduled", "queued", "sending", "sent", "partially_sent", "failed", "cancelled",
+)  # fmt: skip
 
 
 def when(value: str, field: str, errors: dict[str, str]) -> datetime | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -121,21 +122,24 @@ def to_mime(content: Content, message_id: str, date: datetime, *, with_bcc: bool
     lines.extend(_header(name, value) for name, value in content.headers)
     lines.append("MIME-Version: 1.0")
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
-    return head + _body(content)
+    return head + _body(content, message_id)
 
 
-def _body(content: Content) -> bytes:
+def _body(content: Content, message_id: str) -> bytes:
     """The MIME entity of the bodies and attachments, its own headers first."""
     if content.text is not None and content.html is not None:
         entity = _multipart(
-            "alternative", [_text_part(content.text, "plain"), _text_part(content.html, "html")]
+            "alternative",
+            [_text_part(content.text, "plain"), _text_part(content.html, "html")],
+            message_id,
         )
     elif content.text is not None:
         entity = _text_part(content.text, "plain")
     else:
         entity = _text_part(content.html or "", "html")
     if content.attachments:
-        entity = _multipart("mixed", [entity, *map(_attachment_part, content.attachments)])
+        parts = [entity, *map(_attachment_part, content.attachments)]
+        entity = _multipart("mixed", parts, message_id)
     return entity
 
 
@@ -164,10 +168,14 @@ def _attachment_part(attachment: Attachment) -> bytes:
     ).encode() + _base64_lines(attachment.content)
 
 
-def _multipart(subtype: str, parts: list[bytes]) -> bytes:
-    boundary = f"=_{new_id()}"
+def _multipart(subtype: str, parts: list[bytes], message_id: str) -> bytes:
+    """The boundary is derived from the Message-ID, not drawn at random: composing a message
+    again gives the same bytes (GET /messages/{id}/raw recomposes it as it was sent)."""
+    seed = f"{message_id}/{subtype}"
+    boundary = f"=_{hashlib.blake2b(seed.encode(), digest_size=16).hexdigest()}"
     while any(boundary.encode() in part for part in parts):
-        boundary = f"=_{new_id()}"
+        seed += "/"
+        boundary = f"=_{hashlib.blake2b(seed.encode(), digest_size=16).hexdigest()}"
     delimiter = b"--" + boundary.encode()
     # the CRLF before each delimiter belongs to the delimiter (RFC 2046 5.1.1), not to the part
     body = b"".join(delimiter + b"\r\n" + part + b"\r\n" for part in parts)

@@ -230,5 +230,5 @@ class Dispatcher:
         for job, values in live:
             if values["status"] != "queued":
                 self.metrics.messages.labels(status=values["status"]).inc()
-                age = (now - job.message.created_at).total_seconds()
+                age = (now - job.message.starts_at).total_seconds()
                 self.metrics.delivery_latency.observe(age)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import among, transaction, update_by_id, utcnow
@@ -184,7 +184,7 @@ def outcome(job: Job, now: datetime, retry: RetryPolicy) -> dict[str, Any]:
     statuses = {r.email: r.status for r in job.recipients}
     statuses.update({email: result.status for email, result in job.results.items()})
     waiting = [e for e, s in statuses.items() if s in ("pending", "deferred")]
-    if waiting and retry.expired(message.created_at, now):
+    if waiting and retry.expired(message.starts_at, now):
         for email in waiting:
             old = job.results.get(email)
             job.results[email] = RecipientResult(
@@ -264,7 +264,11 @@ async def sweep(
     if max_age is not None:
         cutoff = now - timedelta(seconds=max_age)
         old = list(
-            await session.scalars(select(Message.id).where(*lost, Message.created_at < cutoff))
+            await session.scalars(
+                select(Message.id).where(
+                    *lost, func.coalesce(Message.send_at, Message.created_at) < cutoff
+                )
+            )
         )
         if old:
             await session.execute(

@@ -8,19 +8,23 @@ import binascii
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from app.db import utcnow
 from app.delivery.models import Message, Recipient
 from app.errors import BadRequest, NotFound
 from app.events.models import EventRow, EventType
 from app.events.service import events_of
 from app.messages.schemas import EventOut, MessageOut, MessagePage, MessageSummary
+from app.messages.statuses import shown, shown_as
 from app.security import Principal
 
 QUEUED: EventType = "queued"
+S = TypeVar("S", bound=MessageSummary)
 
 
 async def search(
@@ -37,7 +41,8 @@ async def search(
             return MessagePage(items=[], next_cursor=None)
         where = dataclasses.replace(where, created_by=principal.name)
     rows, next_cursor = await _find(session, where, limit=limit, cursor=cursor)
-    items = [MessageSummary.model_validate(row, from_attributes=True) for row in rows]
+    now = utcnow()
+    items = [_shown(MessageSummary.model_validate(row, from_attributes=True), now) for row in rows]
     return MessagePage(items=items, next_cursor=next_cursor)
 
 
@@ -47,8 +52,15 @@ async def detail(session: AsyncSession, message_id: str, principal: Principal) -
     return _out(message, events)
 
 
+def _shown(answer: S, now: datetime) -> S:
+    """`scheduled` for a queued message whose sendAt is ahead (app/messages/statuses.py)."""
+    if answer.next_attempt_at is not None:
+        answer.status = shown(answer.status, answer.attempts, answer.next_attempt_at, now)
+    return answer
+
+
 def _out(message: Message, events: list[EventRow]) -> MessageOut:
-    answer = MessageOut.model_validate(message, from_attributes=True)
+    answer = _shown(MessageOut.model_validate(message, from_attributes=True), utcnow())
     queued = EventOut.accepted(message.created_at)
     per_recipient: dict[int | None, list[EventOut]] = {}
     for event in events:
@@ -122,10 +134,11 @@ async def _find(
         (Message.theme, where.theme),
         (Message.resource, where.resource),
         (Message.server, where.server),
-        (Message.status, where.status),
     ):
         if value is not None:
             query = query.where(column == value)
+    if where.status is not None:
+        query = query.where(shown_as(where.status, utcnow()))
     if where.recipient is not None:
         query = query.where(
             exists().where(

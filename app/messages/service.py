@@ -32,6 +32,7 @@ from app.messages import rules
 from app.messages.bounds import enforce
 from app.messages.lookups import Lookups
 from app.messages.schemas import Accepted, BatchItem, MessageIn
+from app.messages.statuses import status_at
 from app.security import Principal
 from app.suppressions import service as suppressions
 from app.themes import service as themes
@@ -186,10 +187,13 @@ async def _accept(
         "idempotency_key": idempotency_key,
         "request_hash": digest,
         "attempts": 0,
-        "next_attempt_at": now,
+        "next_attempt_at": body.send_at or now,
+        "send_at": body.send_at,
         "created_at": now,
     }
-    accepted = Accepted(id=message_pk, status="queued", message_id=message["message_id"])
+    accepted = Accepted(
+        id=message_pk, status=status_at(body.send_at), message_id=message["message_id"]
+    )
     if not body.ignore_suppressions:
         scope = profile.name if profile is not None else BUILTIN
         accepted.suppressed = [r["email"] for r in recipients if listed.why(r["email"], scope)]
@@ -250,4 +254,4 @@ async def _replay(
         raise Invalid(
             "this Idempotency-Key was used with a different body", field="Idempotency-Key"
         )
-    return Accepted(id=earlier.id, status="queued", message_id=earlier.message_id)
+    return Accepted(id=earlier.id, status=status_at(earlier.send_at), message_id=earlier.message_id)
