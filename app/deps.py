@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 from fastapi import Depends, Request
@@ -25,6 +25,9 @@ from app.servers.service import Profiles
 from app.throttle import Throttle
 from app.transports.base import TransportContext
 from app.webhooks.sender import Sender
+
+if TYPE_CHECKING:  # the listener itself needs the Runtime
+    from app.submission.listener import SubmissionListener
 
 
 @dataclass(slots=True)
@@ -53,6 +56,8 @@ class Runtime:
     """This process's dispatcher, while it runs one (for /readyz)."""
     sender: Sender | None = None
     """This process's webhook sender, while it runs one (for /readyz)."""
+    submission: SubmissionListener | None = None
+    """This process's SMTP submission listener, while it runs one (for /readyz)."""
 
     def queued(self) -> None:
         self.wake()
