@@ -277,6 +277,7 @@ class SubmissionListener:
         self.host = settings.submission_host
         self.port = settings.submission_port
         self.tls = tls_context(settings)
+        self.insecure_auth = settings.submission_insecure_auth
         self.hostname = settings.hostname or socket.gethostname()
         self.max_bytes = settings.submission_max_message_bytes
         self.server: asyncio.Server | None = None
@@ -295,7 +296,7 @@ class SubmissionListener:
             ident="Postroom submission",
             tls_context=self.tls,
             require_starttls=self.tls is not None,
-            auth_require_tls=self.tls is not None,
+            auth_require_tls=self.tls is not None or not self.insecure_auth,
         )
         self._connections.add(protocol)
         return protocol

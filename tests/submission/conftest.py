@@ -65,16 +65,16 @@ def client_context(certificate: Certificate) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(certificate.ca))
 
 
-@contextmanager
-def connected(
+def logged_in(
     settings: Settings,
     certificate: Certificate | None,
     credentials: tuple[str, str] | None = SENDER,
     mechanism: str = "PLAIN",
-) -> Iterator[smtplib.SMTP]:
+) -> smtplib.SMTP:
     """An smtplib session with the listener: EHLO, STARTTLS (with a certificate), AUTH."""
     assert settings.submission_port is not None
-    with smtplib.SMTP("127.0.0.1", settings.submission_port, timeout=30) as smtp:
+    smtp = smtplib.SMTP("127.0.0.1", settings.submission_port, timeout=30)
+    try:
         smtp.ehlo("app.example.com")
         if certificate is not None:
             smtp.starttls(context=client_context(certificate))
@@ -83,6 +83,21 @@ def connected(
             smtp.user, smtp.password = credentials
             method = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
             smtp.auth(mechanism, method, initial_response_ok=mechanism == "PLAIN")
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
+
+
+@contextmanager
+def connected(
+    settings: Settings,
+    certificate: Certificate | None,
+    credentials: tuple[str, str] | None = SENDER,
+    mechanism: str = "PLAIN",
+) -> Iterator[smtplib.SMTP]:
+    """`logged_in`, closed (QUIT) after the block."""
+    with logged_in(settings, certificate, credentials, mechanism) as smtp:
         yield smtp
 
 

@@ -144,7 +144,8 @@ async def test_a_wrong_password_is_535_and_counts_toward_the_login_throttle(
             with connected(settings, certificate, credentials=credentials):
                 return 235, ""
         except smtplib.SMTPAuthenticationError as err:
-            return err.smtp_code, err.smtp_error.decode()
+            error = err.smtp_error
+            return err.smtp_code, error.decode() if isinstance(error, bytes) else error
 
     limit = runtime.settings.login_failures_per_minute
     for attempt in range(limit):
