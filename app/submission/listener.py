@@ -26,9 +26,9 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -230,7 +230,13 @@ class SubmissionHandler:
         return accepted
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("the submission listener failed on a command", exc_info=error)
+        """A command that raised: logged here, and a reply that does not show the error (aiosmtpd
+        would answer 500 with its text). A failed TLS handshake is the client's: the
+        connection is closed, nothing else happens."""
+        if isinstance(error, TLSSetupException):
+            log.info("a STARTTLS handshake failed: %s", error.__cause__)
+        else:
+            log.error("the submission listener failed on a command", exc_info=error)
         return "451 4.3.0 internal error; try again later"
 
 
@@ -253,10 +259,26 @@ async def _challenge(server: SMTP, challenge: str) -> bytes | None:
     return None if answer is MISSING else bytes(answer)
 
 
+class _Session(Session):
+    """aiosmtpd's session without `login_data`, deprecated: aiosmtpd sets it on every AUTH,
+    and each time logs a warning saying so."""
+
+    @property
+    def login_data(self) -> Any:
+        return None
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        pass
+
+
 class _Protocol(SMTP):
     """aiosmtpd's SMTP with AUTH required before MAIL, RCPT and DATA (530). Its own
     `auth_required` also warns on every connection when AUTH may go in clear, which
     POSTROOM_SUBMISSION_INSECURE_AUTH allows on purpose."""
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         assert self.session is not None

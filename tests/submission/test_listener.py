@@ -5,13 +5,15 @@ intake's refusals as SMTP replies; the 250 only after the commit."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
+import socket
 from email.message import EmailMessage
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Connection
 
 from app.config import Settings
@@ -40,6 +42,7 @@ def queued_id(reply: str) -> str:
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 async def test_a_message_goes_from_smtplib_through_the_outbox_to_the_relay(
     mechanism: str,
+    caplog: pytest.LogCaptureFixture,
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
     runtime: Runtime,
@@ -103,6 +106,7 @@ async def test_a_message_goes_from_smtplib_through_the_outbox_to_the_relay(
     assert attachment.get_content_type() == "application/pdf"
     assert attachment.get_content() == b"%PDF-1.4 42"
     assert (await record(sender, message_id))["status"] == "sent"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 async def test_mail_before_auth_is_530_and_auth_waits_for_starttls(
@@ -293,16 +297,86 @@ async def test_recipients_are_checked_as_they_come(
         with connected(settings, certificate) as smtp:
             smtp.mail("app@example.com")
             return [
-                smtp.rcpt("not an address"),
+                smtp.rcpt("ann@corp"),
                 smtp.rcpt("ann@example.org"),
                 smtp.rcpt("bob@example.org"),
                 smtp.rcpt("carl@example.org"),
             ]
 
-    bad, ann, bob, carl = await asyncio.to_thread(submit)
-    assert bad[0] in (501, 553)
+    local, ann, bob, carl = await asyncio.to_thread(submit)
+    assert local[0] == 553
+    assert local[1].startswith(b"5.1.3 ann@corp: ")
+    assert b"POSTROOM_ALLOW_LOCAL_DOMAINS" in local[1]
     assert (ann[0], bob[0]) == (250, 250)
     assert carl == (452, b"4.5.3 too many recipients: 2 per message; send the rest in another")
+
+
+async def test_a_login_that_cannot_be_checked_is_a_temporary_failure(
+    sender: httpx.AsyncClient,
+    settings: Settings,
+    certificate: Certificate,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database away: 454 (RFC 4954's temporary failure), the client tries again. Anything
+    else that fails: 451, without the error's text."""
+
+    def login() -> tuple[int, str]:
+        try:
+            with connected(settings, certificate):
+                return 235, ""
+        except smtplib.SMTPAuthenticationError as err:
+            error = err.smtp_error
+            return err.smtp_code, error.decode() if isinstance(error, bytes) else error
+
+    async with runtime.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE users RENAME TO users_away"))
+    try:
+        away = await asyncio.to_thread(login)
+    finally:
+        async with runtime.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE users_away RENAME TO users"))
+    assert away == (454, "4.7.0 Temporary authentication failure; try again later")
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug's secret details")
+
+    monkeypatch.setattr(runtime.auth, "verify", broken)
+    assert await asyncio.to_thread(login) == (451, "4.3.0 internal error; try again later")
+
+
+async def test_a_failed_tls_handshake_closes_only_that_connection(
+    sender: httpx.AsyncClient,
+    settings: Settings,
+    certificate: Certificate,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert settings.submission_port is not None
+    port = settings.submission_port
+    caplog.set_level(logging.INFO, logger="postroom.submission")
+
+    def no_tls() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            reader = sock.makefile("rb")
+            reader.readline()
+            sock.sendall(b"EHLO scanner\r\n")
+            while reader.readline()[3:4] == b"-":
+                pass
+            sock.sendall(b"STARTTLS\r\n")
+            assert reader.readline().startswith(b"220")
+            sock.sendall(b"this is no TLS client hello\r\n" * 10)
+            return reader.read()  # until the server closes
+
+    assert b"internal error" not in await asyncio.to_thread(no_tls)
+
+    def submit() -> tuple[int, str]:
+        with connected(settings, certificate) as smtp:
+            return transact(smtp, mail(), ["ann@example.org"], "app@example.com")
+
+    code, reply = await asyncio.to_thread(submit)
+    assert code == 250, reply
+    assert "a STARTTLS handshake failed" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_a_message_postroom_cannot_carry_is_refused_not_cut(

@@ -62,6 +62,14 @@ async def test_a_port_it_cannot_take_shows_in_readyz_until_it_can(
         loops = set(await session.scalars(select(Heartbeat.loop)))
     assert "submission-listener" in loops
 
+    assert runtime.submission is not None
+    assert runtime.submission.task is not None
+    runtime.submission.task.cancel()  # as if the loop itself had died
+    await asyncio.gather(runtime.submission.task, return_exceptions=True)
+    ready = await anon.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["reasons"] == ["the submission listener is not running"]
+
 
 def test_without_a_certificate_it_does_not_start_unless_told_to_take_passwords_in_clear() -> None:
     with pytest.raises(ValidationError, match="POSTROOM_SUBMISSION_INSECURE_AUTH=true"):
