@@ -120,7 +120,11 @@ class SubmissionHandler:
         if len(parts) != 3:
             await server.push("501 5.5.2 PLAIN takes authzid NUL authcid NUL password")
             return AuthResult(success=False, handled=True)
-        return await self._login(server, parts[1], parts[2])
+        authzid, name, password = parts
+        if authzid not in (b"", name):  # RFC 4616: acting as another user, which no one may
+            message = "535 5.7.8 an authorization identity other than the user is not supported"
+            return AuthResult(success=False, handled=False, message=message)
+        return await self._login(server, name, password)
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
         name = await _response(server, args, "Username:")

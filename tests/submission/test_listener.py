@@ -5,6 +5,7 @@ intake's refusals as SMTP replies; the 250 only after the commit."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import smtplib
 import socket
@@ -121,6 +122,8 @@ async def test_mail_before_auth_is_530_and_auth_waits_for_starttls(
             smtp.starttls(context=client_context(certificate))
             smtp.ehlo("app.example.com")
             seen["tls features"] = dict(smtp.esmtp_features)
+            as_admin = base64.b64encode(f"admin\0{SENDER[0]}\0{SENDER[1]}".encode()).decode()
+            seen["tls AUTH as another"] = smtp.docmd("AUTH", f"PLAIN {as_admin}")
             seen["tls MAIL"] = smtp.mail("app@example.com")
             seen["tls RCPT"] = smtp.rcpt("ann@example.org")
             seen["tls DATA"] = smtp.docmd("DATA")
@@ -132,6 +135,10 @@ async def test_mail_before_auth_is_530_and_auth_waits_for_starttls(
     assert seen["clear AUTH"][0] == 530
     assert seen["clear MAIL"][0] == 530
     assert seen["tls features"]["auth"].split() == ["LOGIN", "PLAIN"]
+    assert seen["tls AUTH as another"] == (
+        535,
+        b"5.7.8 an authorization identity other than the user is not supported",
+    )
     for command in ("tls MAIL", "tls RCPT", "tls DATA"):
         assert seen[command] == (530, b"5.7.0 Authentication required"), command
     assert await messages(runtime) == 0
