@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Protocol
 
 import httpx
 from fastapi import Depends, Request
@@ -26,8 +26,11 @@ from app.throttle import Throttle
 from app.transports.base import TransportContext
 from app.webhooks.sender import Sender
 
-if TYPE_CHECKING:  # the listener itself needs the Runtime
-    from app.submission.listener import SubmissionListener
+
+class Reporting(Protocol):
+    """A loop that tells /readyz what keeps it from working (None: nothing)."""
+
+    def problem(self) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -56,7 +59,7 @@ class Runtime:
     """This process's dispatcher, while it runs one (for /readyz)."""
     sender: Sender | None = None
     """This process's webhook sender, while it runs one (for /readyz)."""
-    submission: SubmissionListener | None = None
+    submission: Reporting | None = None
     """This process's SMTP submission listener, while it runs one (for /readyz)."""
 
     def queued(self) -> None:

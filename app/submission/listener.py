@@ -26,7 +26,7 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException
 from pydantic import TypeAdapter, ValidationError
@@ -34,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings
 from app.delivery.liveness import HEARTBEAT_EVERY
+from app.deps import Runtime
 from app.errors import AppError, Forbidden, Invalid, TooManyRequests, Unauthorized
 from app.events.bounces.loop import Supervised
 from app.messages.schemas import Accepted, MessageIn
@@ -41,9 +42,6 @@ from app.messages.service import Caller
 from app.schemas import EmailAddress, local_domains
 from app.security import Principal
 from app.submission.mime import Refused, described, message_in
-
-if TYPE_CHECKING:
-    from app.deps import Runtime
 
 log = logging.getLogger("postroom.submission")
 
