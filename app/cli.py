@@ -107,16 +107,33 @@ def serve(
         int | None,
         typer.Option(help="Take bounce reports over SMTP on this port (POSTROOM_BOUNCE_PORT)."),
     ] = None,
+    submission_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Take mail to send over SMTP (STARTTLS, AUTH) on this port, 587 say"
+            " (POSTROOM_SUBMISSION_PORT)."
+        ),
+    ] = None,
 ) -> None:
     """Run the API and, unless --no-dispatcher, the dispatcher."""
     import uvicorn
 
     from app.main import create_app
+    from app.submission.listener import CertificateError, tls_context
 
-    overrides: dict[str, Any] = {"dispatcher": dispatcher, "bounce_port": bounce_port}
+    overrides: dict[str, Any] = {
+        "dispatcher": dispatcher,
+        "bounce_port": bounce_port,
+        "submission_port": submission_port,
+    }
     settings = _settings(**{k: v for k, v in overrides.items() if v is not None})
     with user_errors(settings):
         check_secret_keys(settings)
+    try:
+        if settings.submission_port:
+            tls_context(settings)  # said in one line here, not as the lifespan's traceback
+    except CertificateError as err:
+        fail(str(err), 2)
     _logging(settings)
     app = create_app(settings)
     _freeze_start_up_objects()

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -140,6 +140,38 @@ class Settings(BaseSettings):
     def resolvers(self) -> list[tuple[str, int]]:
         """POSTROOM_DNS_SERVERS as (address, port) pairs."""
         return [resolver_address(e.strip()) for e in self.dns_servers.split(",") if e.strip()]
+
+    submission_host: str = "127.0.0.1"
+    """Where the SMTP submission listener binds (0.0.0.0: every interface)."""
+    submission_tls_cert: Path | None = None
+    """PEM certificate chain the submission listener offers with STARTTLS (with
+    POSTROOM_SUBMISSION_TLS_KEY); read at start-up."""
+    submission_tls_key: Path | None = None
+    submission_insecure_auth: bool = False
+    """Offer AUTH on a submission listener without TLS: passwords then cross the network in
+    clear, so only for a listener that nothing but this host reaches."""
+    submission_max_message_bytes: int = Field(10_240_000, gt=0)
+    """The largest message the submission listener takes (advertised with SIZE); larger: 552."""
+    submission_port: int | None = Field(None, ge=1, le=65535)
+    """Run the SMTP submission listener (RFC 6409, STARTTLS and AUTH) on this port in
+    `postroom serve`; unset: off. Needs a certificate, or POSTROOM_SUBMISSION_INSECURE_AUTH."""
+
+    @field_validator("submission_port")
+    @classmethod
+    def _submission_tls(cls, port: int | None, info: ValidationInfo) -> int | None:
+        """AUTH carries a password, so the listener does not start without TLS unless told to
+        (declared after the settings it reads, which are validated first)."""
+        if port is None:
+            return port
+        cert, key = info.data.get("submission_tls_cert"), info.data.get("submission_tls_key")
+        if (cert is None) != (key is None):
+            raise ValueError("POSTROOM_SUBMISSION_TLS_CERT and _TLS_KEY go together")
+        if cert is None and not info.data.get("submission_insecure_auth"):
+            raise ValueError(
+                "the submission listener needs POSTROOM_SUBMISSION_TLS_CERT and _TLS_KEY (for "
+                "STARTTLS), or POSTROOM_SUBMISSION_INSECURE_AUTH=true to take passwords in clear"
+            )
+        return port
 
     @property
     def url(self) -> str:

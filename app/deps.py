@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import dns.asyncresolver
 import httpx
@@ -29,6 +29,12 @@ from app.servers.service import Profiles
 from app.throttle import Throttle
 from app.transports.base import TransportContext
 from app.webhooks.sender import Sender
+
+
+class Reporting(Protocol):
+    """A loop that tells /readyz what keeps it from working (None: nothing)."""
+
+    def problem(self) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -59,6 +65,8 @@ class Runtime:
     """This process's webhook sender, while it runs one (for /readyz)."""
     purge: PurgeLoop | None = None
     """This process's retention purge, while it runs one (beside its dispatcher; for /readyz)."""
+    submission: Reporting | None = None
+    """This process's SMTP submission listener, while it runs one (for /readyz)."""
 
     def queued(self) -> None:
         self.wake()

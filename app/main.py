@@ -46,6 +46,7 @@ from app.schemas import LocalDomains
 from app.security import Authenticator
 from app.servers.router import router as servers_router
 from app.servers.schemas import PROFILE_TYPES
+from app.submission.listener import running_submission
 from app.suppressions import service as suppressions
 from app.suppressions.router import router as suppressions_router
 from app.suppressions.router import unsubscribe_router
@@ -217,6 +218,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await stack.enter_async_context(running_sender(runtime))
             await stack.enter_async_context(running_purge(runtime))
         await stack.enter_async_context(running_bounce_loops(runtime))
+        await stack.enter_async_context(running_submission(runtime))
         generated = await bootstrap_admin(runtime)
         if generated is not None:
             print(  # noqa: T201 - shown once, on purpose, on the console of the first start
@@ -263,6 +265,8 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
         reasons.append("the retention purge is not running")
     if purge is not None and purge.supervised.last_error:
         answer["purge"] = {"lastError": purge.supervised.last_error}
+    if runtime.submission is not None and (problem := runtime.submission.problem()):
+        reasons.append(problem)
     if reasons:
         return {"status": "unavailable", "reasons": reasons} | answer
     return {"status": "ready"} | answer
