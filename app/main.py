@@ -30,12 +30,13 @@ from app.delivery.transports import TransportCache
 from app.deps import Runtime, RuntimeDep
 from app.dkim.router import router as dkim_router
 from app.egress import EgressPolicy, http_client, parse_networks
-from app.errors import ERROR_RESPONSES, install_error_handlers
+from app.errors import ERROR_RESPONSES
 from app.events.bounces.router import router as bounces_router
 from app.events.bounces.running import running_bounce_loops
 from app.events.hooks.router import router as hooks_router
 from app.events.hooks.service import EventHooks
 from app.events.providers.sns import Sns
+from app.handlers import install_error_handlers
 from app.limits import BodyLimit
 from app.messages.intake import Intake
 from app.messages.router import router as messages_router

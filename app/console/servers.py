@@ -24,9 +24,9 @@ from app.console.web import (
 from app.db import transaction
 from app.deps import Runtime, RuntimeDep
 from app.errors import AppError, NotFound
+from app.secret_fields import secret_paths
 from app.servers import service, sisense
 from app.servers.schemas import PROFILE_TYPES, ProfileOut
-from app.servers.secrets import secret_paths
 from app.themes import service as themes
 from app.transports.registry import TRANSPORTS
 

@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import secret_fields as secret_settings
 from app.audit import service as audit
 from app.audit.service import Actor, Secret
 from app.crypto import SecretBox
@@ -21,7 +22,6 @@ from app.dkim.carriage import CARRIAGE
 from app.egress import EgressPolicy, check_host_setting, check_port_setting
 from app.errors import Conflict, Invalid, NotFound
 from app.schemas import CamelModel
-from app.servers import secrets as secret_settings
 from app.servers.models import MailRouting, ServerProfile
 from app.servers.schemas import Health, ProfileBody, ProfileList, ProfileOut
 from app.themes.models import Theme

@@ -11,8 +11,8 @@ from pydantic import TypeAdapter, ValidationError
 from app.console.servers import TYPES as CONSOLE_TYPES
 from app.errors import validation_details
 from app.openapi import PROFILES
+from app.secret_fields import secret_paths
 from app.servers.schemas import PROFILE_MODELS, PROFILE_TYPES, ProfileBody
-from app.servers.secrets import secret_paths
 from app.transports.registry import TRANSPORTS
 from tests.servers import test_profiles
 from tests.servers.helpers import BODIES, SECRETS, body
