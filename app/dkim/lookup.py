@@ -53,7 +53,7 @@ async def published(
     try:
         answer = await found.resolve(name, "TXT", lifetime=LOOKUP_SECONDS, search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return Published("missing", f"no TXT record at {name}: publish it")
+        return Published("missing", f"no TXT record at {name}")
     except dns.exception.DNSException as err:
         return Published("error", f"the lookup of {name} failed: {err}")
     records = [b"".join(rdata.strings).decode("ascii", "replace") for rdata in answer]

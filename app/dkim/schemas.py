@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, StrictBool
 
 from app.dkim.keys import Algorithm
 from app.dkim.lookup import Status
@@ -40,7 +40,7 @@ class DkimKeyIn(CamelModel):
 
 
 class RotateIn(CamelModel):
-    force: bool = False
+    force: StrictBool = False
     """Rotate even though the next key's DNS record is not found (or the lookup fails)."""
 
 

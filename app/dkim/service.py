@@ -249,8 +249,8 @@ async def rotate(
         )
         if found.status != "match":
             raise Conflict(
-                f"the next key's record is not published: {found.detail}. Publish it (or give "
-                '"force": true to rotate all the same)',
+                f"the next key's record is not found in DNS ({found.detail}): publish it, or "
+                'give "force": true to rotate all the same',
                 details=[{"field": "force", "message": found.detail}],
             )
     private = box.decrypt(token)

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from typing import cast
 
 import dkim
-from dkim.canonicalization import CanonicalizationPolicy
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    correct_empty_body,
+    strip_trailing_lines,
+)
 
 from app.dkim.carriage import CARRIAGE
 from app.dkim.keys import DkimKey
@@ -84,12 +88,16 @@ class Signer:
         return cls(domain, selector, key, frozenset(name.encode("ascii") for name in unsigned))
 
     def signature(self, message: bytes) -> bytes:
-        """The DKIM-Signature field for `message` (CRLF line ends), ending in CRLF, to put
-        in front of it. Bcc is never signed, so the same field holds for the message with and
-        without its Bcc header."""
-        headers, body = cast(tuple[list[list[bytes]], bytes], dkim.rfc822_parse(message))
+        """The DKIM-Signature field for `message`, ending in CRLF, to put in front of it. Bcc is
+        never signed, so the same field holds for the message with and without its Bcc header.
+
+        `message` has CRLF line ends only (compose writes no other), so the body is what follows
+        the first empty line as it is, and only the header block goes through dkimpy's parser."""
+        head, _, body = message.partition(b"\r\n\r\n")
+        parsed = dkim.rfc822_parse(head + b"\r\n\r\n")
+        headers = cast(list[list[bytes]], parsed[0])
         include = self._include(headers)
-        body_hash = hashlib.sha256(cast(bytes, RELAXED.canonicalize_body(body))).digest()
+        body_hash = hashlib.sha256(canonical_body(body)).digest()
         fields = [
             (b"v", b"1"),
             (b"a", self.key.algorithm.encode("ascii")),
@@ -120,6 +128,17 @@ class Signer:
         wanted = SIGNED - self.unsigned
         signed = [name for name in (field[0].lower() for field in headers) if name in wanted]
         return signed + list(dict.fromkeys(name for name in signed if name in OVERSIGNED))
+
+
+def canonical_body(body: bytes) -> bytes:
+    """The relaxed body (RFC 6376 3.4.4), as dkimpy makes it. Its whitespace rules are regular
+    expressions over the whole body, ~30 ms for a 140 kB attachment here (bench/dkim_sign.py);
+    they change nothing in a body without a tab, two spaces in a row or a space before a line end,
+    which base64 and most quoted-printable parts are, so such a body gets only the steps that
+    can change it: its empty lines at the end removed, a line end added if missing."""
+    if b"\t" in body or b"  " in body or b" \r\n" in body:
+        return cast(bytes, RELAXED.canonicalize_body(body))
+    return cast(bytes, correct_empty_body(strip_trailing_lines(body)))
 
 
 def _fold(value: bytes) -> bytes:

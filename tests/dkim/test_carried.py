@@ -24,7 +24,7 @@ from app.delivery.grouping import Batch
 from app.delivery.stored import StoredMessage
 from app.deps import Runtime
 from app.dkim import keys
-from app.dkim.signer import Signer
+from app.dkim.signer import RELAXED, Signer, canonical_body
 from app.servers import service as servers
 from app.transports.base import OutgoingMessage
 from app.transports.registry import TRANSPORTS, build
@@ -156,3 +156,10 @@ async def test_the_signer_is_built_once_per_key_version(
     assert patched.status_code == 200
     assert cache.signer(await profile()) is now, "a profile change that is not the keys'"
     assert cache.signer(None) is None, "the built-in server does not sign"
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b"=", b" ", b"  ", b"\t", b"\r\n", b"\r\n\r\n"])).map(b"".join)
+)
+def test_the_body_fast_path_canonicalizes_as_dkimpy_does(body: bytes) -> None:
+    assert canonical_body(body) == RELAXED.canonicalize_body(body)

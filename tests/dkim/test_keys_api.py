@@ -340,3 +340,11 @@ async def test_dkim_needs_an_admin_and_a_profile(
     )
     assert missing.status_code == 404
     assert (await admin.delete("/api/v1/servers/nope/dkim")).status_code == 404
+
+
+async def test_rotate_takes_force_as_a_boolean_only(
+    admin: httpx.AsyncClient, relay: dict[str, Any]
+) -> None:
+    response = await admin.post("/api/v1/servers/relay/dkim/rotate", json={"force": 1})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "force"
