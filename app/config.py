@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -93,6 +94,10 @@ class Settings(BaseSettings):
     """Where recipients reach this service (https://mail.example.com): the base of the signed
     one-click unsubscribe links (List-Unsubscribe), which cannot be turned on without it."""
 
+    dns_servers: str = ""
+    """Comma-separated DNS resolvers for the DKIM record checks (`192.0.2.53`, `192.0.2.53:5353`,
+    `[2001:db8::53]:53`); empty: the system's (/etc/resolv.conf)."""
+
     admin_user: str = "admin"
     """Name of the admin created on first start when there is no user."""
     admin_password: str = ""
@@ -123,6 +128,19 @@ class Settings(BaseSettings):
     """Seconds between two polls of a bounce mailbox (IMAP, and Microsoft Graph profiles that set
     `pollBounces`)."""
 
+    @field_validator("dns_servers")
+    @classmethod
+    def _resolvers(cls, value: str) -> str:
+        for entry in value.split(","):
+            if entry.strip():
+                resolver_address(entry.strip())
+        return value
+
+    @property
+    def resolvers(self) -> list[tuple[str, int]]:
+        """POSTROOM_DNS_SERVERS as (address, port) pairs."""
+        return [resolver_address(e.strip()) for e in self.dns_servers.split(",") if e.strip()]
+
     @property
     def url(self) -> str:
         if self.database_url:
@@ -136,3 +154,22 @@ class Settings(BaseSettings):
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+
+def resolver_address(entry: str) -> tuple[str, int]:
+    """`192.0.2.53`, `192.0.2.53:5353`, `2001:db8::53` or `[2001:db8::53]:5353` as (address,
+    port); raises ValueError."""
+    host, port = entry, "53"
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":") or port
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError as err:
+        raise ValueError(f"{entry!r} is not a resolver's address (IP or IP:port)") from err
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{entry!r}: the port must be 1 to 65535")
+    return host, number

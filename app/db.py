@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
@@ -20,6 +21,9 @@ from sqlalchemy import (
     any_,
     bindparam,
     event,
+    func,
+    literal_column,
+    select,
     text,
     update,
 )
@@ -85,12 +89,17 @@ def update_by_id(table: Table, rows: list[dict[str, Any]]) -> tuple[Update, list
 def among(
     session: AsyncSession, column: QueryableAttribute[Any], values: Collection[Any]
 ) -> ColumnElement[bool]:
-    """`column IN values`. On PostgreSQL as `column = ANY($1)` with one array parameter: the same
-    statement whatever the count, so the server plans it once, where an IN list of 90 values is a
-    new statement (planned anew, ~1 ms) for every length. SQLite gets the IN list."""
+    """`column IN values`, with one parameter whatever the count: on PostgreSQL as
+    `column = ANY($1)` with an array, so the server plans it once (an IN list of 90 values is a
+    new statement, planned anew, ~1 ms, for every length); on SQLite as `column IN (SELECT value
+    FROM json_each(?))`, which searches the column's index the same way an IN list does and
+    costs half as much CPU: no parameter per value to render, bind and process (the intake's
+    suppression lookup of 30 addresses: 650 against 1,380 us, min of 7 rounds).
+    The values must be JSON scalars (the ids and addresses it is used for are)."""
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
-    return column.in_(values)
+    listed = bindparam(None, json.dumps(list(values)), type_=String)
+    return column.in_(select(literal_column("value")).select_from(func.json_each(listed)))
 
 
 def insert_ignoring(session: AsyncSession, table: Table) -> Insert:

@@ -9,14 +9,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+import dns.asyncresolver
 import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.audit.service import Actor
 from app.config import Settings
 from app.crypto import SecretBox
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.transports import TransportCache
+from app.dkim import lookup
 from app.egress import EgressPolicy
 from app.messages.intake import Intake
 from app.metrics import Metrics
@@ -63,6 +66,11 @@ class Runtime:
     @property
     def profiles(self) -> Profiles:
         return Profiles(self.box, self.egress, self.settings.public_url)
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        """For DKIM record checks: POSTROOM_DNS_SERVERS, else the system's resolvers."""
+        return lookup.resolver(self.settings.resolvers)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -111,5 +119,17 @@ async def sender_user(request: Request) -> Principal:
     return require_role(await _caller(request), "admin", "sender")
 
 
+def actor_of(principal: Principal, request: Request) -> Actor:
+    """The caller as the audit log records it: by HTTP Basic, or by an API token (Bearer)."""
+    bearer = request.headers.get("authorization", "")[:7].lower() == "bearer "
+    return Actor(principal.name, "token" if bearer else "basic", client_address(request))
+
+
+async def admin_actor(request: Request) -> Actor:
+    return actor_of(await admin_user(request), request)
+
+
 AdminUser = Annotated[Principal, Depends(admin_user)]
+AdminActor = Annotated[Actor, Depends(admin_actor)]
+"""An admin about to change the configuration: what the audit log records of it."""
 SenderUser = Annotated[Principal, Depends(sender_user)]

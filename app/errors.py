@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
@@ -171,12 +171,18 @@ class FieldsError(ValueError):
         self.fields = fields
 
 
-def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic errors without their `input` (it may hold a password) or internals."""
+def validation_details(
+    errors: Sequence[Any], union_tags: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """Pydantic errors without their `input` (it may hold a password) or internals.
+
+    `union_tags`: the tags of the discriminated unions the errors may come from (the profile
+    types, app.servers.schemas.PROFILE_TYPES, which this module cannot import): pydantic puts
+    the tag in an error's path, where the body has no such field, so it is left out."""
     details = []
     for err in errors:
         loc = tuple(err.get("loc", ()))
-        tag = next((i for i, part in enumerate(loc[:2]) if part in _UNION_TAGS), None)
+        tag = next((i for i, part in enumerate(loc[:2]) if part in union_tags), None)
         if tag is not None and len(loc) > tag + 1:
             loc = loc[:tag] + loc[tag + 1 :]
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -194,37 +200,18 @@ def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return details
 
 
-_UNION_TAGS = frozenset({"smtp", "mandrill", "ses", "sendgrid", "mailgun", "msgraph"})
-
-
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
     return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    from fastapi.exceptions import RequestValidationError
-
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    if any(err.get("type") == "json_invalid" for err in errors):
-        return error_response(400, "malformed_json", "the request body is not valid JSON")
-    return _invalid(errors)
+def _invalid(errors: Sequence[Any], union_tags: Collection[str]) -> JSONResponse:
+    return JSONResponse(invalid_body(errors, union_tags), status_code=422)
 
 
-async def _model_error(_: Request, exc: Exception) -> JSONResponse:
-    """A model validated by a service (a merged PATCH, say) rather than by FastAPI."""
-    assert isinstance(exc, ValidationError)
-    return _invalid(exc.errors())
-
-
-def _invalid(errors: Sequence[Any]) -> JSONResponse:
-    return JSONResponse(invalid_body(errors), status_code=422)
-
-
-def invalid_body(errors: Sequence[Any]) -> dict[str, Any]:
-    """The 422 body for pydantic errors."""
-    details = validation_details(errors)
+def invalid_body(errors: Sequence[Any], union_tags: Collection[str] = ()) -> dict[str, Any]:
+    """The 422 body for pydantic errors (`union_tags`: see `validation_details`)."""
+    details = validation_details(errors, union_tags)
     fields = ", ".join(dict.fromkeys(d["field"] for d in details))
     return error_body("validation_error", f"invalid request: {fields}", details)
 
@@ -299,13 +286,28 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal server error")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, *, union_tags: Collection[str] = ()) -> None:
+    """`union_tags`: see `validation_details`."""
     from fastapi.exceptions import RequestValidationError
     from sqlalchemy.exc import StatementError  # here: the transports import this module
 
+    tags = frozenset(union_tags)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        if any(err.get("type") == "json_invalid" for err in errors):
+            return error_response(400, "malformed_json", "the request body is not valid JSON")
+        return _invalid(errors, tags)
+
+    async def model_error(_: Request, exc: Exception) -> JSONResponse:
+        """A model validated by a service (a merged PATCH, say) rather than by FastAPI."""
+        assert isinstance(exc, ValidationError)
+        return _invalid(exc.errors(), tags)
+
     app.add_exception_handler(AppError, _app_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(ValidationError, _model_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ValidationError, model_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for unstorable in (UnicodeEncodeError, StatementError, PydanticSerializationError):
         app.add_exception_handler(unstorable, _unstorable)

@@ -16,6 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import migrate
+from app.audit.router import router as audit_router
+from app.audit.service import SYSTEM
 from app.branding.router import router as branding_router
 from app.config import Settings
 from app.console.router import install as install_console
@@ -26,6 +28,7 @@ from app.delivery.dispatcher import Dispatcher
 from app.delivery.router import router as probe_router
 from app.delivery.transports import TransportCache
 from app.deps import Runtime, RuntimeDep
+from app.dkim.router import router as dkim_router
 from app.egress import EgressPolicy, http_client, parse_networks
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.events.bounces.router import router as bounces_router
@@ -42,6 +45,7 @@ from app.retention.running import running_purge
 from app.schemas import LocalDomains
 from app.security import Authenticator
 from app.servers.router import router as servers_router
+from app.servers.schemas import PROFILE_TYPES
 from app.suppressions import service as suppressions
 from app.suppressions.router import router as suppressions_router
 from app.suppressions.router import unsubscribe_router
@@ -99,7 +103,7 @@ async def bootstrap_admin(runtime: Runtime) -> str | None:
             return None
         password = runtime.settings.admin_password or None
         _, generated = await users.create_user(
-            session, runtime.settings.admin_user, "admin", password
+            session, runtime.settings.admin_user, "admin", password, actor=SYSTEM
         )
         return generated
 
@@ -203,6 +207,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(open_runtime(settings))
+        stack.push_async_callback(runtime.auth.aclose)  # before the engine is disposed
         app.state.runtime = runtime
         app.state.hooks = EventHooks(
             runtime.sessions, runtime.box, runtime.metrics, Sns(runtime.http)
@@ -273,7 +278,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
-    install_error_handlers(app)
+    install_error_handlers(app, union_tags=PROFILE_TYPES)
     install_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_message_bytes)
     if settings.allow_local_domains:
@@ -283,12 +288,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(branding_router)
     app.include_router(users_router)
     app.include_router(probe_router)
+    app.include_router(dkim_router)
     app.include_router(themes_router)
     app.include_router(webhooks_router)
     app.webhooks.include_router(webhook_events)
     app.include_router(hooks_router)
     app.include_router(suppressions_router)
     app.include_router(unsubscribe_router)
+    app.include_router(audit_router)
     app.include_router(bounces_router)
     install_console(app)
 

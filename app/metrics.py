@@ -81,6 +81,7 @@ class Metrics:
             ["type", "profile"],
             registry=r,
         )
+        self._event_counters: dict[tuple[str, str], Counter] = {}
         self.webhook_deliveries = Counter(
             "postroom_webhook_deliveries",
             "Webhook delivery attempts finished in this process, by outcome: delivered, retry "
@@ -104,9 +105,14 @@ class Metrics:
         )
 
     def count_events(self, counts: Mapping[tuple[str, str], int]) -> None:
-        """Add committed delivery events, counted by (type, profile)."""
-        for (type_, profile), count in counts.items():
-            self.delivery_events.labels(type=type_, profile=profile).inc(count)
+        """Add committed delivery events, counted by (type, profile). The labelled children are
+        kept here: `labels()` costs 2 us (a lock, a tuple of validated strings), once per POST."""
+        for key, count in counts.items():
+            child = self._event_counters.get(key)
+            if child is None:
+                child = self.delivery_events.labels(type=key[0], profile=key[1])
+                self._event_counters[key] = child
+            child.inc(count)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when it has none yet), by its exposed name."""

@@ -16,9 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from app.delivery.compose import compose, group_names
+from app.delivery.compose import compose
 from app.delivery.grouping import plan
 from app.delivery.models import Message, Recipient
+from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
 from app.errors import Conflict, Gone, NotFound
 from app.messages.schemas import AttachmentInfo, Rendered
@@ -27,7 +28,7 @@ from app.suppressions.unsubscribe import Links, Unsubscribe
 from app.themes.models import Theme
 from app.themes.render import Layout
 from app.themes.service import layout_of
-from app.transports.base import Address, OutgoingMessage
+from app.transports.base import OutgoingMessage
 from app.transports.errors import PermanentError
 
 
@@ -41,7 +42,8 @@ async def composed(
     )
     if message is None:
         raise NotFound(f"no message {message_id!r}")
-    if message.payload.get("test"):
+    stored = StoredMessage.of(message.payload)
+    if stored.test:
         raise Conflict(
             f"message {message.id} is a test mail: its content is not kept",
             details=[{"field": "id", "message": "test mail"}],
@@ -58,13 +60,12 @@ async def composed(
         profile = await session.scalar(
             select(ServerProfile).where(ServerProfile.name == message.server)
         )
-    payload = message.payload
-    wanted = payload.get("listUnsubscribe")
+    wanted = stored.list_unsubscribe
     if wanted is None:
         wanted = profile is not None and profile.list_unsubscribe
     each = bool(wanted) and links.base_url is not None
     batches = plan(
-        group=payload.get("group") is not None,
+        group=stored.group is not None,
         group_size=len(message.recipients),
         pending=[r.email for r in message.recipients],
         personal=frozenset(r.email for r in message.recipients if r.data),
@@ -78,14 +79,13 @@ async def composed(
         url = links.url(Unsubscribe(row.email, message.server or BUILTIN, message.id))
     try:
         outgoing = compose(
-            payload,
-            sender=Address(payload["from"]["email"], payload["from"].get("name", "")),
+            stored,
             batch=batch,
             message_id=message.message_id,
             date=message.created_at,
             layout=await _layout(session, message, profile),
             signature=profile.signature if profile is not None else None,
-            names=group_names(payload),
+            names=stored.group_names(),
             unsubscribe_url=url,
         )
     except (PermanentError, ValueError) as err:

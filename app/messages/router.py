@@ -1,17 +1,15 @@
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from pydantic import AfterValidator, BeforeValidator
 
 from app.deps import AdminUser, RuntimeDep, SenderUser, SessionDep, client_address
 from app.errors import BadRequest, ErrorBody
 from app.events.models import EventType
 from app.events.service import tally
 from app.messages import content, lifecycle, records, service
+from app.messages.records import RecordFilter
 from app.messages.schemas import (
     Accepted,
     BatchIn,
@@ -23,24 +21,9 @@ from app.messages.schemas import (
     Rendered,
     Resent,
 )
-from app.messages.service import Caller, RecordFilter
+from app.messages.service import Caller
+from app.schemas import IsoDateTime
 from app.suppressions.unsubscribe import Links
-
-
-def _iso_8601(value: object) -> object:
-    """A query's date-time is ISO 8601 text, as the OpenAPI document says (pydantic alone would
-    also take a number as a Unix time)."""
-    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
-        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z")
-    return value
-
-
-def _utc(value: datetime) -> datetime:
-    """A date-time without an offset is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
 
 router = APIRouter(prefix="/api/v1/messages", tags=["messages"])
 

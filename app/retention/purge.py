@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, delete, func, literal_column, or_, select,
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
+from app.audit import service as audit
 from app.config import Settings
 from app.db import Base, among, transaction, utcnow
 from app.delivery.models import FINISHED, Attempt, Message, Recipient
@@ -48,9 +49,8 @@ Purger = Callable[[AsyncSession, datetime, int], Awaitable[int]]
 """Another log's purge: `purge(session, before, limit)` deletes at most `limit` of its entries
 older than `before` in the session's transaction and returns how many it deleted."""
 
-OTHER_LOGS: tuple[Purger, ...] = ()
-"""The other logs purged with the records' cutoff, each in batches of its own.
-MERGE POINT: add `app.audit.service.purge` (the audit log) here."""
+OTHER_LOGS: tuple[Purger, ...] = (audit.purge,)
+"""The other logs purged with the records' cutoff, each in batches of its own: the audit log."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 event type (issue 17)
 
 Revision ID: c4a1e0b7d9f2
-Revises: 493f0de96503
+Revises: 9d4c2a7e6b15
 Create Date: 2026-12-07 10:00:00.000000
 """
 
@@ -14,7 +14,7 @@ import app.db
 
 
 revision: str = "c4a1e0b7d9f2"
-down_revision: str | None = "493f0de96503"
+down_revision: str | None = "9d4c2a7e6b15"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

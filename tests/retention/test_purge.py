@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
+from app.audit.models import AuditEntry
 from app.config import Settings
 from app.db import transaction, utcnow
 from app.delivery.dispatcher import Dispatcher
@@ -22,7 +23,6 @@ from app.delivery.models import Attempt, Heartbeat, Message, Recipient
 from app.deps import Runtime
 from app.events.models import EventRow
 from app.main import create_app
-from app.retention import purge as retention
 from app.retention.purge import Purge
 from tests.conftest import ADMIN, basic
 from tests.delivery.conftest import add_smtp_profile, record, send
@@ -200,7 +200,29 @@ async def test_other_logs_are_purged_with_the_records_cutoff(runtime: Runtime) -
     assert len(calls) == 3
     cutoff = utcnow() - timedelta(days=runtime.settings.retention_record_days)
     assert all(abs((before - cutoff).total_seconds()) < 5 for before, _ in calls)
-    assert retention.OTHER_LOGS == (), "the merge point is where the audit log's purge goes"
+
+
+async def test_the_audit_log_goes_with_the_records_cutoff(runtime: Runtime) -> None:
+    days = runtime.settings.retention_record_days
+    async with transaction(runtime.sessions) as session:
+        for age, name in ((days + 1, "old"), (days - 1, "young")):
+            session.add(
+                AuditEntry(
+                    at=utcnow() - timedelta(days=age),
+                    actor="admin",
+                    via="basic",
+                    action="user.create",
+                    target_kind="user",
+                    target_name=name,
+                    changes={},
+                )
+            )
+    done = await Purge(runtime.sessions, runtime.settings).step()
+    assert done.other == 1
+    async with runtime.sessions() as session:
+        left = set(await session.scalars(select(AuditEntry.target_name)))
+    assert "old" not in left
+    assert "young" in left
 
 
 async def test_two_purges_at_once_share_the_work(
