@@ -6,8 +6,9 @@ path, and keeping every MIME would write each message's bytes again, once per tr
 group sent one by one: once per recipient), attachments included; bench/raw_store.py measures it.
 Recomposing gives the same bytes as the send: the same payload, Message-ID, Date, batch shape and
 signed unsubscribe link, the theme it went out in (messages.theme, set by its first attempt) and
-its profile's signature. What it cannot know is an edit made since to that theme or signature,
-or a signature added by the transport on the way out.
+its profile's signature. What it cannot know is an edit made since to that theme or signature.
+Nor does it carry the DKIM-Signature a signing profile put in front: that was made at send time
+(its timestamp, maybe a key rotated since), so the raw message is what was signed, without it.
 """
 
 from __future__ import annotations

@@ -198,7 +198,8 @@ async def raw_message(
     recipient: str | None = None,
 ) -> Response:
     """The message as it went to `recipient` (default: its first), as RFC 5322 bytes,
-    recomposed from the stored message (no Bcc header: it is never sent)."""
+    recomposed from the stored message (no Bcc header: it is never sent; no DKIM-Signature: it
+    was made at send time, and this is what it signed)."""
     links = Links.of(runtime.settings, runtime.box)
     outgoing, _ = await content.composed(session, links, message_id, recipient)
     return Response(

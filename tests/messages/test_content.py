@@ -154,3 +154,33 @@ async def test_raw_and_rendered_are_for_admins_and_refuse_what_is_not_kept(
         assert gone.status_code == 410
         assert gone.json()["error"]["code"] == "gone"
         assert "was purged on" in gone.json()["error"]["message"]
+
+
+def without_dkim(data: bytes) -> bytes:
+    """The message without its leading DKIM-Signature field (and the field's folded lines)."""
+    assert data.startswith(b"DKIM-Signature:"), data[:80]
+    lines = data.split(b"\r\n")
+    rest = 1
+    while lines[rest][:1] in (b" ", b"\t"):
+        rest += 1
+    return b"\r\n".join(lines[rest:])
+
+
+async def test_a_dkim_signed_message_is_the_bytes_that_were_signed(
+    admin: httpx.AsyncClient,
+    sender: httpx.AsyncClient,
+    dispatcher: Dispatcher,
+    smtp_server_factory: StartServer,
+) -> None:
+    """The signature was made at send time (its time and key are not kept): the raw message is
+    what was signed, without the DKIM-Signature field."""
+    server = smtp_server_factory()
+    await add_smtp_profile(admin, server)
+    key = await admin.post("/api/v1/servers/relay/dkim", json={"selector": "s1"})
+    assert key.status_code == 201, key.text
+    message_id = await send(sender, to=["ann@example.com"], html="<p>Signed</p>")
+    await dispatcher.drain()
+    response = await admin.get(f"/api/v1/messages/{message_id}/raw")
+    assert response.status_code == 200, response.text
+    assert not response.content.startswith(b"DKIM-Signature:")
+    assert response.content == without_dkim(received(server.transactions, "ann@example.com"))

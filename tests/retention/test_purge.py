@@ -278,18 +278,6 @@ async def test_the_purge_runs_supervised_beside_the_dispatcher(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     runtime, admin = live
-    await add_smtp_profile(admin, smtp_server_factory())
-    message_id = await send(admin, to=["ann@example.com"])
-
-    async def sent() -> bool:
-        return bool((await record(admin, message_id))["status"] == "sent")
-
-    await until(sent, 10, "delivery")
-    async with runtime.sessions() as session:
-        loops = set(await session.scalars(select(Heartbeat.loop)))
-    assert "purge" in loops
-    assert (await admin.get("/readyz")).status_code == 200
-
     real_bodies = Purge._bodies
     failures = 0
 
@@ -302,17 +290,31 @@ async def test_the_purge_runs_supervised_beside_the_dispatcher(
 
     monkeypatch.setattr(Purge, "_bodies", flaky_bodies)
     caplog.set_level(logging.ERROR, logger="postroom.bounces")
+    await add_smtp_profile(admin, smtp_server_factory())
+    message_id = await send(admin, to=["ann@example.com"])
+
+    async def sent() -> bool:
+        return bool((await record(admin, message_id))["status"] == "sent")
+
+    await until(sent, 10, "delivery")
+    async with runtime.sessions() as session:
+        loops = set(await session.scalars(select(Heartbeat.loop)))
+    assert "purge" in loops
+
+    async def failed_twice() -> bool:
+        return failures == 2
+
+    await until(failed_twice, 10, "two failed passes")
+    assert runtime.metrics.value("postroom_loop_errors_total", loop="purge") == 2
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert any("the database went away" in str(raised) for raised in logged)
     await age(runtime, message_id, 31)
 
     async def purged() -> bool:
         return (await stored(runtime, message_id)).body_purged_at is not None
 
     await until(purged, 15, "the purge after two failed passes")
-    assert failures == 2
-    assert runtime.metrics.value("postroom_loop_errors_total", loop="purge") == 2
-    assert any(
-        "the database went away" in str(r.exc_info and r.exc_info[1]) for r in caplog.records
-    )
+    assert (await admin.get("/readyz")).status_code == 200
 
     assert runtime.purge is not None
     runtime.purge.task.cancel()
