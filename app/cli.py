@@ -4,7 +4,8 @@ Each command imports what it needs when it runs: `postroom send` must start in w
 importing the whole app (FastAPI, every router, every transport) took most of that.
 
 An error a user can cause (a bad setting or key, an unknown profile, a database that does not
-answer) is one line on stderr and exit code 2 (a setting) or 1 (anything else), not a traceback.
+answer) is one line on stderr and exit code 2 (a setting) or 1 (anything else), not a traceback:
+app/cli_errors.py explains them.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from app.cli_errors import check_secret_keys, fail, input_errors, user_errors
 from app.config import Settings
 
 if TYPE_CHECKING:
+    from app.audit.service import Actor
     from app.delivery.probe import VerifyOutcome
     from app.deps import Runtime
 
@@ -63,118 +65,10 @@ def _freeze_start_up_objects() -> None:
     gc.freeze()
 
 
-class Failure(Exception):
-    """An error the user can fix: shown as one line, the process exits with `exit_code`."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-
-
-def explain(err: BaseException, settings: Settings | None = None) -> Failure | None:
-    """The one line for an error a user can cause; None for a bug (it keeps its traceback)."""
-    from pydantic import ValidationError
-    from sqlalchemy.exc import DBAPIError
-
-    from app.crypto import SecretBoxError
-    from app.errors import AppError
-
-    if isinstance(err, Failure):
-        return err
-    if isinstance(err, AppError):
-        return Failure(err.message)
-    if isinstance(err, SecretBoxError):
-        return Failure(
-            f"{err}: put the key that encrypted them in the list (the first key encrypts, every"
-            " key decrypts), then run `postroom rotate-keys`",
-            2,
-        )
-    if isinstance(err, ValidationError) and err.title == "Settings":
-        return Failure(f"invalid setting: {_settings_errors(err)}", 2)
-    main = sys.modules.get("app.main")  # loaded whenever a StartupError can have been raised
-    if main is not None and isinstance(err, main.StartupError):
-        return Failure(str(err), 2)
-    where = _database(settings)
-    if isinstance(err, DBAPIError) and _missing_schema(err):
-        return Failure(
-            f"the database {where} has no Postroom schema, or an old one: run `postroom"
-            " migrate` (or set POSTROOM_MIGRATE_ON_START=true)"
-        )
-    if isinstance(err, DBAPIError | OSError | TimeoutError):
-        reason = str(err.orig if isinstance(err, DBAPIError) else err).strip().splitlines()
-        return Failure(
-            f"cannot use the database {where}: {reason[0] if reason else type(err).__name__}"
-            " (check POSTROOM_DATABASE_URL and that the server is up)"
-        )
-    return None
-
-
-def _settings_errors(err: Any) -> str:
-    return "; ".join(
-        f"POSTROOM_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
-        for e in err.errors()
-    )
-
-
-def _database(settings: Settings | None) -> str:
-    if settings is None:
-        return "(POSTROOM_DATABASE_URL)"
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(settings.url).render_as_string(hide_password=True)
-    except ValueError:
-        return "(POSTROOM_DATABASE_URL)"
-
-
-def _missing_schema(err: Any) -> bool:
-    text = str(err.orig).lower()
-    sqlstate = getattr(err.orig, "sqlstate", None)
-    return "no such table" in text or "no such column" in text or sqlstate in ("42P01", "42703")
-
-
-@contextmanager
-def user_errors(settings: Settings | None = None) -> Iterator[None]:
-    """Turn an error the user can cause into one line on stderr and an exit code."""
-    try:
-        yield
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except Exception as err:
-        failure = explain(err, settings)
-        if failure is None:
-            raise
-        fail(failure.message, failure.exit_code)
-
-
-def fail(message: str, exit_code: int) -> NoReturn:
-    """Say what went wrong in one line on stderr and exit."""
-    typer.echo(f"postroom: {message}", err=True)
-    raise typer.Exit(exit_code)
-
-
 def _settings(**overrides: Any) -> Settings:
     """Settings from the environment; a bad value is one line naming its variable (exit 2)."""
     with user_errors():
         return Settings(**overrides)
-
-
-def check_secret_keys(settings: Settings) -> None:
-    """Each key of POSTROOM_SECRET_KEYS must be a Fernet key: said before anything runs."""
-    from cryptography.fernet import Fernet
-
-    keys = [k.strip() for k in settings.secret_keys.split(",") if k.strip()]
-    for number, key in enumerate(keys, 1):
-        try:
-            Fernet(key.encode())
-        except ValueError as err:
-            raise Failure(
-                f"POSTROOM_SECRET_KEYS: key {number} of {len(keys)} is not a Fernet key (32"
-                " url-safe base64-encoded bytes; make one with `python -c 'from cryptography."
-                "fernet import Fernet; print(Fernet.generate_key().decode())'`)",
-                2,
-            ) from err
 
 
 def _loop(main: Coroutine[Any, Any, T]) -> T:
@@ -213,16 +107,33 @@ def serve(
         int | None,
         typer.Option(help="Take bounce reports over SMTP on this port (POSTROOM_BOUNCE_PORT)."),
     ] = None,
+    submission_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Take mail to send over SMTP (STARTTLS, AUTH) on this port, 587 say"
+            " (POSTROOM_SUBMISSION_PORT)."
+        ),
+    ] = None,
 ) -> None:
     """Run the API and, unless --no-dispatcher, the dispatcher."""
     import uvicorn
 
     from app.main import create_app
+    from app.submission.listener import CertificateError, tls_context
 
-    overrides: dict[str, Any] = {"dispatcher": dispatcher, "bounce_port": bounce_port}
+    overrides: dict[str, Any] = {
+        "dispatcher": dispatcher,
+        "bounce_port": bounce_port,
+        "submission_port": submission_port,
+    }
     settings = _settings(**{k: v for k, v in overrides.items() if v is not None})
     with user_errors(settings):
         check_secret_keys(settings)
+    try:
+        if settings.submission_port:
+            tls_context(settings)  # said in one line here, not as the lifespan's traceback
+    except CertificateError as err:
+        fail(str(err), 2)
     _logging(settings)
     app = create_app(settings)
     _freeze_start_up_objects()
@@ -231,11 +142,16 @@ def serve(
 
 @cli.command()
 def worker(
-    once: Annotated[bool, typer.Option(help="Deliver what is due now, then exit.")] = False,
+    once: Annotated[
+        bool, typer.Option(help="Deliver what is due now, purge what retention says, then exit.")
+    ] = False,
 ) -> None:
-    """Run the dispatcher and the webhook sender: several workers share a PostgreSQL outbox."""
+    """Run the dispatcher, the webhook sender and the retention purge: several workers share a
+    PostgreSQL outbox."""
     from app.delivery.dispatcher import Dispatcher
     from app.main import running_dispatcher, running_sender
+    from app.retention.purge import Purge
+    from app.retention.running import running_purge
     from app.webhooks.sender import Sender
 
     settings = _settings()
@@ -248,6 +164,7 @@ def worker(
             await runtime.transports.aclose()
             sender = Sender(runtime.sessions, settings, runtime.box, runtime.http, runtime.metrics)
             await sender.drain()
+            await Purge(runtime.sessions, settings).step()
             return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -256,6 +173,7 @@ def worker(
         async with (  # supervised: they never die
             running_dispatcher(runtime, loop="worker"),
             running_sender(runtime),
+            running_purge(runtime),
         ):
             _freeze_start_up_objects()
             await stop.wait()
@@ -274,6 +192,19 @@ def migrate(revision: str = "head") -> None:
         migrations.upgrade(settings, revision)
 
 
+def _operator() -> Actor:
+    """Who runs this command (the system's user name), as the audit log records its changes."""
+    import getpass
+
+    from app.audit.service import Actor
+
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):  # no USER variable and no passwd entry (a bare container)
+        name = "unknown"
+    return Actor(name, "cli")
+
+
 @users_cli.command("add")
 def users_add(
     name: str,
@@ -290,11 +221,13 @@ def users_add(
     try:
         body = UserCreate.model_validate({"name": name, "role": role, "password": password})
     except ValidationError as err:
-        fail(f"invalid user: {_input_errors(err)}", 2)
+        fail(f"invalid user: {input_errors(err)}", 2)
 
     async def work(runtime: Runtime) -> str | None:
         async with transaction(runtime.sessions) as session:
-            _, generated = await users.create_user(session, body.name, body.role, body.password)
+            _, generated = await users.create_user(
+                session, body.name, body.role, body.password, actor=_operator()
+            )
         return generated
 
     generated = _run(work)
@@ -339,7 +272,7 @@ def send(
                 {"to": to, "subject": subject, "text": text, "from": sender, "server": server}
             )
     except ValidationError as err:
-        fail(f"invalid message: {_input_errors(err)}", 2)
+        fail(f"invalid message: {input_errors(err)}", 2)
 
     async def work() -> str:
         from app import migrate as migrations
@@ -374,12 +307,15 @@ def verify(name: str) -> None:
     async def work(runtime: Runtime) -> VerifyOutcome:
         async with transaction(runtime.sessions) as session:
             found = await probe.candidate(session, runtime.profiles, name, {})
-        return await probe.verify(found, runtime.transport_context)
+        return await probe.verify(found, runtime.transport_context, runtime.resolver)
 
     outcome = _run(work)
     for step in outcome.steps:
         mark = "ok  " if step.ok else "FAIL"
         typer.echo(f"{mark} {step.name:<10} {step.duration_ms:8.1f} ms  {step.detail}")
+    for check in outcome.dkim:
+        mark = "ok  " if check.status == "match" else "FAIL"
+        typer.echo(f"{mark} dkim {check.slot:<6} {check.detail}")
     for item in outcome.unchecked:
         typer.echo(f"not checked: {item}")
     if outcome.hint:
@@ -430,8 +366,9 @@ def ingest(
 
 @cli.command("rotate-keys")
 def rotate_keys() -> None:
-    """Re-encrypt every stored secret with the first key of POSTROOM_SECRET_KEYS."""
-    from sqlalchemy import select
+    """Re-encrypt every stored secret (DKIM private keys included) with the first key of
+    POSTROOM_SECRET_KEYS."""
+    from sqlalchemy import or_, select
 
     from app.db import transaction
     from app.servers.models import ServerProfile
@@ -440,23 +377,21 @@ def rotate_keys() -> None:
         async with transaction(runtime.sessions) as session:
             profiles = list(
                 await session.scalars(
-                    select(ServerProfile).where(ServerProfile.secrets.is_not(None))
+                    select(ServerProfile).where(
+                        or_(
+                            ServerProfile.secrets.is_not(None), ServerProfile.dkim_keys.is_not(None)
+                        )
+                    )
                 )
             )
             for profile in profiles:
-                assert profile.secrets is not None
-                profile.secrets = runtime.box.rotate(profile.secrets)
+                if profile.secrets is not None:
+                    profile.secrets = runtime.box.rotate(profile.secrets)
+                if profile.dkim_keys is not None:
+                    profile.dkim_keys = runtime.box.rotate(profile.dkim_keys)
         return len(profiles)
 
     typer.echo(f"re-encrypted the secrets of {_run(work)} profiles")
-
-
-def _input_errors(err: Any) -> str:
-    """Pydantic's errors on one line, each naming its field ("to.0.email: ...")."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-        for e in err.errors()
-    )
 
 
 M_ARENA_MAX = -8

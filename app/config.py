@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +43,17 @@ class Settings(BaseSettings):
     """Webhook deliveries: the wait after a failed attempt doubles from the base up to this."""
     webhook_max_age: float = Field(259_200.0, gt=0)
     """A webhook delivery still failing this long after its event (3 days) is given up."""
+
+    retention_body_days: float = Field(30.0, gt=0)
+    """Days a finished message keeps its bodies, attachments and template data, counted from its
+    sendAt or else its acceptance; then the purge removes them, and its record and events stay."""
+    retention_record_days: float = Field(400.0, gt=0)
+    """Days a finished message's record is kept at all (with its recipients, attempts, events)."""
+    purge_interval: float = Field(300.0, gt=0)
+    """Seconds between two passes of the retention purge (it runs beside each dispatcher)."""
+    purge_batch: int = Field(500, ge=1, le=100_000)
+    """Rows one purge transaction touches at most: messages, their recipients and their events
+    (a message larger than that goes alone)."""
 
     max_message_bytes: int = Field(10_240_000, gt=0)
     max_visible_recipients: int = Field(100, gt=0)
@@ -82,6 +94,10 @@ class Settings(BaseSettings):
     """Where recipients reach this service (https://mail.example.com): the base of the signed
     one-click unsubscribe links (List-Unsubscribe), which cannot be turned on without it."""
 
+    dns_servers: str = ""
+    """Comma-separated DNS resolvers for the DKIM record checks (`192.0.2.53`, `192.0.2.53:5353`,
+    `[2001:db8::53]:53`); empty: the system's (/etc/resolv.conf)."""
+
     admin_user: str = "admin"
     """Name of the admin created on first start when there is no user."""
     admin_password: str = ""
@@ -112,6 +128,51 @@ class Settings(BaseSettings):
     """Seconds between two polls of a bounce mailbox (IMAP, and Microsoft Graph profiles that set
     `pollBounces`)."""
 
+    @field_validator("dns_servers")
+    @classmethod
+    def _resolvers(cls, value: str) -> str:
+        for entry in value.split(","):
+            if entry.strip():
+                resolver_address(entry.strip())
+        return value
+
+    @property
+    def resolvers(self) -> list[tuple[str, int]]:
+        """POSTROOM_DNS_SERVERS as (address, port) pairs."""
+        return [resolver_address(e.strip()) for e in self.dns_servers.split(",") if e.strip()]
+
+    submission_host: str = "127.0.0.1"
+    """Where the SMTP submission listener binds (0.0.0.0: every interface)."""
+    submission_tls_cert: Path | None = None
+    """PEM certificate chain the submission listener offers with STARTTLS (with
+    POSTROOM_SUBMISSION_TLS_KEY); read at start-up."""
+    submission_tls_key: Path | None = None
+    submission_insecure_auth: bool = False
+    """Offer AUTH on a submission listener without TLS: passwords then cross the network in
+    clear, so only for a listener that nothing but this host reaches."""
+    submission_max_message_bytes: int = Field(10_240_000, gt=0)
+    """The largest message the submission listener takes (advertised with SIZE); larger: 552."""
+    submission_port: int | None = Field(None, ge=1, le=65535)
+    """Run the SMTP submission listener (RFC 6409, STARTTLS and AUTH) on this port in
+    `postroom serve`; unset: off. Needs a certificate, or POSTROOM_SUBMISSION_INSECURE_AUTH."""
+
+    @field_validator("submission_port")
+    @classmethod
+    def _submission_tls(cls, port: int | None, info: ValidationInfo) -> int | None:
+        """AUTH carries a password, so the listener does not start without TLS unless told to
+        (declared after the settings it reads, which are validated first)."""
+        if port is None:
+            return port
+        cert, key = info.data.get("submission_tls_cert"), info.data.get("submission_tls_key")
+        if (cert is None) != (key is None):
+            raise ValueError("POSTROOM_SUBMISSION_TLS_CERT and _TLS_KEY go together")
+        if cert is None and not info.data.get("submission_insecure_auth"):
+            raise ValueError(
+                "the submission listener needs POSTROOM_SUBMISSION_TLS_CERT and _TLS_KEY (for "
+                "STARTTLS), or POSTROOM_SUBMISSION_INSECURE_AUTH=true to take passwords in clear"
+            )
+        return port
+
     @property
     def url(self) -> str:
         if self.database_url:
@@ -125,3 +186,22 @@ class Settings(BaseSettings):
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+
+def resolver_address(entry: str) -> tuple[str, int]:
+    """`192.0.2.53`, `192.0.2.53:5353`, `2001:db8::53` or `[2001:db8::53]:5353` as (address,
+    port); raises ValueError."""
+    host, port = entry, "53"
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":") or port
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError as err:
+        raise ValueError(f"{entry!r} is not a resolver's address (IP or IP:port)") from err
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{entry!r}: the port must be 1 to 65535")
+    return host, number

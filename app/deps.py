@@ -7,24 +7,34 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
+import dns.asyncresolver
 import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.audit.service import Actor
 from app.config import Settings
 from app.crypto import SecretBox
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.transports import TransportCache
+from app.dkim import lookup
 from app.egress import EgressPolicy
 from app.messages.intake import Intake
 from app.metrics import Metrics
+from app.retention.purge import PurgeLoop
 from app.security import Authenticator, Principal, require_role
 from app.servers.service import Profiles
 from app.throttle import Throttle
 from app.transports.base import TransportContext
 from app.webhooks.sender import Sender
+
+
+class Reporting(Protocol):
+    """A loop that tells /readyz what keeps it from working (None: nothing)."""
+
+    def problem(self) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -53,6 +63,10 @@ class Runtime:
     """This process's dispatcher, while it runs one (for /readyz)."""
     sender: Sender | None = None
     """This process's webhook sender, while it runs one (for /readyz)."""
+    purge: PurgeLoop | None = None
+    """This process's retention purge, while it runs one (beside its dispatcher; for /readyz)."""
+    submission: Reporting | None = None
+    """This process's SMTP submission listener, while it runs one (for /readyz)."""
 
     def queued(self) -> None:
         self.wake()
@@ -60,6 +74,11 @@ class Runtime:
     @property
     def profiles(self) -> Profiles:
         return Profiles(self.box, self.egress, self.settings.public_url)
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        """For DKIM record checks: POSTROOM_DNS_SERVERS, else the system's resolvers."""
+        return lookup.resolver(self.settings.resolvers)
 
 
 def _runtime(request: Request) -> Runtime:
@@ -108,5 +127,17 @@ async def sender_user(request: Request) -> Principal:
     return require_role(await _caller(request), "admin", "sender")
 
 
+def actor_of(principal: Principal, request: Request) -> Actor:
+    """The caller as the audit log records it: by HTTP Basic, or by an API token (Bearer)."""
+    bearer = request.headers.get("authorization", "")[:7].lower() == "bearer "
+    return Actor(principal.name, "token" if bearer else "basic", client_address(request))
+
+
+async def admin_actor(request: Request) -> Actor:
+    return actor_of(await admin_user(request), request)
+
+
 AdminUser = Annotated[Principal, Depends(admin_user)]
+AdminActor = Annotated[Actor, Depends(admin_actor)]
+"""An admin about to change the configuration: what the audit log records of it."""
 SenderUser = Annotated[Principal, Depends(sender_user)]

@@ -1,4 +1,4 @@
-"""The error tree of the service, and the one handler that renders every error as JSON.
+"""The error tree of the service (app/handlers.py renders every error as JSON).
 
 Every error answer has the shape {"error": {"code": str, "message": str, "details": [...]}};
 a detail names its field by the camelCase path of the request body ("settings.port").
@@ -6,21 +6,10 @@ a detail names its field by the camelCase path of the request body ("settings.po
 
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Collection, Sequence
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
-
-if TYPE_CHECKING:  # FastAPI itself only where the app is built: the CLI raises these errors too
-    from fastapi import FastAPI
-    from starlette.requests import Request
-
-log = logging.getLogger("postroom")
+from pydantic import BaseModel
 
 
 class AppError(Exception):
@@ -64,6 +53,14 @@ class NotFound(AppError):
 class Conflict(AppError):
     status_code = 409
     code = "conflict"
+
+
+class Gone(AppError):
+    """What was asked for existed and was removed for good (a message body the retention purge
+    removed, say)."""
+
+    status_code = 410
+    code = "gone"
 
 
 class PayloadTooLarge(AppError):
@@ -126,16 +123,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 """For FastAPI(responses=...): the error shape in the OpenAPI document (not HTTPValidationError)."""
 
 
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    details: Sequence[dict[str, Any]] = (),
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
-
-
 def error_body(code: str, message: str, details: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": list(details)}}
 
@@ -163,12 +150,18 @@ class FieldsError(ValueError):
         self.fields = fields
 
 
-def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic errors without their `input` (it may hold a password) or internals."""
+def validation_details(
+    errors: Sequence[Any], union_tags: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """Pydantic errors without their `input` (it may hold a password) or internals.
+
+    `union_tags`: the tags of the discriminated unions the errors may come from (the profile
+    types, app.servers.schemas.PROFILE_TYPES, which this module cannot import): pydantic puts
+    the tag in an error's path, where the body has no such field, so it is left out."""
     details = []
     for err in errors:
         loc = tuple(err.get("loc", ()))
-        tag = next((i for i, part in enumerate(loc[:2]) if part in _UNION_TAGS), None)
+        tag = next((i for i, part in enumerate(loc[:2]) if part in union_tags), None)
         if tag is not None and len(loc) > tag + 1:
             loc = loc[:tag] + loc[tag + 1 :]
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -186,119 +179,8 @@ def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return details
 
 
-_UNION_TAGS = frozenset({"smtp", "mandrill", "ses", "sendgrid", "mailgun", "msgraph"})
-
-
-async def _app_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AppError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
-
-
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    from fastapi.exceptions import RequestValidationError
-
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    if any(err.get("type") == "json_invalid" for err in errors):
-        return error_response(400, "malformed_json", "the request body is not valid JSON")
-    return _invalid(errors)
-
-
-async def _model_error(_: Request, exc: Exception) -> JSONResponse:
-    """A model validated by a service (a merged PATCH, say) rather than by FastAPI."""
-    assert isinstance(exc, ValidationError)
-    return _invalid(exc.errors())
-
-
-def _invalid(errors: Sequence[Any]) -> JSONResponse:
-    return JSONResponse(invalid_body(errors), status_code=422)
-
-
-def invalid_body(errors: Sequence[Any]) -> dict[str, Any]:
-    """The 422 body for pydantic errors."""
-    details = validation_details(errors)
+def invalid_body(errors: Sequence[Any], union_tags: Collection[str] = ()) -> dict[str, Any]:
+    """The 422 body for pydantic errors (`union_tags`: see `validation_details`)."""
+    details = validation_details(errors, union_tags)
     fields = ", ".join(dict.fromkeys(d["field"] for d in details))
     return error_body("validation_error", f"invalid request: {fields}", details)
-
-
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-
-
-def allowed_methods(request: Request) -> str:
-    """The methods served at this path (Starlette's 405 names only the first route's).
-
-    Read from the OpenAPI document: when templates with fewer parameters match too
-    (`/messages/batch` and `/messages/{message_id}`), only theirs count, the literal path being
-    the resource the client named."""
-    path = request.url.path
-    candidates: list[tuple[int, set[str]]] = []
-    for template, operations in request.app.openapi().get("paths", {}).items():
-        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
-        if re.fullmatch(pattern, path):
-            candidates.append((template.count("{"), {m.upper() for m in operations}))
-    fewest = min((count for count, _ in candidates), default=0)
-    methods = set().union(*(ops for count, ops in candidates if count == fewest))
-    return ", ".join(method for method in _METHODS if method in methods)
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    headers = dict(exc.headers) if exc.headers else None
-    if exc.status_code == 405 and (allowed := allowed_methods(request)):
-        headers = {**(headers or {}), "Allow": allowed}
-    codes = {
-        401: "unauthorized",
-        403: "forbidden",
-        404: "not_found",
-        405: "method_not_allowed",
-        413: "payload_too_large",
-    }
-    return error_response(
-        exc.status_code,
-        codes.get(exc.status_code, "http_error"),
-        str(exc.detail),
-        headers=headers,
-    )
-
-
-def unstorable_text(exc: BaseException) -> bool:
-    """True when `exc` comes from text that is valid JSON but that no database keeps: an unpaired
-    surrogate (a "\\ud800" escape) anywhere, or a NUL character in PostgreSQL."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if "surrogates not allowed" in str(current):
-            return True
-        if getattr(current, "sqlstate", None) == "22021":  # character_not_in_repertoire
-            return True
-        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
-    return False
-
-
-async def _unstorable(_: Request, exc: Exception) -> JSONResponse:
-    if not unstorable_text(exc):
-        raise exc
-    return error_response(
-        400,
-        "invalid_text",
-        "the request holds text that cannot be stored: a NUL character or an unpaired surrogate",
-    )
-
-
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    from fastapi.exceptions import RequestValidationError
-    from sqlalchemy.exc import StatementError  # here: the transports import this module
-
-    app.add_exception_handler(AppError, _app_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(ValidationError, _model_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    for unstorable in (UnicodeEncodeError, StatementError, PydanticSerializationError):
-        app.add_exception_handler(unstorable, _unstorable)
-    app.add_exception_handler(Exception, _unexpected)

@@ -16,6 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import migrate
+from app.audit.router import router as audit_router
+from app.audit.service import SYSTEM
 from app.branding.router import router as branding_router
 from app.config import Settings
 from app.console.router import install as install_console
@@ -26,21 +28,26 @@ from app.delivery.dispatcher import Dispatcher
 from app.delivery.router import router as probe_router
 from app.delivery.transports import TransportCache
 from app.deps import Runtime, RuntimeDep
+from app.dkim.router import router as dkim_router
 from app.egress import EgressPolicy, http_client, parse_networks
-from app.errors import ERROR_RESPONSES, install_error_handlers
+from app.errors import ERROR_RESPONSES
 from app.events.bounces.router import router as bounces_router
 from app.events.bounces.running import running_bounce_loops
 from app.events.hooks.router import router as hooks_router
 from app.events.hooks.service import EventHooks
 from app.events.providers.sns import Sns
+from app.handlers import install_error_handlers
 from app.limits import BodyLimit
 from app.messages.intake import Intake
 from app.messages.router import router as messages_router
 from app.metrics import Metrics
 from app.openapi import install as install_openapi
+from app.retention.running import running_purge
 from app.schemas import LocalDomains
 from app.security import Authenticator
 from app.servers.router import router as servers_router
+from app.servers.schemas import PROFILE_TYPES
+from app.submission.listener import running_submission
 from app.suppressions import service as suppressions
 from app.suppressions.router import router as suppressions_router
 from app.suppressions.router import unsubscribe_router
@@ -98,7 +105,7 @@ async def bootstrap_admin(runtime: Runtime) -> str | None:
             return None
         password = runtime.settings.admin_password or None
         _, generated = await users.create_user(
-            session, runtime.settings.admin_user, "admin", password
+            session, runtime.settings.admin_user, "admin", password, actor=SYSTEM
         )
         return generated
 
@@ -202,6 +209,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(open_runtime(settings))
+        stack.push_async_callback(runtime.auth.aclose)  # before the engine is disposed
         app.state.runtime = runtime
         app.state.hooks = EventHooks(
             runtime.sessions, runtime.box, runtime.metrics, Sns(runtime.http)
@@ -209,7 +217,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.dispatcher:
             await stack.enter_async_context(running_dispatcher(runtime))
             await stack.enter_async_context(running_sender(runtime))
+            await stack.enter_async_context(running_purge(runtime))
         await stack.enter_async_context(running_bounce_loops(runtime))
+        await stack.enter_async_context(running_submission(runtime))
         generated = await bootstrap_admin(runtime)
         if generated is not None:
             print(  # noqa: T201 - shown once, on purpose, on the console of the first start
@@ -251,6 +261,13 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
         sender is None or sender.task is None or sender.task.done()
     ):
         reasons.append("the webhook sender is not running")
+    purge = runtime.purge
+    if runtime.settings.dispatcher and (purge is None or purge.task.done()):
+        reasons.append("the retention purge is not running")
+    if purge is not None and purge.supervised.last_error:
+        answer["purge"] = {"lastError": purge.supervised.last_error}
+    if runtime.submission is not None and (problem := runtime.submission.problem()):
+        reasons.append(problem)
     if reasons:
         return {"status": "unavailable", "reasons": reasons} | answer
     return {"status": "ready"} | answer
@@ -266,7 +283,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
-    install_error_handlers(app)
+    install_error_handlers(app, union_tags=PROFILE_TYPES)
     install_openapi(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_message_bytes)
     if settings.allow_local_domains:
@@ -276,12 +293,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(branding_router)
     app.include_router(users_router)
     app.include_router(probe_router)
+    app.include_router(dkim_router)
     app.include_router(themes_router)
     app.include_router(webhooks_router)
     app.webhooks.include_router(webhook_events)
     app.include_router(hooks_router)
     app.include_router(suppressions_router)
     app.include_router(unsubscribe_router)
+    app.include_router(audit_router)
     app.include_router(bounces_router)
     install_console(app)
 

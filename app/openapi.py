@@ -16,20 +16,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
+from app.servers.schemas import PROFILE_MODELS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 Document = dict[str, Any]
 
-PROFILES = [
-    "SmtpProfile",
-    "MandrillProfile",
-    "SesProfile",
-    "SendgridProfile",
-    "MailgunProfile",
-    "MsgraphProfile",
-]
+PROFILES = [model.__name__ for model in PROFILE_MODELS]
+"""The component schemas of the profile union."""
 MERGE_PATCHES: dict[tuple[str, str], list[str]] = {
     ("/api/v1/servers/{name}", "patch"): PROFILES,
     ("/api/v1/themes/{name}", "patch"): ["ThemeIn"],

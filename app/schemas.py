@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from email_validator.rfc_constants import (
     DOT_ATOM_TEXT,
     EMAIL_MAX_LENGTH,
 )
-from pydantic import AfterValidator, BaseModel, ConfigDict, Strict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict
 from pydantic.alias_generators import to_camel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -44,6 +45,23 @@ def _no_control(value: str) -> str:
 
 SafeStr = Annotated[str, AfterValidator(_no_control)]
 """A string that can go into a header or an SMTP command: no CR, LF or NUL."""
+
+
+def _iso_8601(value: object) -> object:
+    """A query's date-time is ISO 8601 text, as the OpenAPI document says (pydantic alone would
+    also take a number as a Unix time)."""
+    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """In UTC, as every stored time is (SQLite compares them as text); without an offset, it is
+    UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
 
 
 _LOCAL_DOMAINS: ContextVar[bool] = ContextVar("postroom_allow_local_domains", default=False)

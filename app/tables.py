@@ -1,6 +1,7 @@
 """Imports every domain's tables, so Base.metadata is whole (for Alembic and tests)."""
 
 from app import throttle
+from app.audit import models as audit
 from app.branding import models as branding
 from app.console import models as console
 from app.db import Base
@@ -16,6 +17,7 @@ from app.webhooks import models as webhooks
 
 __all__ = [
     "Base",
+    "audit",
     "bounces",
     "branding",
     "console",

@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
     result = asyncio.run(measure(args.batches, args.size, args.posts, args.clients))
-    print(json.dumps(result))
+    print(json.dumps(result))  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -29,12 +29,15 @@ Database = Literal["sqlite", "pg"]
 ADMIN_PASSWORD = "bench-admin-password"
 SENDER = "bench"
 SENDER_PASSWORD = "bench-sender-password"
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_SERVER = os.environ.get("POSTROOM_BENCH_PG_SERVER", "127.0.0.1:5432")
+"""host:port of the PostgreSQL the bench uses: a cluster of its own (see README, Sizing) keeps
+other work out of its cluster-wide figures (WAL, pg_stat_statements)."""
+PG_ADMIN_DSN = f"postgresql://postgres@{PG_SERVER}/postgres"
 PG_DATABASE = "postroom_bench"
 RUNS = [WORK / "runs"]
 """Where deployments live (a list, so the entry point can move it: quick runs use their own)."""
 PG_TEMPLATE = "postroom_bench_queue"
-PG_URL = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DATABASE}"
+PG_URL = f"postgresql+asyncpg://postgres@{PG_SERVER}/{PG_DATABASE}"
 TEXT = "Hello,\n\nthis is benchmark message {i}.\nNothing to see here.\n\n-- \nThe bench\n"
 
 

@@ -36,6 +36,7 @@ from harness import (
     wait_for,
 )
 from postroom import (
+    PG_SERVER,
     PG_TEMPLATE,
     RUNS,
     Database,
@@ -52,6 +53,7 @@ from postroom import (
     post_open,
 )
 from profiling import Spy, summarize
+from sizing import DatabaseCost
 
 CONCURRENCY = 32
 BATCH_SIZE = 100
@@ -89,7 +91,7 @@ class Config:
     timeout: float = 600.0
 
 
-FAMILIES = ("refs", "e2e", "drain", "api", "group", "memory", "profile", "suppress")
+FAMILIES = ("refs", "e2e", "drain", "api", "group", "memory", "profile", "suppress", "sizing")
 
 
 @dataclass
@@ -156,11 +158,19 @@ class Bench:
                 await wait_for(sink, base, messages=1, within=30, alive=postroom.alive)
 
     async def end_to_end(
-        self, database: Database, workers: int, sink_name: str, k: int, suppressed: int = 0
+        self,
+        database: Database,
+        workers: int,
+        sink_name: str,
+        k: int,
+        suppressed: int = 0,
+        *,
+        sizing: bool = False,
     ) -> Metrics:
         """N messages posted by CONCURRENCY clients, timed until the sink has them all; with
         `suppressed`, that many other addresses are on the suppression list first (the cost of
-        the per-recipient check: intake's lookup and the dispatcher's, per batch)."""
+        the per-recipient check: intake's lookup and the dispatcher's, per batch); with
+        `sizing`, what PostgreSQL paid per message (bench/sizing.py)."""
         n, sink = self.config.n, self.sinks[sink_name]
         name = f"e2e-{database}-{workers}w-{sink_name}-k{k}" + (
             f"-suppressed{suppressed}" if suppressed else ""
@@ -173,6 +183,7 @@ class Bench:
             postroom.start_workers(workers)
             await self._warm_up(postroom, sink, deliver=True)
             bodies = [message_body(i) for i in range(n)]
+            cost = await DatabaseCost.start() if sizing else None
             async with postroom.sender(CONCURRENCY) as client:
                 base = await sink.counts()
                 cpu = postroom.cpu()
@@ -196,7 +207,8 @@ class Bench:
             await asyncio.sleep(0.3)
             delivered = (await sink.counts()).messages - base.messages
             elapsed = reached.last - load.started
-            return {
+            pg_cpu = cost.cpu_so_far() if cost is not None else 0.0
+            result: Metrics = {
                 "elapsed": elapsed,
                 "rate": load.ok / elapsed,
                 "post_errors": load.errors,
@@ -210,6 +222,12 @@ class Bench:
             }
         finally:
             postroom.stop()
+        if cost is not None:
+            result["database"] = await cost.per_message(n, pg_cpu)
+            result["total_cpu_ms_per_message"] = (
+                result["service_cpu_ms_per_message"] + result["database"]["pg_cpu_ms_per_message"]
+            )
+        return result
 
     async def _queue_template(self, database: Database) -> Postroom:
         """A stopped deployment whose queue holds N (+1 warm-up) messages, filled once per
@@ -608,6 +626,14 @@ class Bench:
                 partial(self.end_to_end, db, workers, sink, k),
                 1 if sink == "aiosmtpd" else None,
             )
+        if c.pg:
+            params = {"database": "pg", "workers": 1, "sink": "smtp-sink", "k": c.k_main, "n": c.n}
+            add(
+                f"sizing/pg/1w/smtp-sink/k{c.k_main}",
+                "sizing",
+                params,
+                partial(self.end_to_end, "pg", 1, "smtp-sink", c.k_main, sizing=True),
+            )
         for suppressed in (0, SUPPRESSED):
             params = {"database": "sqlite", "sink": "smtp-sink", "k": c.k_main, "n": c.n}
             add(
@@ -872,7 +898,7 @@ async def main() -> None:
     harness.install_signal_handlers()
     config.pg = await pg_available()
     if not config.pg:
-        _say("PostgreSQL is not reachable at 127.0.0.1:5432: its scenarios are not measured")
+        _say(f"PostgreSQL is not reachable at {PG_SERVER}: its scenarios are not measured")
     bench = Bench(config, machine=await report.machine(config.pg))
     if (config.merge or config.append or config.render_only) and config.results.exists():
         bench.load_earlier()

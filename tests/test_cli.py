@@ -4,6 +4,7 @@ one-line errors a user can cause; how fast `postroom send` starts."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import re
 import sqlite3
@@ -18,6 +19,8 @@ import pytest
 from cryptography.fernet import Fernet
 from typer.testing import CliRunner
 
+from app.audit import service as audit
+from app.audit.models import AuditEntry
 from app.cli import cli
 from app.config import Settings
 from app.errors import Unauthorized
@@ -63,6 +66,24 @@ def test_users_add_reads_a_piped_password(settings: Settings, cli_env: dict[str,
     assert login(settings, "billing", "piped-password-1") == Principal("billing", "sender")
     with pytest.raises(Unauthorized):
         login(settings, "billing", "another-password")
+
+
+def test_users_add_is_in_the_audit_log_as_the_system_user(
+    settings: Settings, cli_env: dict[str, str]
+) -> None:
+    result = runner.invoke(
+        cli, ["users", "add", "billing"], input="piped-password-1\n", env=cli_env
+    )
+    assert result.exit_code == 0, result.output
+
+    async def logged() -> list[AuditEntry]:
+        async with open_runtime(settings) as runtime, runtime.sessions() as session:
+            where = audit.Filter(target="user:billing")
+            return (await audit.search(session, where, limit=10, cursor=None))[0]
+
+    [entry] = asyncio.run(logged())
+    assert (entry.actor, entry.via, entry.address) == (getpass.getuser(), "cli", None)
+    assert entry.changes == {"role": {"from": None, "to": "sender"}, "password": "changed"}
 
 
 def test_users_add_generates_a_password_when_stdin_is_empty(

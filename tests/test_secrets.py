@@ -57,6 +57,11 @@ def pem_needles(pem: str) -> list[str]:
     return [pem, *(line for line in pem.splitlines() if len(line) > 20)]
 
 
+WEBHOOK_SECRETS = {"mandrill": ["webhookKey"], "mailgun": ["webhookSigningKey"]}
+"""The keys that verify a provider's event webhooks (app/transports/hook_settings.py): secrets
+too, tracked here rather than in the bodies every profile test copies."""
+
+
 def tracked_secrets() -> tuple[list[dict[str, Any]], list[str], str]:
     """Profiles of every type with distinct secrets, and the list of those secrets."""
     ca = trustme.CA()
@@ -67,7 +72,7 @@ def tracked_secrets() -> tuple[list[dict[str, Any]], list[str], str]:
     secrets: list[str] = []
     for n, type_ in enumerate(BODIES):
         payload = body(type_, f"p_{type_}")
-        for key in SECRETS[type_]:
+        for key in [*SECRETS[type_], *WEBHOOK_SECRETS.get(type_, ())]:
             payload["settings"][key] = f"{type_}-{key}-Zq8{n}x/+=&#%?"
             secrets.append(payload["settings"][key])
         payloads.append(payload)

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from app.branding import service
 from app.branding.schemas import BrandingBody
-from app.deps import AdminUser, SessionDep
+from app.deps import AdminActor, AdminUser, SessionDep
 
 router = APIRouter(tags=["branding"])
 
@@ -16,6 +16,6 @@ async def get_branding(_: AdminUser, session: SessionDep) -> BrandingBody:
 
 
 @router.post("/api/branding", response_model=BrandingBody)
-async def post_branding(body: BrandingBody, _: AdminUser, session: SessionDep) -> BrandingBody:
+async def post_branding(body: BrandingBody, actor: AdminActor, session: SessionDep) -> BrandingBody:
     """Sisense 0.9: set the system sender; fields left out stay as they are."""
-    return service.to_body(await service.update_branding(session, body))
+    return service.to_body(await service.update_branding(session, body, actor))

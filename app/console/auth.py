@@ -65,7 +65,8 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
         raise ConsoleError(403, "the login form's CSRF token is missing or stale: reload the page")
     client = client_address(request)
     try:
-        principal = await runtime.auth.verify(name, password, client)
+        # passwords only: a session opened with an API token would outlive the token's revocation
+        principal = await runtime.auth.verify(name, password, client, accept_tokens=False)
     except Unauthorized:
         return _login_page(request, expected, target, 401, "Wrong user name or password.")
     except TooManyRequests as err:

@@ -13,11 +13,13 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
+from app.audit.service import Actor
 from app.branding import service as branding
 from app.branding.schemas import BrandingBody
 from app.console.web import (
     PREFIX,
     CheckedForm,
+    ConsoleActor,
     ConsoleAdmin,
     ConsoleRoute,
     Form,
@@ -133,27 +135,27 @@ async def edit_template(
 
 @router.post("/templates/new")
 async def create_template(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
-    return await _save_template(request, form, runtime, None)
+    return await _save_template(request, form, runtime, None, actor)
 
 
 @router.post("/templates/{name}")
 async def update_template(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
-    return await _save_template(request, form, runtime, name)
+    return await _save_template(request, form, runtime, name, actor)
 
 
 async def _save_template(
-    request: Request, form: Form, runtime: Runtime, name: str | None
+    request: Request, form: Form, runtime: Runtime, name: str | None, actor: Actor
 ) -> Response:
     async def store(session: AsyncSession, target: str | None) -> None:
         body = _template_in(form, target)
         if name is None:
-            await themes.create_template(session, body)
+            await themes.create_template(session, body, actor)
         else:
-            await themes.replace_template(session, name, body)
+            await themes.replace_template(session, name, body, actor)
 
     return await _save(request, form, runtime, "template", name, store)
 
@@ -251,25 +253,27 @@ async def edit_theme(
 
 @router.post("/themes/new")
 async def create_theme(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
-    return await _save_theme(request, form, runtime, None)
+    return await _save_theme(request, form, runtime, None, actor)
 
 
 @router.post("/themes/{name}")
 async def update_theme(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
-    return await _save_theme(request, form, runtime, name)
+    return await _save_theme(request, form, runtime, name, actor)
 
 
-async def _save_theme(request: Request, form: Form, runtime: Runtime, name: str | None) -> Response:
+async def _save_theme(
+    request: Request, form: Form, runtime: Runtime, name: str | None, actor: Actor
+) -> Response:
     async def store(session: AsyncSession, target: str | None) -> None:
         body = _theme_in(form, target)
         if name is None:
-            await themes.create_theme(session, body)
+            await themes.create_theme(session, body, actor)
         else:
-            await themes.replace_theme(session, name, body)
+            await themes.replace_theme(session, name, body, actor)
 
     return await _save(request, form, runtime, "theme", name, store)
 
@@ -292,7 +296,7 @@ async def branding_page(
 
 @router.post("/branding")
 async def save_branding(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     emails = {
         "senderEmail": _optional(form, "senderEmail"),
@@ -301,7 +305,7 @@ async def save_branding(
     try:
         body = BrandingBody.model_validate({"emails": emails})
         async with transaction(runtime.sessions) as session:
-            await branding.update_branding(session, body)
+            await branding.update_branding(session, body, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         errors = {k.removeprefix("emails."): v for k, v in fields.items()}

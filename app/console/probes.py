@@ -66,7 +66,7 @@ async def _run(
                 )
             runtime.metrics.count_events(tally(events))
         else:
-            report = await probe.verify(found, runtime.transport_context)
+            report = await probe.verify(found, runtime.transport_context, runtime.resolver)
     except (AppError, ValidationError) as err:
         error, status = problems(err), status_of(err)
     if request.headers.get("hx-request"):

@@ -12,8 +12,8 @@ from starlette.responses import Response
 from app.console.web import PREFIX, ConsoleRoute, ConsoleUser, render
 from app.deps import RuntimeDep
 from app.messages import records
+from app.messages.records import RecordFilter
 from app.messages.schemas import MessageStatus
-from app.messages.service import RecordFilter
 
 router = APIRouter(prefix=f"{PREFIX}/records", route_class=ConsoleRoute, include_in_schema=False)
 
@@ -21,10 +21,12 @@ PAGE_SIZE = 25
 MAX_PAGE = 500
 """The API's largest page."""
 TEXT_FILTERS = ("sender", "recipient", "template", "server", "createdBy")
-STATUSES: tuple[MessageStatus, ...] = ("queued", "sending", "sent", "partially_sent", "failed")
+STATUSES: tuple[MessageStatus, ...] = (
+    "scheduled", "queued", "sending", "sent", "partially_sent", "failed", "cancelled",
+)  # fmt: skip
 
 
-def _when(value: str, field: str, errors: dict[str, str]) -> datetime | None:
+def when(value: str, field: str, errors: dict[str, str]) -> datetime | None:
     """A date or date-time from the form (a datetime-local input), taken as UTC."""
     if not value:
         return None
@@ -54,8 +56,8 @@ async def search(
         server=given["server"] or None,
         created_by=given["createdBy"] or None,
         status=status,
-        created_from=_when(given["from"], "from", errors),
-        created_to=_when(given["to"], "to", errors),
+        created_from=when(given["from"], "from", errors),
+        created_to=when(given["to"], "to", errors),
     )
     page = None
     if not errors:

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.console import (
+    audit,
     auth,
     content,
     dashboard,
@@ -32,5 +33,6 @@ def install(app: FastAPI) -> None:
         users,
         suppressions,
         webhooks,
+        audit,
     ):
         app.include_router(module.router)

@@ -3,7 +3,7 @@ Every change goes through app.servers.service, as the API's routes do."""
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
@@ -13,6 +13,7 @@ from app.console import forms
 from app.console.web import (
     PREFIX,
     CheckedForm,
+    ConsoleActor,
     ConsoleAdmin,
     ConsoleRoute,
     problems,
@@ -23,15 +24,15 @@ from app.console.web import (
 from app.db import transaction
 from app.deps import Runtime, RuntimeDep
 from app.errors import AppError, NotFound
+from app.secret_fields import secret_paths
 from app.servers import service, sisense
-from app.servers.schemas import ProfileOut, ProfileType
-from app.servers.secrets import secret_paths
+from app.servers.schemas import PROFILE_TYPES, ProfileOut
 from app.themes import service as themes
 from app.transports.registry import TRANSPORTS
 
 router = APIRouter(prefix=f"{PREFIX}/servers", route_class=ConsoleRoute, include_in_schema=False)
 
-TYPES: tuple[str, ...] = get_args(ProfileType)
+TYPES = PROFILE_TYPES
 
 
 async def _choices(runtime: Runtime, exclude: str | None) -> dict[str, list[tuple[str, str]]]:
@@ -111,7 +112,7 @@ async def new_server(
 
 @router.post("/new")
 async def create_server(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     type_ = form.text("type")
     if type_ not in TYPES:
@@ -121,7 +122,7 @@ async def create_server(
         parsed = service.PROFILE_BODY.validate_python(body)
         await service.check_host(runtime.profiles, parsed.settings)
         async with transaction(runtime.sessions) as session:
-            created = await service.create_profile(session, runtime.profiles, parsed)
+            created = await service.create_profile(session, runtime.profiles, parsed, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await page(
@@ -161,7 +162,7 @@ async def edit_server(
 
 @router.post("/{name}")
 async def save_server(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     profile = await _stored(runtime, name)
     body, _paths = await forms.read(form.data, profile.type)
@@ -169,7 +170,7 @@ async def save_server(
     try:
         await service.check_host(runtime.profiles, body.get("settings"))
         async with transaction(runtime.sessions) as session:
-            await service.replace_profile(session, runtime.profiles, name, body)
+            await service.replace_profile(session, runtime.profiles, name, body, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await page(
@@ -187,10 +188,10 @@ async def save_server(
 
 @router.post("/{name}/default")
 async def make_default(
-    name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     async with transaction(runtime.sessions) as session:
-        await service.patch_profile(session, runtime.profiles, name, {"isDefault": True})
+        await service.patch_profile(session, runtime.profiles, name, {"isDefault": True}, actor)
     return redirect(router.prefix)
 
 
@@ -204,10 +205,10 @@ async def confirm_delete(
 
 @router.post("/{name}/delete")
 async def delete_server(
-    name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     async with transaction(runtime.sessions) as session:
-        await service.delete_profile(session, name)
+        await service.delete_profile(session, runtime.profiles, name, actor)
     return redirect(router.prefix)
 
 
@@ -227,7 +228,7 @@ async def duplicate_form(
 
 @router.post("/{name}/duplicate")
 async def duplicate_server(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     profile = await _stored(runtime, name)
     dump = profile.model_dump(by_alias=True, mode="json")
@@ -239,7 +240,7 @@ async def duplicate_server(
     try:
         async with transaction(runtime.sessions) as session:
             copy = await service.duplicate_profile(
-                session, runtime.profiles, name, form.text("name") or None, given
+                session, runtime.profiles, name, form.text("name") or None, given, actor
             )
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from app.console.web import (
     PREFIX,
     CheckedForm,
+    ConsoleActor,
     ConsoleAdmin,
     ConsoleError,
     ConsoleRoute,
@@ -88,7 +89,7 @@ async def list_suppressions(
 
 @router.post("")
 async def add_suppression(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     values = {k: form.text(k) for k in ("address", "profile", "reason")}
     try:
@@ -100,7 +101,7 @@ async def add_suppression(
             }
         )
         async with transaction(runtime.sessions) as session:
-            await service.add(session, body.address, body.profile, body.reason)
+            await service.add(session, body.address, body.profile, body.reason, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await _page(
@@ -128,17 +129,17 @@ async def confirm_remove(
 
 @router.post("/remove")
 async def remove_suppression(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     entry = _entry(form.text("address"), form.text("profile"))
     async with transaction(runtime.sessions) as session:
-        await service.remove(session, entry.address, entry.profile)
+        await service.remove(session, entry.address, entry.profile, actor)
     return redirect(f"{router.prefix}?done=removed")
 
 
 @router.post("/import")
 async def import_csv(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     """All or nothing, as the API's import: a bad row shows its row and column, nothing is kept."""
     upload = form.data.get("file")
@@ -147,7 +148,7 @@ async def import_csv(
         text = csvio.csv_text("text/csv", data)
         async with transaction(runtime.sessions) as session:
             entries = await csvio.parse(session, text)
-            added = await service.add_many(session, entries)
+            added = await service.add_many(session, entries, actor)
     except AppError as err:
         summary, fields = problems(err)
         return await _page(request, runtime, status_of(err), form_error=summary, errors=fields)

@@ -1,8 +1,10 @@
-"""Users (admin only): the API's users, roles and sender bounds through app.users.service, and
-their console sessions, which an admin can end."""
+"""Users (admin only): the API's users, roles and sender bounds through app.users.service, their
+API tokens (issued, shown once, revoked) through app.users.tokens, and their console sessions,
+which an admin can end."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,6 +15,7 @@ from app.console import sessions
 from app.console.web import (
     PREFIX,
     CheckedForm,
+    ConsoleActor,
     ConsoleAdmin,
     ConsoleRoute,
     Form,
@@ -25,10 +28,12 @@ from app.db import transaction
 from app.deps import Runtime, RuntimeDep
 from app.errors import AppError
 from app.servers import service as servers
-from app.users import service
-from app.users.schemas import UserCreate, UserOut, UserUpdate
+from app.users import service, tokens
+from app.users.schemas import TokenCreate, TokenOut, UserCreate, UserOut, UserUpdate
 
 router = APIRouter(prefix=f"{PREFIX}/users", route_class=ConsoleRoute, include_in_schema=False)
+
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _bounds(form: Form) -> dict[str, Any]:
@@ -66,7 +71,7 @@ async def list_users(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> 
 
 @router.post("")
 async def create_user(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     try:
         body = UserCreate.model_validate(
@@ -85,6 +90,7 @@ async def create_user(
                 body.password,
                 allowed_from=body.allowed_from,
                 allowed_servers=body.allowed_servers,
+                actor=actor,
             )
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
@@ -109,26 +115,39 @@ async def create_user(
     )
 
 
+async def _edit_page(
+    request: Request, runtime: Runtime, name: str, status: int = 200, **context: Any
+) -> Response:
+    """A user's page: the edit form, its API tokens, its console sessions."""
+    async with runtime.sessions() as session:
+        user = UserOut.model_validate(await service.get_user(session, name), from_attributes=True)
+        profiles = [p.name for p in (await servers.list_profiles(session, runtime.box)).items]
+        issued = [
+            TokenOut.model_validate(t, from_attributes=True)
+            for t in await tokens.list_tokens(session, name)
+        ]
+    return render(
+        request,
+        "user_edit.html",
+        status,
+        section="users",
+        target=user,
+        profiles=profiles,
+        tokens=issued,
+        **context,
+    )
+
+
 @router.get("/{name}")
 async def edit_user(
     request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
 ) -> Response:
-    async with runtime.sessions() as session:
-        user = UserOut.model_validate(await service.get_user(session, name), from_attributes=True)
-        profiles = [p.name for p in (await servers.list_profiles(session, runtime.box)).items]
-    return render(
-        request,
-        "user_edit.html",
-        section="users",
-        target=user,
-        profiles=profiles,
-        notice="Saved." if saved else None,
-    )
+    return await _edit_page(request, runtime, name, notice="Saved." if saved else None)
 
 
 @router.post("/{name}")
 async def save_user(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     try:
         body = UserUpdate.model_validate(
@@ -143,26 +162,52 @@ async def save_user(
                 password=body.password,
                 allowed_from=body.allowed_from,
                 allowed_servers=body.allowed_servers,
+                actor=actor,
             )
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
-        async with runtime.sessions() as session:
-            user = UserOut.model_validate(
-                await service.get_user(session, name), from_attributes=True
-            )
-            profiles = [p.name for p in (await servers.list_profiles(session, runtime.box)).items]
-        return render(
-            request,
-            "user_edit.html",
-            status_of(err),
-            section="users",
-            target=user,
-            profiles=profiles,
-            form_error=summary,
-            errors=fields,
+        return await _edit_page(
+            request, runtime, name, status_of(err), form_error=summary, errors=fields
         )
     runtime.auth.changed(name)
     return redirect(f"{router.prefix}/{name}?saved=1")
+
+
+@router.post("/{name}/tokens")
+async def issue_token(
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    """The page that answers shows the token; a reload does not."""
+    expires = form.text("expiresAt")
+    values = {"name": form.text("name"), "expiresAt": expires}
+    # a date field: the token stops at the start of that day, UTC
+    at = f"{expires}T00:00:00Z" if DATE.fullmatch(expires) else expires or None
+    try:
+        body = TokenCreate.model_validate(values | {"expiresAt": at})
+        async with transaction(runtime.sessions) as session:
+            _row, token = await tokens.issue(session, name, body.name, body.expires_at, actor=actor)
+    except (AppError, ValidationError) as err:
+        summary, fields = problems(err)
+        return await _edit_page(
+            request,
+            runtime,
+            name,
+            status_of(err),
+            form_error=summary,
+            errors=fields,
+            token_values=values,
+        )
+    return await _edit_page(request, runtime, name, issued=token, issued_name=body.name)
+
+
+@router.post("/{name}/tokens/{token_id}/revoke")
+async def revoke_token(
+    name: str, token_id: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+) -> Response:
+    async with transaction(runtime.sessions) as session:
+        await tokens.revoke(session, name, token_id, actor=actor)
+    runtime.auth.changed(name)
+    return redirect(f"{router.prefix}/{name}#tokens")
 
 
 @router.post("/{name}/signout")
@@ -184,9 +229,9 @@ async def confirm_delete(
 
 @router.post("/{name}/delete")
 async def delete_user(
-    name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     async with transaction(runtime.sessions) as session:
-        await service.delete_user(session, name)
+        await service.delete_user(session, name, actor=actor)
     runtime.auth.changed(name)
     return redirect(router.prefix)

@@ -17,11 +17,13 @@ from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.audit.service import Actor
 from app.console import sessions
 from app.console.sessions import Login
-from app.deps import Runtime, get_runtime
+from app.deps import Runtime, client_address, get_runtime
 from app.errors import AppError, validation_details
 from app.security import Principal
+from app.servers.schemas import PROFILE_TYPES
 
 HERE = Path(__file__).parent
 PREFIX = "/console"
@@ -162,8 +164,14 @@ async def _admin(request: Request) -> Principal:
     return principal
 
 
+async def _actor(request: Request) -> Actor:
+    return Actor((await _admin(request)).name, "console", client_address(request))
+
+
 ConsoleUser = Annotated[Principal, Depends(_user)]
 ConsoleAdmin = Annotated[Principal, Depends(_admin)]
+ConsoleActor = Annotated[Actor, Depends(_actor)]
+"""An admin changing the configuration from a page: what the audit log records of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +210,7 @@ def is_tls(request: Request, trust_forwarded: bool) -> bool:
 def problems(err: AppError | ValidationError) -> tuple[str, dict[str, str]]:
     """An error as the form shows it: a summary, and a message per field path."""
     if isinstance(err, ValidationError):
-        details = validation_details(err.errors())
+        details = validation_details(err.errors(), PROFILE_TYPES)
         summary = "Please correct the fields marked below."
     else:
         details, summary = err.details, err.message

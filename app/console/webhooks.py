@@ -12,6 +12,7 @@ from starlette.responses import Response
 from app.console.web import (
     PREFIX,
     CheckedForm,
+    ConsoleActor,
     ConsoleAdmin,
     ConsoleRoute,
     problems,
@@ -54,7 +55,7 @@ async def list_webhooks(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) 
 
 @router.post("")
 async def create_webhook(
-    request: Request, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     """The page that answers shows the signing secret; a reload of the list does not."""
     values: dict[str, Any] = {
@@ -66,7 +67,7 @@ async def create_webhook(
         body = EndpointIn.model_validate(values)
         await service.check_url(runtime.egress, body.url)  # DNS: before the transaction
         async with transaction(runtime.sessions) as session:
-            created = await service.create_endpoint(session, runtime.box, body)
+            created = await service.create_endpoint(session, runtime.box, body, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await _list(
@@ -118,21 +119,21 @@ async def show_webhook(
 
 @router.post("/{endpoint_id}/enabled")
 async def set_enabled(
-    endpoint_id: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    endpoint_id: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     """On (which clears an automatic disable's reason and sends what waited) or off."""
     body = EndpointPatch(enabled=form.text("enabled") == "true")
     async with transaction(runtime.sessions) as session:
-        await service.patch_endpoint(session, endpoint_id, body)
+        await service.patch_endpoint(session, endpoint_id, body, actor)
     return redirect(f"{router.prefix}/{endpoint_id}?done=saved")
 
 
 @router.post("/{endpoint_id}/rotate")
 async def rotate_secret(
-    request: Request, endpoint_id: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, endpoint_id: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     async with transaction(runtime.sessions) as session:
-        created = await service.rotate_secret(session, runtime.box, endpoint_id)
+        created = await service.rotate_secret(session, runtime.box, endpoint_id, actor)
     return await _detail(request, runtime, endpoint_id, created=created)
 
 
@@ -157,8 +158,8 @@ async def confirm_delete(
 
 @router.post("/{endpoint_id}/delete")
 async def delete_webhook(
-    endpoint_id: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    endpoint_id: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
 ) -> Response:
     async with transaction(runtime.sessions) as session:
-        await service.delete_endpoint(session, endpoint_id)
+        await service.delete_endpoint(session, endpoint_id, actor)
     return redirect(router.prefix)

@@ -1,4 +1,5 @@
-"""A stored message plus one batch of recipients -> the MIME bytes and envelope a transport sends.
+"""A stored message (app/delivery/stored.py) plus one batch of recipients -> the MIME bytes and
+envelope a transport sends.
 
 The MIME is 7-bit clean (quoted-printable or base64 parts, RFC 2047 headers) with CRLF line ends,
 so every transport can take the same bytes. Bcc is never in `mime`; `mime_with_bcc` keeps it for
@@ -10,15 +11,17 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from email.header import Header
 from email.utils import encode_rfc2231, format_datetime
-from typing import Any
 
 from app.db import new_id
 from app.delivery.grouping import Batch
+from app.delivery.stored import Parts, StoredMessage
+from app.dkim.signer import Signer
 from app.schemas import a_label_domain, a_labels
 from app.themes.render import Layout, RenderError, dress
 from app.transports.base import Address, Attachment, Content, OutgoingMessage
@@ -40,18 +43,8 @@ def new_message_id(sender: str) -> str:
     return f"<{new_id()}@{domain}>"
 
 
-def _addresses(items: list[dict[str, Any]] | None) -> tuple[Address, ...]:
-    return tuple(Address(item["email"], item.get("name") or "") for item in items or ())
-
-
-def group_names(payload: dict[str, Any]) -> dict[str, str]:
-    """The display names of a group's members, by address."""
-    return {item["email"]: item.get("name") or "" for item in payload.get("group", ())}
-
-
 def content_of(
-    payload: dict[str, Any],
-    sender: Address,
+    message: StoredMessage,
     batch: Batch,
     *,
     layout: Layout | None = None,
@@ -60,46 +53,47 @@ def content_of(
 ) -> Content:
     """The message's parts as this batch shows them.
 
-    `names` are the group members' display names by address (`group_names`): a caller composing
-    many single-recipient batches of one group passes them so they are not rebuilt each time.
+    `names` are the group members' display names by address (`StoredMessage.group_names`): a
+    caller composing many single-recipient batches of one group passes them so they are not
+    rebuilt each time.
 
-    A single-recipient batch for a recipient with content of its own (payload["personal"], see
-    messages.service) uses that. Then `dress`: a text part generated from html-only bodies, the
-    profile's signature appended, the theme's layouts around the bodies. Raises RenderError.
+    A single-recipient batch for a recipient with content of its own (`personal`, see
+    app/messages/rules.py) uses that. Then `dress`: a text part generated from html-only bodies,
+    the profile's signature appended, the theme's layouts around the bodies. Raises RenderError.
     """
     if batch.mode == "visible":
-        to, cc, bcc = (_addresses(payload.get(key)) for key in ("to", "cc", "bcc"))
+        to, cc, bcc = message.to, message.cc, message.bcc
     elif batch.mode == "single":
-        names = group_names(payload) if names is None else names
+        names = message.group_names() if names is None else names
         to, cc, bcc = (Address(batch.recipients[0], names.get(batch.recipients[0], "")),), (), ()
     else:
         to, cc, bcc = (), (), tuple(Address(r) for r in batch.recipients)
     attachments = tuple(
-        Attachment(a["filename"], a["contentType"], base64.b64decode(a["content"]))
-        for a in payload.get("attachments", ())
+        Attachment(a.filename, a.content_type, base64.b64decode(a.content))
+        for a in message.attachments
     )
-    parts = payload
+    parts: Parts = message
     if batch.mode == "single":
-        parts = payload.get("personal", {}).get(batch.recipients[0], payload)
-    subject = parts.get("subject") or ""
+        parts = message.parts_for(batch.recipients[0])
+    subject = parts.subject or ""
     text, html = dress(
         subject=subject,
-        text=parts.get("text"),
-        html=parts.get("html"),
+        text=parts.text,
+        html=parts.html,
         layout=layout,
         signature=signature,
     )
     return Content(
-        sender=sender,
+        sender=message.sender,
         to=to,
         cc=cc,
         bcc=bcc,
-        reply_to=_addresses(payload.get("replyTo")),
+        reply_to=message.reply_to,
         subject=subject,
         text=text,
         html=html,
         attachments=attachments,
-        headers=tuple(payload.get("headers", {}).items()),
+        headers=tuple(message.headers.items()),
         undisclosed=batch.mode == "undisclosed",
     )
 
@@ -128,21 +122,24 @@ def to_mime(content: Content, message_id: str, date: datetime, *, with_bcc: bool
     lines.extend(_header(name, value) for name, value in content.headers)
     lines.append("MIME-Version: 1.0")
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
-    return head + _body(content)
+    return head + _body(content, message_id)
 
 
-def _body(content: Content) -> bytes:
+def _body(content: Content, message_id: str) -> bytes:
     """The MIME entity of the bodies and attachments, its own headers first."""
     if content.text is not None and content.html is not None:
         entity = _multipart(
-            "alternative", [_text_part(content.text, "plain"), _text_part(content.html, "html")]
+            "alternative",
+            [_text_part(content.text, "plain"), _text_part(content.html, "html")],
+            message_id,
         )
     elif content.text is not None:
         entity = _text_part(content.text, "plain")
     else:
         entity = _text_part(content.html or "", "html")
     if content.attachments:
-        entity = _multipart("mixed", [entity, *map(_attachment_part, content.attachments)])
+        parts = [entity, *map(_attachment_part, content.attachments)]
+        entity = _multipart("mixed", parts, message_id)
     return entity
 
 
@@ -171,10 +168,14 @@ def _attachment_part(attachment: Attachment) -> bytes:
     ).encode() + _base64_lines(attachment.content)
 
 
-def _multipart(subtype: str, parts: list[bytes]) -> bytes:
-    boundary = f"=_{new_id()}"
+def _multipart(subtype: str, parts: list[bytes], message_id: str) -> bytes:
+    """The boundary is derived from the Message-ID, not drawn at random: composing a message
+    again gives the same bytes (GET /messages/{id}/raw recomposes it as it was sent)."""
+    seed = f"{message_id}/{subtype}"
+    boundary = f"=_{hashlib.blake2b(seed.encode(), digest_size=16).hexdigest()}"
     while any(boundary.encode() in part for part in parts):
-        boundary = f"=_{new_id()}"
+        seed += "/"
+        boundary = f"=_{hashlib.blake2b(seed.encode(), digest_size=16).hexdigest()}"
     delimiter = b"--" + boundary.encode()
     # the CRLF before each delimiter belongs to the delimiter (RFC 2046 5.1.1), not to the part
     body = b"".join(delimiter + b"\r\n" + part + b"\r\n" for part in parts)
@@ -239,9 +240,8 @@ def _header(name: str, value: str) -> str:
 
 
 def compose(
-    payload: dict[str, Any],
+    payload: StoredMessage,
     *,
-    sender: Address,
     batch: Batch,
     message_id: str,
     date: datetime,
@@ -249,15 +249,16 @@ def compose(
     signature: str | None = None,
     names: Mapping[str, str] | None = None,
     unsubscribe_url: str | None = None,
+    dkim: Signer | None = None,
 ) -> OutgoingMessage:
     """Raises PermanentError (EMESSAGE) when the theme's layout cannot be rendered.
 
     `unsubscribe_url`: this batch's one-click unsubscribe link, which goes in List-Unsubscribe
-    with List-Unsubscribe-Post (RFC 8058), in place of any the message's headers gave."""
+    with List-Unsubscribe-Post (RFC 8058), in place of any the message's headers gave.
+    `dkim`: the profile's signer; its DKIM-Signature goes in front of both `mime` and
+    `mime_with_bcc` (Bcc is not signed, so one signature holds for both)."""
     try:
-        content = content_of(
-            payload, sender, batch, layout=layout, signature=signature, names=names
-        )
+        content = content_of(payload, batch, layout=layout, signature=signature, names=names)
     except RenderError as err:
         raise PermanentError(f"the theme cannot be rendered: {err}", code="EMESSAGE") from err
     if unsubscribe_url is not None:
@@ -265,11 +266,16 @@ def compose(
         headers += [("List-Unsubscribe", f"<{unsubscribe_url}>"), ONE_CLICK]
         content = dataclasses.replace(content, headers=tuple(headers))
     mime = to_mime(content, message_id, date)
+    with_bcc = to_mime(content, message_id, date, with_bcc=True) if content.bcc else None
+    if dkim is not None:
+        field = dkim.signature(mime)
+        mime = field + mime
+        with_bcc = field + with_bcc if with_bcc is not None else None
     return OutgoingMessage(
-        envelope_from=sender.email,
+        envelope_from=payload.sender.email,
         recipients=batch.recipients,
         mime=mime,
         message_id=message_id,
         content=content,
-        mime_with_bcc=to_mime(content, message_id, date, with_bcc=True) if content.bcc else None,
+        mime_with_bcc=with_bcc,
     )

@@ -5,13 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import ID, Base, new_id, table_of, utcnow
 
-MESSAGE_STATUSES = ("queued", "sending", "sent", "partially_sent", "failed", "suppressed")
-"""suppressed: every recipient is on the suppression list, nothing was sent."""
+MESSAGE_STATUSES = (
+    "queued", "sending", "sent", "partially_sent", "failed", "suppressed", "cancelled",
+)  # fmt: skip
+"""suppressed: every recipient is on the suppression list, nothing was sent; cancelled: a user
+cancelled it before it was sent (app/messages/lifecycle.py)."""
+FINISHED = ("sent", "partially_sent", "failed", "suppressed", "cancelled")
+"""The statuses no delivery attempt changes any more (a late event may still arrive)."""
+BODY_KEPT = text("body_purged_at IS NULL")
 
 
 class Message(Base):
@@ -26,6 +32,12 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_due", "status", "next_attempt_at"),
         Index("ix_messages_created", "created_at", "id"),
+        Index(
+            "ix_messages_body_kept",
+            "created_at",
+            sqlite_where=BODY_KEPT,
+            postgresql_where=BODY_KEPT,
+        ),
         UniqueConstraint("created_by", "idempotency_key", name="uq_messages_idempotency"),
     )
 
@@ -52,6 +64,22 @@ class Message(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+    send_at: Mapped[datetime | None]
+    """When its sender asked it to go (`sendAt`): its first `next_attempt_at`. Null: at once."""
+    resent_from: Mapped[str | None] = mapped_column(ID)
+    """The failed or bounced message this one sends again. No foreign key (nor in `resent_as`):
+    a link outlives the purge of the message it names, and a purge need not look for it."""
+    resent_as: Mapped[str | None] = mapped_column(ID)
+    """The message that sends this one again; set once (a second resend is a 409)."""
+    body_purged_at: Mapped[datetime | None]
+    """When the retention purge removed its bodies, attachments and template data (the record
+    stays); indexed, by ix_messages_body_kept, only while it is null."""
+
+    @property
+    def starts_at(self) -> datetime:
+        """When its delivery was asked to start: its `sendAt`, else when it was accepted. Its age
+        (POSTROOM_MAX_MESSAGE_AGE, the retention periods) counts from here."""
+        return self.send_at or self.created_at
 
     recipients: Mapped[list[Recipient]] = relationship(
         back_populates="message", cascade="all, delete-orphan", order_by="Recipient.id"
@@ -75,7 +103,7 @@ class Recipient(Base):
     """to, cc, bcc, or group (a member of a group that gets the same content privately)."""
     status: Mapped[str] = mapped_column(String(10), default="pending")
     """pending, then a transport status: sent, queued, rejected, invalid, failed, deferred; or
-    suppressed (on the suppression list, not sent)."""
+    suppressed (on the suppression list, not sent), or cancelled (its message was)."""
     code: Mapped[int | None]
     response: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))

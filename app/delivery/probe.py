@@ -6,13 +6,16 @@ admin can check a change before saving it without retyping the password.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import dns.asyncresolver
+from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.branding import service as branding
@@ -21,6 +24,10 @@ from app.delivery.compose import compose, new_message_id
 from app.delivery.events import event_type
 from app.delivery.grouping import Batch
 from app.delivery.models import Attempt, Message, Recipient
+from app.delivery.stored import StoredMessage
+from app.dkim import service as dkim
+from app.dkim.schemas import DkimCheck
+from app.dkim.signer import Signer
 from app.errors import Invalid
 from app.events.service import DeliveryEvent, record_events
 from app.schemas import CamelModel
@@ -46,6 +53,10 @@ class Candidate:
     type: str
     config: Any
     sender: Address | None
+    dkim: dkim.DkimState = field(default_factory=dkim.DkimState)
+    """The profile's DKIM keys (public side), for verify's DNS checks."""
+    signer: Signer | None = None
+    """Signs the test mail as the profile's mail is signed."""
 
 
 async def candidate(
@@ -55,7 +66,8 @@ async def candidate(
     whole = servers.merge_patch(servers.as_body(profile, ctx.box), changes)
     body = servers.PROFILE_BODY.validate_python({**whole, "name": name})
     sender = Address(body.sender_email, body.sender_name or "") if body.sender_email else None
-    return Candidate(name, body.type, body.settings, sender)
+    signer = dkim.signer_of(profile, ctx.box, body.type)
+    return Candidate(name, body.type, body.settings, sender, dkim.state_of(profile), signer)
 
 
 async def test_recipient(session: AsyncSession, found: Candidate, to: str | None) -> str:
@@ -199,6 +211,9 @@ class VerifyOutcome(CamelModel):
     """What could not be checked without sending."""
     error_code: str | None
     hint: str | None = None
+    dkim: list[DkimCheck] = Field(default_factory=list)
+    """Each DKIM key's DNS record, looked up. A record of the active key that is missing or holds
+    another key makes `ok` false: receivers would find every signature broken."""
 
 
 def text_of_test_mail(found: Candidate) -> str:
@@ -220,13 +235,13 @@ async def send_test(found: Candidate, to: str, context: TransportContext) -> Tes
     sender = _test_sender(found, to)
     text = text_of_test_mail(found)
     message_id = new_message_id(sender.email)
-    payload = {"subject": TEST_SUBJECT, "text": text, "to": [{"email": to}]}
+    payload = StoredMessage(sender=sender, to=(Address(to),), subject=TEST_SUBJECT, text=text)
     outgoing = compose(
         payload,
-        sender=sender,
         batch=Batch("visible", (to,)),
         message_id=message_id,
         date=utcnow(),
+        dkim=found.signer,
     )
     transport = registry.build(found.type, found.name, found.config, context)
     started = time.perf_counter()
@@ -305,7 +320,9 @@ async def record_test(
         sender=sender.email,
         subject=TEST_SUBJECT,
         server=found.name,
-        payload={"subject": TEST_SUBJECT, "to": [{"email": test.to}], "test": True},
+        payload=StoredMessage(
+            sender=sender, to=(Address(test.to),), subject=TEST_SUBJECT, test=True
+        ).to_json(),
         created_by=by,
         client_ip=client_ip,
         attempts=1,
@@ -348,25 +365,41 @@ def _since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-async def verify(found: Candidate, context: TransportContext) -> VerifyOutcome:
-    transport = registry.build(found.type, found.name, found.config, context)
-    started = time.perf_counter()
-    try:
-        report = await _guarded(transport.verify(), found.name)
-    except TransportError as err:
-        step = VerifyStep("verify", False, _since(started), err.message)
-        report = VerifyReport(steps=[step], error_code=err.code)
-    finally:
-        await transport.aclose()
+async def verify(
+    found: Candidate, context: TransportContext, resolver: dns.asyncresolver.Resolver
+) -> VerifyOutcome:
+    """The transport's own checks, and each DKIM key's DNS record, at the same time."""
+    report, checks = await asyncio.gather(
+        _verify_transport(found, context), dkim.checks(resolver, found.dkim)
+    )
     failed = next((step for step in report.steps if not step.ok), None)
     guess = None
     if failed is not None and report.error_code is not None:
         guess = hint(TransportError(failed.detail, code=report.error_code), found.config)
+    broken = [c for c in checks if c.slot == "active" and c.status in ("missing", "mismatch")]
+    if broken and guess is None:
+        guess = (
+            f"publish the DKIM record {broken[0].name} (GET /api/v1/servers/{found.name}/dkim "
+            "shows it): until then receivers find every signature broken"
+        )
     return VerifyOutcome(
-        ok=report.ok,
+        ok=report.ok and not broken,
         server=found.name,
         steps=[VerifyStepOut.model_validate(step, from_attributes=True) for step in report.steps],
         unchecked=report.unchecked,
         error_code=report.error_code,
         hint=guess,
+        dkim=checks,
     )
+
+
+async def _verify_transport(found: Candidate, context: TransportContext) -> VerifyReport:
+    transport = registry.build(found.type, found.name, found.config, context)
+    started = time.perf_counter()
+    try:
+        return await _guarded(transport.verify(), found.name)
+    except TransportError as err:
+        step = VerifyStep("verify", False, _since(started), err.message)
+        return VerifyReport(steps=[step], error_code=err.code)
+    finally:
+        await transport.aclose()

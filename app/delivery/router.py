@@ -56,7 +56,8 @@ async def test_server(
 async def verify_server(
     name: str, body: ProbeBody, _: AdminUser, runtime: RuntimeDep
 ) -> VerifyOutcome:
-    """Connect, greet, EHLO, TLS, AUTH and quit (or check an API's credentials): nothing is sent."""
+    """Connect, greet, EHLO, TLS, AUTH and quit (or check an API's credentials): nothing is sent.
+    Each DKIM key's DNS record is looked up too (`dkim`)."""
     async with runtime.sessions() as session:
         found = await probe.candidate(session, runtime.profiles, name, body.changes)
-    return await probe.verify(found, runtime.transport_context)
+    return await probe.verify(found, runtime.transport_context, runtime.resolver)

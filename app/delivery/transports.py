@@ -1,4 +1,5 @@
-"""The profiles' live transports, one per profile version, so pooled connections are reused."""
+"""The profiles' live transports, one per profile version, so pooled connections are reused; and
+their DKIM signers, one per key version, so a key is parsed once and not per message."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from datetime import datetime
 
 from app.config import Settings
 from app.crypto import SecretBox
+from app.dkim.service import signer_of
+from app.dkim.signer import Signer
 from app.events.bounces.verp import PURPOSE as VERP_PURPOSE
 from app.events.bounces.verp import Verp
 from app.servers.models import ServerProfile
@@ -29,6 +32,7 @@ class TransportCache:
             "file", BUILTIN, FileConfig(directory=settings.outbox_dir), context
         )
         self._live: dict[int, tuple[datetime, Transport]] = {}
+        self._signers: dict[int, tuple[tuple[str, str | None], Signer | None]] = {}
         self._retired: list[Transport] = []
 
     @property
@@ -54,6 +58,20 @@ class TransportCache:
         )
         self._live[profile.id] = (profile.updated_at, transport)
         return transport
+
+    def signer(self, profile: ServerProfile | None) -> Signer | None:
+        """The profile's DKIM signer (None: mail through it goes unsigned), rebuilt when its keys
+        or its type change: keyed on the encrypted keys as stored, so a rotation made by any
+        replica takes effect at the next message here."""
+        if profile is None:
+            return None
+        version = (profile.type, profile.dkim_keys)
+        cached = self._signers.get(profile.id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        signer = signer_of(profile, self._box)
+        self._signers[profile.id] = (version, signer)
+        return signer
 
     async def aclose(self) -> None:
         for transport in [*self._retired, *(live for _, live in self._live.values())]:

@@ -29,6 +29,7 @@ EventType = Literal[
     "complained",
     "unsubscribed",
     "suppressed",
+    "cancelled",
     "unknown",
 ]
 """queued: accepted by Postroom; sent: the first hop (relay or provider) took it; rejected: refused
@@ -36,8 +37,9 @@ for this recipient before sending (a 5xx RCPT, a provider's invalid address, the
 of a provider); failed: could not be sent for another reason; bounced: the receiving side refused
 it after the hand-off (a DSN, a provider's bounce); deferred: refused for now, retried; delivered:
 the receiving server accepted it; autoresponded, opened, clicked, complained, unsubscribed: what
-the recipient did; suppressed: not sent because of Postroom's suppression list; unknown: an event
-that could not be classified or matched to a message."""
+the recipient did; suppressed: not sent because of Postroom's suppression list; cancelled: not
+sent because a user cancelled the message (both Postroom's own: anymail has neither); unknown: an
+event that could not be classified or matched to a message."""
 
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 

@@ -1,16 +1,15 @@
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from pydantic import AfterValidator, BeforeValidator
 
-from app.deps import RuntimeDep, SenderUser, SessionDep, client_address
-from app.errors import BadRequest
+from app.deps import AdminUser, RuntimeDep, SenderUser, SessionDep, client_address
+from app.errors import BadRequest, ErrorBody
 from app.events.models import EventType
-from app.messages import records, service
+from app.events.service import tally
+from app.messages import content, lifecycle, records, service
+from app.messages.records import RecordFilter
 from app.messages.schemas import (
     Accepted,
     BatchIn,
@@ -19,24 +18,12 @@ from app.messages.schemas import (
     MessageOut,
     MessagePage,
     MessageStatus,
+    Rendered,
+    Resent,
 )
-from app.messages.service import Caller, RecordFilter
-
-
-def _iso_8601(value: object) -> object:
-    """A query's date-time is ISO 8601 text, as the OpenAPI document says (pydantic alone would
-    also take a number as a Unix time)."""
-    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
-        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z")
-    return value
-
-
-def _utc(value: datetime) -> datetime:
-    """A date-time without an offset is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
+from app.messages.service import Caller
+from app.schemas import IsoDateTime
+from app.suppressions.unsubscribe import Links
 
 router = APIRouter(prefix="/api/v1/messages", tags=["messages"])
 
@@ -137,3 +124,104 @@ async def search_messages(
 async def get_message(message_id: str, principal: SenderUser, session: SessionDep) -> MessageOut:
     """A message's status, its recipients' results and events, and every attempt."""
     return await records.detail(session, message_id, principal)
+
+
+PURGED: dict[int | str, dict[str, Any]] = {
+    410: {"model": ErrorBody, "description": "Its body was purged (POSTROOM_RETENTION_BODY_DAYS)"}
+}
+
+
+@router.post("/{message_id}/cancel", response_model=MessageOut)
+async def cancel_message(
+    message_id: str, principal: SenderUser, session: SessionDep, runtime: RuntimeDep
+) -> MessageOut:
+    """Cancel a queued or scheduled message: it is not sent, and its record says `cancelled`.
+
+    A 409 when it is being sent (that attempt finishes; its result will be in the record) or is
+    finished; the current status is in `details`. Cancelling it again answers the same again."""
+    events = await lifecycle.cancel(session, message_id, principal)
+    if events:
+        runtime.metrics.count_events(tally(events))
+        runtime.metrics.messages.labels(status="cancelled").inc()
+    return await records.detail(session, message_id, principal)
+
+
+@router.post("/{message_id}/retry", response_model=MessageOut)
+async def retry_message(
+    message_id: str, principal: SenderUser, session: SessionDep, runtime: RuntimeDep
+) -> MessageOut:
+    """Try a deferred message now rather than at its `nextAttemptAt`. A 409 for a message that
+    is not deferred (scheduled, never tried, being sent, or finished)."""
+    await lifecycle.retry(session, message_id, principal)
+    runtime.queued()
+    return await records.detail(session, message_id, principal)
+
+
+@router.post(
+    "/{message_id}/resend",
+    response_model=Resent,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=PURGED,
+)
+async def resend_message(
+    message_id: str,
+    request: Request,
+    principal: SenderUser,
+    session: SessionDep,
+    runtime: RuntimeDep,
+) -> Resent:
+    """Send a failed or bounced message again, as a new message (its `resentFrom` names this one,
+    and this one's `resentAs` names it), to the recipients it did not reach: the same content,
+    through the same checks as POST /messages. Once per message."""
+    if runtime.sends is not None:
+        await runtime.sends.hit(principal.name)
+    caller = Caller(principal, client_address(request))
+    resent = await lifecycle.resend(session, runtime.settings, caller, message_id)
+    runtime.queued()
+    runtime.metrics.count_events(resent.events)
+    return resent
+
+
+@router.get(
+    "/{message_id}/raw",
+    response_class=Response,
+    responses={
+        200: {"content": {"message/rfc822": {}}, "description": "The message as sent"},
+        **PURGED,
+    },
+)
+async def raw_message(
+    message_id: str,
+    principal: AdminUser,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    recipient: str | None = None,
+) -> Response:
+    """The message as it went to `recipient` (default: its first), as RFC 5322 bytes,
+    recomposed from the stored message (no Bcc header: it is never sent; no DKIM-Signature: it
+    was made at send time, and this is what it signed)."""
+    links = Links.of(runtime.settings, runtime.box)
+    outgoing, _ = await content.composed(session, links, message_id, recipient)
+    return Response(
+        outgoing.mime,
+        media_type="message/rfc822",
+        headers={
+            "Content-Disposition": f'attachment; filename="{message_id}.eml"',
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+@router.get("/{message_id}/rendered", response_model=Rendered, responses=PURGED)
+async def rendered_message(
+    message_id: str,
+    principal: AdminUser,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    recipient: str | None = None,
+) -> Rendered:
+    """The subject, text and HTML as they went to `recipient` (default: its first): the template
+    rendered, the theme and the profile's signature applied; attachments by name and size."""
+    links = Links.of(runtime.settings, runtime.box)
+    outgoing, address = await content.composed(session, links, message_id, recipient)
+    return content.rendered(outgoing, address)

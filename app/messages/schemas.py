@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
@@ -32,6 +32,9 @@ def _one_line(value: str) -> str:
 
 HeaderText = Annotated[SafeStr, AfterValidator(_one_line)]
 """Text that goes into a header: SafeStr, and no line separator of any kind."""
+
+MAX_SCHEDULE = timedelta(days=30)
+"""How far ahead `sendAt` may be."""
 
 RESERVED_HEADERS = frozenset(
     {
@@ -103,6 +106,22 @@ class MessageIn(CamelModel):
     """Carry a signed one-click unsubscribe link (List-Unsubscribe, RFC 8058) to each recipient,
     or not; null: as the profile says. A group's members then get a message each; visible mail
     carries one only when it has a single recipient. Needs POSTROOM_PUBLIC_URL."""
+    send_at: datetime | None = None
+    """Send it no sooner than this (ISO 8601; without an offset, UTC), at most 30 days ahead:
+    until then its record says `scheduled`, and it can be cancelled."""
+
+    @field_validator("send_at")
+    @classmethod
+    def _send_at(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        now = datetime.now(UTC)
+        if value < now:
+            raise ValueError(f"must not be in the past (it is now {now:%Y-%m-%dT%H:%M:%SZ})")
+        if value > now + MAX_SCHEDULE:
+            raise ValueError(f"must be at most {MAX_SCHEDULE.days} days ahead")
+        return value
 
     @field_validator("from_", mode="before")
     @classmethod
@@ -167,11 +186,20 @@ class Accepted(_CountsEvents):
 
     id: str
     status: str
-    """`queued`; `suppressed` when every recipient is on the suppression list: nothing will be
-    sent, and the message ends `suppressed`."""
+    """`queued`; `scheduled` with a `sendAt`; `suppressed` when every recipient is on the
+    suppression list: nothing will be sent, and the message ends `suppressed`."""
     message_id: str
     suppressed: list[str] = Field(default_factory=list)
     """The recipients on the suppression list as it was accepted: they will not be sent to."""
+
+
+class Resent(Accepted):
+    """The answer to a resend: the new message, which sends the old one again."""
+
+    resent_from: str
+    recipients: list[str]
+    """Who it goes to: the old message's recipients it did not reach (failed, rejected or
+    bounced), in the same roles (to, cc, bcc, or the group)."""
 
 
 MAX_BATCH = 1000
@@ -269,6 +297,15 @@ class MessageSummary(CamelModel):
     sent_at: datetime | None
     next_attempt_at: datetime | None
     last_error: str | None
+    send_at: datetime | None
+    """The `sendAt` it was posted with (null: at once)."""
+    resent_from: str | None
+    """The message this one sends again (POST /messages/{id}/resend)."""
+    resent_as: str | None
+    """The message that sends this one again."""
+    body_purged_at: datetime | None
+    """When its bodies and attachments were purged (POSTROOM_RETENTION_BODY_DAYS): it can no
+    longer be shown, nor resent."""
 
 
 class MessageOut(MessageSummary):
@@ -283,4 +320,26 @@ class MessagePage(CamelModel):
     next_cursor: str | None
 
 
-MessageStatus = Literal["queued", "sending", "sent", "partially_sent", "failed", "suppressed"]
+MessageStatus = Literal[
+    "scheduled", "queued", "sending", "sent", "partially_sent", "failed", "suppressed", "cancelled"
+]
+"""scheduled: queued with a `sendAt` still ahead, never tried; queued: due, or deferred and
+waiting for its next attempt (`nextAttemptAt`); cancelled: a user cancelled it unsent."""
+
+
+class AttachmentInfo(CamelModel):
+    filename: str
+    content_type: str
+    size: int
+    """Bytes, decoded."""
+
+
+class Rendered(CamelModel):
+    """A message's parts as they went to one recipient: the template rendered, the theme's layout
+    and the profile's signature applied (recomposed from the stored message)."""
+
+    recipient: str
+    subject: str
+    text: str | None
+    html: str | None
+    attachments: list[AttachmentInfo]

@@ -1,63 +1,48 @@
-"""The API face of sending: accept a message into the outbox, and read the sending records."""
+"""The API face of sending: accept messages into the outbox, in one transaction for a batch.
+
+What a message must satisfy, and how it is rendered, are the intake rules (app/messages/rules.py);
+the sending records are app/messages/records.py's."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import and_, exists, insert, or_, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 
 from app.config import Settings
 from app.db import new_id, utcnow
 from app.delivery.compose import new_message_id
-from app.delivery.models import MESSAGES, RECIPIENTS, Message, Recipient
+from app.delivery.models import MESSAGES, RECIPIENTS, Message
+from app.delivery.stored import Parts
 from app.delivery.transports import BUILTIN
 from app.errors import (
     AppError,
-    BadRequest,
     Conflict,
-    Forbidden,
     Invalid,
-    NotFound,
     error_body,
     invalid_body,
 )
-from app.events.models import EventRow, EventType
-from app.events.service import events_of
+from app.messages import rules
 from app.messages.bounds import enforce
 from app.messages.lookups import Lookups
-from app.messages.schemas import LINE_BREAKS, Accepted, BatchItem, MessageIn
+from app.messages.schemas import Accepted, BatchItem, MessageIn
+from app.messages.statuses import status_at
 from app.security import Principal
-from app.servers.models import ServerProfile
-from app.servers.service import PUBLIC_URL_NEEDED
 from app.suppressions import service as suppressions
 from app.themes import service as themes
-
-QUEUED: EventType = "queued"
-
-PERSONAL_FACTOR = 10
-"""Per-recipient rendering may store up to this many times the message size limit in all."""
+from app.transports.base import Address
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     principal: Principal
     address: str | None
-
-
-def request_hash(body: MessageIn) -> str:
-    canonical = json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +141,15 @@ async def _accept(
     listed: suppressions.Listed,
 ) -> tuple[tuple[Accepted, bool], _Rows | None]:
     """Check and render one message: its answer, and the rows to store (none for a replay)."""
-    _check_limits(settings, body)
-    _check_suppression_flags(settings, caller, body)
-    digest = request_hash(body) if idempotency_key is not None else None
+    rules.check_limits(settings, body)
+    rules.check_flags(settings, caller.principal, body)
+    digest = rules.request_hash(body) if idempotency_key is not None else None
     if idempotency_key is not None:
         replay = await _replay(session, settings, caller, idempotency_key, digest)
         if replay is not None:
             return (replay, True), None
     profile = await lookups.profile(body.server)
-    sender_email, sender_name = await _sender(lookups, body, profile)
+    sender_email, sender_name = await rules.sender(lookups, body, profile)
     if not caller.principal.is_admin:
         await enforce(
             lookups,
@@ -176,50 +161,39 @@ async def _accept(
         )
     if body.theme is not None:
         await themes.find_theme(session, body.theme)
-    payload = body.model_dump(
-        mode="json",
-        by_alias=True,
-        exclude_none=True,
-        exclude={
-            "from_", "recipients", "server", "resource", "template", "theme", "data",
-            "ignore_suppressions", "list_unsubscribe",
-        },
-    )  # fmt: skip
-    if body.ignore_suppressions:
-        payload["ignoreSuppressions"] = True
-    if body.list_unsubscribe is not None:
-        payload["listUnsubscribe"] = body.list_unsubscribe
-    payload["from"] = {"email": sender_email, "name": sender_name or ""}
-    if body.recipients is not None:
-        payload["group"] = [{"email": r.email, "name": r.name or ""} for r in body.recipients]
-    if "theme" in body.model_fields_set:
-        payload["themeSet"] = True
     message_pk = new_id()
-    recipients = _recipients(body, message_pk)
+    recipients = rules.recipient_rows(body, message_pk)
+    shared: dict[str, str] = {}
+    personal: dict[str, Parts] = {}
     if body.template is not None:
-        await _render(session, settings, body, payload, recipients)
-        _check_rendered_subjects(payload)
+        shared, personal = await rules.render(session, settings, body, recipients)
+    stored = rules.stored_message(body, Address(sender_email, sender_name or ""), shared, personal)
+    if body.template is not None:
+        rules.check_rendered_subjects(stored)
     now = utcnow()
     message = {
         "id": message_pk,
         "message_id": new_message_id(sender_email),
         "status": "queued",
         "sender": sender_email,
-        "subject": _record_subject(payload),
+        "subject": rules.record_subject(stored),
         "server": profile.name if profile is not None else None,
         "template": body.template,
         "theme": body.theme,
         "resource": body.resource,
-        "payload": payload,
+        "payload": stored.to_json(),
         "created_by": caller.principal.name,
         "client_ip": caller.address,
         "idempotency_key": idempotency_key,
         "request_hash": digest,
         "attempts": 0,
-        "next_attempt_at": now,
+        "next_attempt_at": body.send_at or now,
+        "send_at": body.send_at,
         "created_at": now,
     }
-    accepted = Accepted(id=message_pk, status="queued", message_id=message["message_id"])
+    accepted = Accepted(
+        id=message_pk, status=status_at(body.send_at), message_id=message["message_id"]
+    )
     if not body.ignore_suppressions:
         scope = profile.name if profile is not None else BUILTIN
         accepted.suppressed = [r["email"] for r in recipients if listed.why(r["email"], scope)]
@@ -262,116 +236,6 @@ def _batch_item(outcome: tuple[Accepted, bool] | AppError) -> BatchItem:
     return item
 
 
-async def _render(
-    session: AsyncSession,
-    settings: Settings,
-    body: MessageIn,
-    payload: dict[str, Any],
-    recipients: list[dict[str, Any]],
-) -> None:
-    """Render the template into the payload now, so a missing variable is a 422 at POST.
-
-    The message's own subject/text/html win over the template's. A group recipient with `data` of
-    its own (merged over the message's) gets its parts rendered separately, stored under
-    payload["personal"][<its email as in its Recipient row>] = {"subject", "text", "html"};
-    compose uses them for that recipient's single-recipient batch.
-    """
-    assert body.template is not None
-    template = await themes.find_template(session, body.template)
-    own = {part: getattr(body, part) for part in themes.PARTS if getattr(body, part) is not None}
-    skip = frozenset(own)
-    data = body.data or {}
-    limit = settings.max_message_bytes
-    personal = [r for r in recipients if r["data"]]
-    if len(personal) < len(recipients):
-        payload |= themes.render_template(template, data, limit=limit, skip=skip)
-    if not personal:
-        return
-    position = {r.email.lower(): i for i, r in reversed(list(enumerate(body.recipients or ())))}
-    rendered: dict[str, dict[str, str]] = {}
-    total = 0
-    for row in personal:
-        field = f"recipients[{position[row['email'].lower()]}].data"
-        parts = themes.render_template(
-            template, {**data, **(row["data"] or {})}, limit=limit, skip=skip, data_field=field
-        )
-        total += sum(len(value) for value in parts.values())
-        if total > limit * PERSONAL_FACTOR:
-            raise Invalid(
-                f"the personalised messages are over {limit * PERSONAL_FACTOR} characters in all",
-                field="recipients",
-            )
-        rendered[row["email"]] = parts | own
-    payload["personal"] = rendered
-
-
-def _check_rendered_subjects(payload: dict[str, Any]) -> None:
-    """A rendered subject goes into a header: no line separator of any kind (the template
-    renderer refuses CR, LF and NUL; Python's email refuses the others at send time)."""
-    subjects = [payload.get("subject") or ""]
-    subjects += [parts.get("subject") or "" for parts in payload.get("personal", {}).values()]
-    if any(ch in LINE_BREAKS for subject in subjects for ch in subject):
-        raise Invalid("the rendered subject has a line separator", field="data")
-
-
-def _record_subject(payload: dict[str, Any]) -> str:
-    """The subject for the records: the shared one, else the first personalised one."""
-    personal: dict[str, str] = next(iter(payload.get("personal", {}).values()), {})
-    return str(payload.get("subject") or personal.get("subject") or "")
-
-
-def _check_suppression_flags(settings: Settings, caller: Caller, body: MessageIn) -> None:
-    if body.ignore_suppressions and not caller.principal.is_admin:
-        raise Forbidden(
-            "only an admin may send past the suppression list",
-            details=[{"field": "ignoreSuppressions", "message": "admins only"}],
-        )
-    if body.list_unsubscribe and settings.public_url is None:
-        raise Invalid(PUBLIC_URL_NEEDED, field="listUnsubscribe")
-
-
-def _check_limits(settings: Settings, body: MessageIn) -> None:
-    visible = len(body.to) + len(body.cc) + len(body.bcc)
-    if visible > settings.max_visible_recipients:
-        raise Invalid(
-            f"at most {settings.max_visible_recipients} to/cc/bcc recipients; "
-            "use `recipients` for a larger group",
-            field="to",
-        )
-    if body.recipients is not None and len(body.recipients) > settings.max_group_recipients:
-        raise Invalid(
-            f"at most {settings.max_group_recipients} recipients in a group", field="recipients"
-        )
-    size = sum(len(a.content) * 3 // 4 for a in body.attachments)
-    if size > settings.max_message_bytes:
-        raise Invalid("the attachments are over the message size limit", field="attachments")
-
-
-def _recipients(body: MessageIn, message_pk: str) -> list[dict[str, Any]]:
-    """The recipient rows: to, cc and bcc (or the group), each address once."""
-    seen: set[str] = set()
-    rows: list[dict[str, Any]] = []
-    groups: list[tuple[str, list[Any]]] = [("to", body.to), ("cc", body.cc), ("bcc", body.bcc)]
-    if body.recipients is not None:
-        groups = [("group", body.recipients)]
-    for kind, addresses in groups:
-        for address in addresses:
-            key = address.email.lower()
-            if key in seen:
-                continue
-            seen.add(key)
-            rows.append(
-                {
-                    "message_pk": message_pk,
-                    "email": address.email,
-                    "kind": kind,
-                    "status": "pending",
-                    "data": getattr(address, "data", None),
-                }
-            )
-    return rows
-
-
 async def _replay(
     session: AsyncSession, settings: Settings, caller: Caller, key: str, digest: str | None
 ) -> Accepted | None:
@@ -390,118 +254,4 @@ async def _replay(
         raise Invalid(
             "this Idempotency-Key was used with a different body", field="Idempotency-Key"
         )
-    return Accepted(id=earlier.id, status="queued", message_id=earlier.message_id)
-
-
-async def _sender(
-    lookups: Lookups, body: MessageIn, profile: ServerProfile | None
-) -> tuple[str, str | None]:
-    """message `from` > the profile's sender > branding."""
-    if body.from_ is not None:
-        return body.from_.email, body.from_.name
-    if profile is not None and profile.sender_email:
-        return profile.sender_email, profile.sender_name
-    email, name = await lookups.branding_sender()
-    if email:
-        return email, name
-    raise Invalid(
-        "no sender: give `from`, or set senderEmail on the profile or in /api/branding",
-        field="from",
-    )
-
-
-async def get_message(
-    session: AsyncSession, message_id: str, principal: Principal
-) -> tuple[Message, list[EventRow]]:
-    """The message with its recipients and attempts, and its events in the order they happened."""
-    message = await session.scalar(
-        select(Message)
-        .where(Message.id == message_id)
-        .options(selectinload(Message.recipients), selectinload(Message.attempt_log))
-    )
-    if message is None or not (principal.is_admin or message.created_by == principal.name):
-        raise NotFound(f"no message {message_id!r}")  # a sender cannot tell others' ids exist
-    return message, await events_of(session, [message.id])
-
-
-@dataclass(frozen=True, slots=True)
-class RecordFilter:
-    sender: str | None = None
-    created_by: str | None = None
-    """The user who posted them: a sender's search is always held to its own."""
-    recipient: str | None = None
-    template: str | None = None
-    theme: str | None = None
-    resource: str | None = None
-    server: str | None = None
-    status: str | None = None
-    event: str | None = None
-    """An event type: messages with at least one event of it."""
-    created_from: datetime | None = None
-    created_to: datetime | None = None
-
-
-def encode_cursor(message: Message) -> str:
-    raw = f"{message.created_at.isoformat()}|{message.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        when = datetime.fromisoformat(created)
-        if when.tzinfo is None or "\0" in ident:
-            raise ValueError("not a cursor")
-        return when, ident
-    except (binascii.Error, ValueError, UnicodeDecodeError) as err:
-        raise BadRequest(
-            "invalid cursor", details=[{"field": "cursor", "message": "invalid"}]
-        ) from err
-
-
-async def search(
-    session: AsyncSession, where: RecordFilter, *, limit: int, cursor: str | None
-) -> tuple[list[Message], str | None]:
-    """Sending records, newest first, `limit` a page; the cursor continues after the last one."""
-    query = select(Message)
-    for column, value in (
-        (Message.sender, where.sender),
-        (Message.created_by, where.created_by),
-        (Message.template, where.template),
-        (Message.theme, where.theme),
-        (Message.resource, where.resource),
-        (Message.server, where.server),
-        (Message.status, where.status),
-    ):
-        if value is not None:
-            query = query.where(column == value)
-    if where.recipient is not None:
-        query = query.where(
-            exists().where(
-                and_(Recipient.message_pk == Message.id, Recipient.email == where.recipient)
-            )
-        )
-    if where.event is not None and where.event != QUEUED:  # every message was queued
-        query = query.where(
-            exists().where(and_(EventRow.message_pk == Message.id, EventRow.type == where.event))
-        )
-    if where.created_from is not None:
-        query = query.where(Message.created_at >= where.created_from)
-    if where.created_to is not None:
-        query = query.where(Message.created_at < where.created_to)
-    if cursor is not None:
-        created, ident = _decode_cursor(cursor)
-        query = query.where(
-            or_(
-                Message.created_at < created,
-                and_(Message.created_at == created, Message.id < ident),
-            )
-        )
-    rows = list(
-        await session.scalars(
-            query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit + 1)
-        )
-    )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, encode_cursor(rows[-1]) if more and rows else None
+    return Accepted(id=earlier.id, status=status_at(earlier.send_at), message_id=earlier.message_id)

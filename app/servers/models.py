@@ -34,6 +34,11 @@ class ServerProfile(Base):
     """Its RateLimit as the API shows it (camelCase); null: no limit."""
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     secrets: Mapped[str | None] = mapped_column(Text)
+    dkim: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The DKIM keys' public side by slot ("active" signs, "next" waits for its DNS record):
+    domain, selector, algorithm, public key (app/dkim/service.py)."""
+    dkim_keys: Mapped[str | None] = mapped_column(Text)
+    """The DKIM private keys by slot, encrypted as one Fernet token."""
     health: Mapped[str] = mapped_column(String(10), default="unknown")
     health_error: Mapped[str | None] = mapped_column(Text)
     health_at: Mapped[datetime | None]

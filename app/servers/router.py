@@ -4,21 +4,21 @@ from typing import Any
 
 from fastapi import APIRouter, Body, status
 
-from app.deps import AdminUser, RuntimeDep, SessionDep
+from app.deps import AdminActor, AdminUser, RuntimeDep, SessionDep
 from app.servers import service, sisense
-from app.servers.schemas import DuplicateBody, ProfileBody, ProfileList, ProfileOut
+from app.servers.schemas import (
+    PROFILE_MODELS,
+    PROFILE_TYPES,
+    DuplicateBody,
+    ProfileBody,
+    ProfileList,
+    ProfileOut,
+)
 from app.servers.sisense import EmailServerBody, EmailServerOut
 
 router = APIRouter(tags=["servers"])
 
-_TYPES = {
-    "smtp": "SmtpProfile",
-    "mandrill": "MandrillProfile",
-    "ses": "SesProfile",
-    "sendgrid": "SendgridProfile",
-    "mailgun": "MailgunProfile",
-    "msgraph": "MsgraphProfile",
-}
+_TYPES = {type_: model.__name__ for type_, model in zip(PROFILE_TYPES, PROFILE_MODELS, strict=True)}
 _WHOLE_PROFILE = {
     "requestBody": {
         "content": {
@@ -47,11 +47,11 @@ async def get_email_server(
 
 @router.post("/api/v1/settings/email_server", response_model=EmailServerOut)
 async def post_email_server(
-    body: EmailServerBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+    body: EmailServerBody, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
 ) -> EmailServerOut:
     """Sisense v1.0: set the custom SMTP server; `enable: false` uses the built-in server again."""
     await service.check_host(runtime.profiles, body, field="host")
-    return await sisense.write(session, runtime.profiles, body)
+    return await sisense.write(session, runtime.profiles, body, actor)
 
 
 @router.get("/api/v1/servers", response_model=ProfileList)
@@ -61,10 +61,10 @@ async def list_servers(_: AdminUser, session: SessionDep, runtime: RuntimeDep) -
 
 @router.post("/api/v1/servers", response_model=ProfileOut, status_code=status.HTTP_201_CREATED)
 async def create_server(
-    body: ProfileBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+    body: ProfileBody, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
 ) -> ProfileOut:
     await service.check_host(runtime.profiles, body.settings)
-    profile = await service.create_profile(session, runtime.profiles, body)
+    profile = await service.create_profile(session, runtime.profiles, body, actor)
     return service.to_out(profile, await service.get_routing(session), runtime.box)
 
 
@@ -79,34 +79,36 @@ async def get_server(
 @router.put("/api/v1/servers/{name}", response_model=ProfileOut, openapi_extra=_WHOLE_PROFILE)
 async def replace_server(
     name: str,
-    _: AdminUser,
+    actor: AdminActor,
     session: SessionDep,
     runtime: RuntimeDep,
     body: dict[str, Any] = Body(),
 ) -> ProfileOut:
     """Replace the whole profile; secrets the body does not mention are kept, `null` clears one."""
     await service.check_host(runtime.profiles, body.get("settings"))
-    profile = await service.replace_profile(session, runtime.profiles, name, body)
+    profile = await service.replace_profile(session, runtime.profiles, name, body, actor)
     return service.to_out(profile, await service.get_routing(session), runtime.box)
 
 
 @router.patch("/api/v1/servers/{name}", response_model=ProfileOut)
 async def patch_server(
     name: str,
-    _: AdminUser,
+    actor: AdminActor,
     session: SessionDep,
     runtime: RuntimeDep,
     body: dict[str, Any] = Body(),
 ) -> ProfileOut:
     """A JSON merge patch: the fields given change, `null` resets one (and clears a secret)."""
     await service.check_host(runtime.profiles, body.get("settings"))
-    profile = await service.patch_profile(session, runtime.profiles, name, body)
+    profile = await service.patch_profile(session, runtime.profiles, name, body, actor)
     return service.to_out(profile, await service.get_routing(session), runtime.box)
 
 
 @router.delete("/api/v1/servers/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_server(name: str, _: AdminUser, session: SessionDep) -> None:
-    await service.delete_profile(session, name)
+async def delete_server(
+    name: str, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
+) -> None:
+    await service.delete_profile(session, runtime.profiles, name, actor)
 
 
 @router.post(
@@ -115,11 +117,11 @@ async def delete_server(name: str, _: AdminUser, session: SessionDep) -> None:
     status_code=status.HTTP_201_CREATED,
 )
 async def duplicate_server(
-    name: str, body: DuplicateBody, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+    name: str, body: DuplicateBody, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
 ) -> ProfileOut:
     """Copy a profile without its secrets: the body gives the copy's secrets (and maybe a name)."""
     await service.check_host(runtime.profiles, body.settings)
     profile = await service.duplicate_profile(
-        session, runtime.profiles, name, body.name, body.settings
+        session, runtime.profiles, name, body.name, body.settings, actor
     )
     return service.to_out(profile, await service.get_routing(session), runtime.box)

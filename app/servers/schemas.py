@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -18,7 +18,6 @@ from app.transports.smtp import SmtpConfig
 from app.transports.urls import check_ehlo_name, check_host, check_http_url, check_proxy_url
 
 ProfileName = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_]+$")]
-ProfileType = Literal["smtp", "mandrill", "ses", "sendgrid", "mailgun", "msgraph"]
 
 
 def _no_nul(value: str) -> str:
@@ -134,11 +133,20 @@ class MsgraphProfile(ProfileFields):
     settings: MsgraphConfig
 
 
-ProfileBody = Annotated[
-    SmtpProfile | MandrillProfile | SesProfile | SendgridProfile | MailgunProfile | MsgraphProfile,
-    Field(discriminator="type"),
-]
+Profile = (
+    SmtpProfile | MandrillProfile | SesProfile | SendgridProfile | MailgunProfile | MsgraphProfile
+)
+"""Every type of profile an admin can create: adding a provider adds its profile here (and its
+transport to app/transports/registry.py); every list of types is derived from this union."""
+
+ProfileBody = Annotated[Profile, Field(discriminator="type")]
 """A whole profile, as POST /servers and PUT /servers/{name} take it."""
+
+PROFILE_MODELS: tuple[type[ProfileFields], ...] = get_args(Profile)
+PROFILE_TYPES: tuple[str, ...] = tuple(
+    get_args(model.model_fields["type"].annotation)[0] for model in PROFILE_MODELS
+)
+"""The types an admin can create ("smtp", "mandrill", ...), in the union's order."""
 
 
 class Health(CamelModel):

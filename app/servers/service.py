@@ -13,12 +13,15 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import secret_fields as secret_settings
+from app.audit import service as audit
+from app.audit.service import Actor, Secret
 from app.crypto import SecretBox
 from app.db import utcnow
+from app.dkim.carriage import CARRIAGE
 from app.egress import EgressPolicy, check_host_setting, check_port_setting
 from app.errors import Conflict, Invalid, NotFound
 from app.schemas import CamelModel
-from app.servers import secrets as secret_settings
 from app.servers.models import MailRouting, ServerProfile
 from app.servers.schemas import Health, ProfileBody, ProfileList, ProfileOut
 from app.themes.models import Theme
@@ -70,6 +73,20 @@ def as_body(profile: ServerProfile, box: SecretBox) -> dict[str, Any]:
     body |= {key: getattr(profile, _attr(key)) for key in COMMON_FIELDS}
     body["settings"] = secret_settings.join(profile.settings, stored)
     return body
+
+
+def _audited(profile: ServerProfile, routing: MailRouting, box: SecretBox) -> dict[str, Any]:
+    """The profile as the audit log compares it: its fields as the API names them, whether it
+    is the default, each secret as a Secret (only whether it changed is recorded)."""
+    body = as_body(profile, box)
+    for path in secret_settings.secret_paths(TRANSPORTS[profile.type].config):
+        *parents, leaf = path.split(".")
+        node: Any = body["settings"]
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = Secret(node[leaf])
+    return body | {"isDefault": routing.profile_id == profile.id}
 
 
 def _attr(key: str) -> str:
@@ -139,7 +156,10 @@ def to_out(profile: ServerProfile, routing: MailRouting, box: SecretBox) -> Prof
     )
 
 
-async def create_profile(session: AsyncSession, ctx: Profiles, body: ProfileBody) -> ServerProfile:
+async def create_profile(
+    session: AsyncSession, ctx: Profiles, body: ProfileBody, actor: Actor | None
+) -> ServerProfile:
+    """A new profile. `actor` None: the caller audits the change (the Sisense mirror)."""
     if body.name is None:
         raise Invalid("name is required", field="name")
     profile = ServerProfile(name=body.name, type=body.type, settings={}, health="unknown")
@@ -158,11 +178,13 @@ async def create_profile(session: AsyncSession, ctx: Profiles, body: ProfileBody
     if body.is_default or has_other is None:
         _make_default(routing, profile)
     await session.flush()
+    what = audit.changes(None, _audited(profile, routing, ctx.box))
+    await audit.record(session, actor, "server.create", profile.name, what)
     return profile
 
 
 async def replace_profile(
-    session: AsyncSession, ctx: Profiles, name: str, raw: dict[str, Any]
+    session: AsyncSession, ctx: Profiles, name: str, raw: dict[str, Any], actor: Actor | None
 ) -> ServerProfile:
     """PUT: the body is the whole profile; stored secrets it does not mention are kept."""
     profile = await get_profile(session, name)
@@ -172,18 +194,18 @@ async def replace_profile(
         config = TRANSPORTS[profile.type].config
         stored = secret_settings.stored(config, profile.settings, decrypted)
         raw["settings"] = secret_settings.keep_omitted(raw.get("settings", {}), stored)
-    return await _update(session, ctx, profile, raw)
+    return await _update(session, ctx, profile, raw, actor)
 
 
 async def patch_profile(
-    session: AsyncSession, ctx: Profiles, name: str, patch: dict[str, Any]
+    session: AsyncSession, ctx: Profiles, name: str, patch: dict[str, Any], actor: Actor | None
 ) -> ServerProfile:
     """PATCH: a JSON merge patch (RFC 7396) onto the stored profile; null resets a field."""
     profile = await get_profile(session, name)
     base = as_body(profile, ctx.box)
     if "type" in patch and patch["type"] != profile.type:
         base["settings"] = {}
-    return await _update(session, ctx, profile, merge_patch(base, patch))
+    return await _update(session, ctx, profile, merge_patch(base, patch), actor)
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -199,12 +221,17 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
 
 
 async def _update(
-    session: AsyncSession, ctx: Profiles, profile: ServerProfile, raw: dict[str, Any]
+    session: AsyncSession,
+    ctx: Profiles,
+    profile: ServerProfile,
+    raw: dict[str, Any],
+    actor: Actor | None,
 ) -> ServerProfile:
     if raw.get("name", profile.name) != profile.name:
         raise Invalid("a profile cannot be renamed; duplicate it instead", field="name")
     body = PROFILE_BODY.validate_python({**raw, "name": profile.name})
     routing = await get_routing(session)
+    before = _audited(profile, routing, ctx.box)
     is_default = routing.profile_id == profile.id
     if "is_default" in body.model_fields_set and not body.is_default and is_default:
         raise Invalid(
@@ -215,6 +242,8 @@ async def _update(
     if body.is_default:
         _make_default(routing, profile)
     await session.flush()
+    what = audit.changes(before, _audited(profile, routing, ctx.box))
+    await audit.record(session, actor, "server.update", profile.name, what)
     return profile
 
 
@@ -235,6 +264,13 @@ async def _apply(
             raise Invalid(f"no theme {body.theme!r}", field="theme")
     if body.list_unsubscribe and ctx.public_url is None:
         raise Invalid(PUBLIC_URL_NEEDED, field="listUnsubscribe")
+    if profile.dkim and not CARRIAGE[body.type].carried:
+        raise Invalid(
+            f"the profile signs with DKIM, and a {body.type} profile cannot: "
+            f"{CARRIAGE[body.type].note}. Remove its keys first "
+            f"(DELETE /api/v1/servers/{profile.name}/dkim)",
+            field="type",
+        )
     if isinstance(body.settings, SmtpConfig):
         check_port_setting(ctx.egress, body.settings.effective_port, "settings.port")
     public, stored = secret_settings.split(body.settings)
@@ -276,10 +312,11 @@ async def set_builtin_default(session: AsyncSession) -> None:
     await session.flush()
 
 
-async def delete_profile(session: AsyncSession, name: str) -> None:
+async def delete_profile(session: AsyncSession, ctx: Profiles, name: str, actor: Actor) -> None:
     """Delete a profile; if it was the default, none is left and sending without a server fails."""
     profile = await get_profile(session, name)
     routing = await get_routing(session)
+    before = _audited(profile, routing, ctx.box)
     if routing.profile_id == profile.id:
         routing.profile_id = None
         routing.builtin = False
@@ -287,11 +324,16 @@ async def delete_profile(session: AsyncSession, name: str) -> None:
         update(ServerProfile).where(ServerProfile.fallback == name).values(fallback=None)
     )
     await session.delete(profile)
-    await session.flush()
+    await audit.record(session, actor, "server.delete", name, audit.changes(before, None))
 
 
 async def duplicate_profile(
-    session: AsyncSession, ctx: Profiles, name: str, new_name: str | None, secrets: dict[str, Any]
+    session: AsyncSession,
+    ctx: Profiles,
+    name: str,
+    new_name: str | None,
+    secrets: dict[str, Any],
+    actor: Actor,
 ) -> ServerProfile:
     """Copy a profile without its secrets; every secret the original had must be given anew."""
     original = await get_profile(session, name)
@@ -306,7 +348,7 @@ async def duplicate_profile(
         )
     body["name"] = new_name or await _free_name(session, f"{name[:40]}_copied")
     body["isDefault"] = False
-    return await create_profile(session, ctx, PROFILE_BODY.validate_python(body))
+    return await create_profile(session, ctx, PROFILE_BODY.validate_python(body), actor)
 
 
 def _lookup(tree: dict[str, Any], path: str) -> Any:

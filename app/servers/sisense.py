@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import service as audit
+from app.audit.service import Actor, Secret
 from app.errors import Conflict, Invalid, validation_details
 from app.schemas import CamelModel, Integer, SafeStr
 from app.servers import service
 from app.servers.models import ServerProfile
+from app.servers.schemas import PROFILE_TYPES
 from app.servers.service import Profiles
 from app.transports.smtp import SmtpConfig
 
@@ -81,13 +84,18 @@ async def _custom(session: AsyncSession) -> ServerProfile | None:
 
 
 async def read(session: AsyncSession, ctx: Profiles) -> EmailServerOut:
+    return (await _state(session, ctx))[0]
+
+
+async def _state(session: AsyncSession, ctx: Profiles) -> tuple[EmailServerOut, SecretStr | None]:
+    """GET's answer, and the password it does not show."""
     profile = await _custom(session)
     if profile is not None and profile.type != "smtp":
         profile = None  # made another type through /servers: there is no custom SMTP server
     routing = await service.get_routing(session)
     config = service.config_of(profile, ctx.box) if profile is not None else SmtpConfig()
     assert isinstance(config, SmtpConfig)
-    return EmailServerOut(
+    shown = EmailServerOut(
         enable=profile is not None and routing.profile_id == profile.id,
         host=config.host,
         port=config.effective_port,
@@ -104,14 +112,30 @@ async def read(session: AsyncSession, ctx: Profiles) -> EmailServerOut:
         sender_email=profile.sender_email if profile else None,
         sender_name=profile.sender_name if profile else None,
     )
+    return shown, config.pass_
 
 
-async def write(session: AsyncSession, ctx: Profiles, body: EmailServerBody) -> EmailServerOut:
-    """Apply the fields the body names to the custom profile, then `enable`."""
+def _audited(state: tuple[EmailServerOut, SecretStr | None]) -> dict[str, Any]:
+    """The settings as the audit log compares them: GET's fields, `pass` as a Secret."""
+    shown, password = state
+    secret = Secret(password.get_secret_value()) if password is not None else None
+    return shown.model_dump(by_alias=True, exclude={"pass_set"}) | {"pass": secret}
+
+
+async def write(
+    session: AsyncSession, ctx: Profiles, body: EmailServerBody, actor: Actor
+) -> EmailServerOut:
+    """Apply the fields the body names to the custom profile, then `enable`. The audit log gets
+    one entry in this endpoint's terms (`pass`, `enable`), not the profile's."""
     try:
-        return await _write(session, ctx, body)
+        before = await _state(session, ctx)
+        await _write(session, ctx, body)
+        after = await _state(session, ctx)
+        what = audit.changes(_audited(before), _audited(after))
+        await audit.record(session, actor, "email_server.update", None, what)
+        return after[0]
     except ValidationError as err:
-        details = _unprefixed(validation_details(err.errors()))
+        details = _unprefixed(validation_details(err.errors(), PROFILE_TYPES))
         fields = ", ".join(dict.fromkeys(detail["field"] for detail in details))
         raise Invalid(f"invalid request: {fields}", details=details) from err
     except Invalid as err:
@@ -124,7 +148,7 @@ def _unprefixed(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [detail | {"field": detail["field"].removeprefix("settings.")} for detail in details]
 
 
-async def _write(session: AsyncSession, ctx: Profiles, body: EmailServerBody) -> EmailServerOut:
+async def _write(session: AsyncSession, ctx: Profiles, body: EmailServerBody) -> None:
     given: dict[str, Any] = body.model_dump(by_alias=True, exclude_unset=True)
     enable = given.pop("enable", None)
     settings = {key: given[key] for key in SMTP_KEYS if key in given}
@@ -148,14 +172,13 @@ async def _write(session: AsyncSession, ctx: Profiles, body: EmailServerBody) ->
                 "isDefault": enable is not False,
             }
         )
-        await service.create_profile(session, ctx, created)
+        await service.create_profile(session, ctx, created, actor=None)
         if enable is False:
             await service.set_builtin_default(session)
     else:
         patch: dict[str, Any] = {"settings": settings, **profile_fields}
         if enable is True:
             patch["isDefault"] = True
-        await service.patch_profile(session, ctx, CUSTOM, patch)
+        await service.patch_profile(session, ctx, CUSTOM, patch, actor=None)
         if enable is False:
             await service.set_builtin_default(session)
-    return await read(session, ctx)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, StreamingResponse
 
-from app.deps import AdminUser, RuntimeDep, SessionDep
+from app.deps import AdminActor, AdminUser, RuntimeDep, SessionDep
 from app.schemas import EmailAddress, SafeStr
 from app.servers.schemas import ProfileName
 from app.suppressions import csvio, service
@@ -39,9 +39,11 @@ async def list_suppressions(
 
 
 @router.post("", response_model=SuppressionOut, status_code=status.HTTP_201_CREATED)
-async def add_suppression(body: SuppressionIn, _: AdminUser, session: SessionDep) -> SuppressionOut:
+async def add_suppression(
+    body: SuppressionIn, actor: AdminActor, session: SessionDep
+) -> SuppressionOut:
     """Suppress an address, for every profile or for one; 409 when it already is."""
-    row = await service.add(session, body.address, body.profile, body.reason)
+    row = await service.add(session, body.address, body.profile, body.reason, actor)
     return SuppressionOut.of(row)
 
 
@@ -86,23 +88,25 @@ async def export_suppressions(
         }
     },
 )
-async def import_suppressions(request: Request, _: AdminUser, session: SessionDep) -> ImportResult:
+async def import_suppressions(
+    request: Request, actor: AdminActor, session: SessionDep
+) -> ImportResult:
     """Add the entries of a CSV (a text/csv body, or a multipart `file`) with the columns of the
     export (`address` required; `profile` empty for every profile; `reason` default manual).
     All or nothing: a bad row is a 422 naming its row and column. Entries already on the list
     are kept as they are."""
     text = csvio.csv_text(request.headers.get("content-type", ""), await request.body())
     entries = await csvio.parse(session, text)
-    added = await service.add_many(session, entries)
+    added = await service.add_many(session, entries, actor)
     return ImportResult(rows=len(entries), added=added)
 
 
 @router.delete("/{address}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_suppression(
-    address: EmailAddress, _: AdminUser, session: SessionDep, profile: Profile = None
+    address: EmailAddress, actor: AdminActor, session: SessionDep, profile: Profile = None
 ) -> Response:
     """Take an address off the list: its entry for `profile`, or without it, the global one."""
-    await service.remove(session, address, profile)
+    await service.remove(session, address, profile, actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

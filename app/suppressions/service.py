@@ -17,10 +17,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.audit import service as audit
+from app.audit.service import Actor
 from app.config import Settings
 from app.db import among, utcnow
 from app.delivery.transports import BUILTIN
-from app.errors import BadRequest, Conflict, Invalid, NotFound
+from app.errors import Conflict, Invalid, NotFound
+from app.paging import newest_first
 from app.schemas import comparable
 from app.servers.models import ServerProfile
 from app.suppressions.models import (
@@ -204,7 +207,7 @@ async def check_scope(session: AsyncSession, profile: str | None, field: str = "
 
 
 async def add(
-    session: AsyncSession, address: str, profile: str | None, reason: Reason
+    session: AsyncSession, address: str, profile: str | None, reason: Reason, actor: Actor
 ) -> Suppression:
     """An admin's entry; 409 when the address is already suppressed in that scope."""
     scope = await check_scope(session, profile)
@@ -216,18 +219,20 @@ async def add(
     except IntegrityError as err:
         where = f"for profile {profile}" if profile else "globally"
         raise Conflict(f"{row.address} is already suppressed {where}") from err
+    what = audit.changes(None, {"profile": profile, "reason": reason})
+    await audit.record(session, actor, "suppression.create", row.address, what)
     return row
 
 
-async def add_many(session: AsyncSession, rows: list[dict[str, Any]]) -> int:
+async def add_many(session: AsyncSession, rows: list[dict[str, Any]], actor: Actor) -> int:
     """Entries from an import, each a dict of `_entry`'s keys; those already there are kept.
-    Returns how many were added."""
-    if not rows:
-        return 0
+    Returns how many were added. The audit log gets one entry for the import: its counts."""
     statement = _insert_new(session).returning(SUPPRESSIONS.c.id)
     added = 0
     for start in range(0, len(rows), 5000):
         added += len((await session.execute(statement, rows[start : start + 5000])).all())
+    what = audit.changes(None, {"rows": len(rows), "added": added})
+    await audit.record(session, actor, "suppression.import", None, what)
     return added
 
 
@@ -235,17 +240,20 @@ def import_row(address: str, profile: str | None, reason: Reason) -> dict[str, A
     return _entry(address, reason, scope=profile or GLOBAL, source=IMPORT_SOURCE)
 
 
-async def remove(session: AsyncSession, address: str, profile: str | None) -> None:
+async def remove(session: AsyncSession, address: str, profile: str | None, actor: Actor) -> None:
     """Delete the entry of `address` in the scope `profile` names (none: the global one)."""
     result = await session.execute(
         delete(Suppression)
         .where(Suppression.address == comparable(address))
         .where(Suppression.scope == (profile or GLOBAL))
-        .returning(Suppression.id)
+        .returning(Suppression.address, Suppression.reason)
     )
-    if result.first() is None:
+    removed = result.first()
+    if removed is None:
         where = f"for profile {profile}" if profile else "globally"
         raise NotFound(f"{address} is not suppressed {where}")
+    what = audit.changes({"profile": profile, "reason": removed.reason}, None)
+    await audit.record(session, actor, "suppression.delete", removed.address, what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,14 +262,6 @@ class Filter:
     """A part of the address."""
     profile: str | None = None
     reason: str | None = None
-
-
-def _cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    if not cursor.isdigit() or len(cursor) > 18:
-        raise BadRequest("invalid cursor", details=[{"field": "cursor", "message": "invalid"}])
-    return int(cursor)
 
 
 async def search(
@@ -278,10 +278,4 @@ async def search(
         query = query.where(Suppression.scope == where.profile)
     if where.reason is not None:
         query = query.where(Suppression.reason == where.reason)
-    after = _cursor(cursor)
-    if after is not None:
-        query = query.where(Suppression.id < after)
-    rows = list(await session.scalars(query.order_by(Suppression.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, str(rows[-1].id) if more and rows else None
+    return await newest_first(session, query, Suppression.id, limit=limit, cursor=cursor)

@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, status
 
-from app.deps import AdminUser, SessionDep, SettingsDep
+from app.deps import AdminActor, AdminUser, SessionDep, SettingsDep
 from app.themes import service
 from app.themes.models import Template, Theme
 from app.themes.schemas import (
@@ -37,9 +37,9 @@ async def list_templates(_: AdminUser, session: SessionDep) -> TemplateList:
 
 
 @router.post("/api/v1/templates", response_model=TemplateOut, status_code=status.HTTP_201_CREATED)
-async def create_template(body: TemplateIn, _: AdminUser, session: SessionDep) -> TemplateOut:
+async def create_template(body: TemplateIn, actor: AdminActor, session: SessionDep) -> TemplateOut:
     """Store a template; a part that does not compile is a 422 naming it and the line."""
-    return _template(await service.create_template(session, body))
+    return _template(await service.create_template(session, body, actor))
 
 
 @router.get("/api/v1/templates/{name}", response_model=TemplateOut)
@@ -49,21 +49,21 @@ async def get_template(name: str, _: AdminUser, session: SessionDep) -> Template
 
 @router.put("/api/v1/templates/{name}", response_model=TemplateOut)
 async def replace_template(
-    name: str, body: TemplateIn, _: AdminUser, session: SessionDep
+    name: str, body: TemplateIn, actor: AdminActor, session: SessionDep
 ) -> TemplateOut:
-    return _template(await service.replace_template(session, name, body))
+    return _template(await service.replace_template(session, name, body, actor))
 
 
 @router.patch("/api/v1/templates/{name}", response_model=TemplateOut, description=_MERGE_PATCH)
 async def patch_template(
-    name: str, _: AdminUser, session: SessionDep, body: dict[str, Any] = Body()
+    name: str, actor: AdminActor, session: SessionDep, body: dict[str, Any] = Body()
 ) -> TemplateOut:
-    return _template(await service.patch_template(session, name, body))
+    return _template(await service.patch_template(session, name, body, actor))
 
 
 @router.delete("/api/v1/templates/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_template(name: str, _: AdminUser, session: SessionDep) -> None:
-    await service.delete_template(session, name)
+async def delete_template(name: str, actor: AdminActor, session: SessionDep) -> None:
+    await service.delete_template(session, name, actor)
 
 
 @router.post("/api/v1/templates/{name}/render", response_model=RenderOut)
@@ -80,9 +80,9 @@ async def list_themes(_: AdminUser, session: SessionDep) -> ThemeList:
 
 
 @router.post("/api/v1/themes", response_model=ThemeOut, status_code=status.HTTP_201_CREATED)
-async def create_theme(body: ThemeIn, _: AdminUser, session: SessionDep) -> ThemeOut:
+async def create_theme(body: ThemeIn, actor: AdminActor, session: SessionDep) -> ThemeOut:
     """Store a theme; each layout needs a `{{ content }}` slot and must render with its data."""
-    return _theme(await service.create_theme(session, body))
+    return _theme(await service.create_theme(session, body, actor))
 
 
 @router.get("/api/v1/themes/{name}", response_model=ThemeOut)
@@ -91,18 +91,20 @@ async def get_theme(name: str, _: AdminUser, session: SessionDep) -> ThemeOut:
 
 
 @router.put("/api/v1/themes/{name}", response_model=ThemeOut)
-async def replace_theme(name: str, body: ThemeIn, _: AdminUser, session: SessionDep) -> ThemeOut:
-    return _theme(await service.replace_theme(session, name, body))
+async def replace_theme(
+    name: str, body: ThemeIn, actor: AdminActor, session: SessionDep
+) -> ThemeOut:
+    return _theme(await service.replace_theme(session, name, body, actor))
 
 
 @router.patch("/api/v1/themes/{name}", response_model=ThemeOut, description=_MERGE_PATCH)
 async def patch_theme(
-    name: str, _: AdminUser, session: SessionDep, body: dict[str, Any] = Body()
+    name: str, actor: AdminActor, session: SessionDep, body: dict[str, Any] = Body()
 ) -> ThemeOut:
-    return _theme(await service.patch_theme(session, name, body))
+    return _theme(await service.patch_theme(session, name, body, actor))
 
 
 @router.delete("/api/v1/themes/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_theme(name: str, _: AdminUser, session: SessionDep) -> None:
+async def delete_theme(name: str, actor: AdminActor, session: SessionDep) -> None:
     """Refused (409) while a server profile uses the theme."""
-    await service.delete_theme(session, name)
+    await service.delete_theme(session, name, actor)

@@ -12,6 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import service as audit
+from app.audit.service import Actor
 from app.db import utcnow
 from app.errors import Conflict, Invalid, NotFound
 from app.servers.models import ServerProfile
@@ -107,37 +109,51 @@ async def get_template(session: AsyncSession, name: str) -> Template:
     return template
 
 
-async def create_template(session: AsyncSession, body: TemplateIn) -> Template:
+def _template_fields(template: Template) -> dict[str, Any]:
+    return {"description": template.description} | {p: getattr(template, p) for p in PARTS}
+
+
+async def create_template(session: AsyncSession, body: TemplateIn, actor: Actor) -> Template:
     if body.name is None:
         raise Invalid("name is required", field="name")
     template = Template(name=body.name)
     _apply_template(template, body)
     template.created_at = template.updated_at
     await _store(session, template, "template")
+    what = audit.changes(None, _template_fields(template))
+    await audit.record(session, actor, "template.create", template.name, what)
     return template
 
 
-async def replace_template(session: AsyncSession, name: str, body: TemplateIn) -> Template:
+async def replace_template(
+    session: AsyncSession, name: str, body: TemplateIn, actor: Actor
+) -> Template:
     template = await get_template(session, name)
     _keep_name(name, body.name, "template")
+    before = _template_fields(template)
     _apply_template(template, body)
-    await session.flush()
+    what = audit.changes(before, _template_fields(template))
+    await audit.record(session, actor, "template.update", name, what)
     return template
 
 
-async def patch_template(session: AsyncSession, name: str, patch: dict[str, Any]) -> Template:
+async def patch_template(
+    session: AsyncSession, name: str, patch: dict[str, Any], actor: Actor
+) -> Template:
     template = await get_template(session, name)
     _keep_name(name, patch.get("name"), "template")
     current = {part: getattr(template, part) for part in PARTS}
     current["description"] = template.description
     body = TemplateIn.model_validate({**_merged(current, patch), "name": name})
-    return await replace_template(session, name, body)
+    return await replace_template(session, name, body, actor)
 
 
-async def delete_template(session: AsyncSession, name: str) -> None:
+async def delete_template(session: AsyncSession, name: str, actor: Actor) -> None:
     """Sent messages keep the template's name in their record; queued ones are already rendered."""
-    await session.delete(await get_template(session, name))
-    await session.flush()
+    template = await get_template(session, name)
+    await session.delete(template)
+    what = audit.changes(_template_fields(template), None)
+    await audit.record(session, actor, "template.delete", name, what)
 
 
 async def find_template(session: AsyncSession, name: str) -> Template:
@@ -268,28 +284,9 @@ async def get_theme(session: AsyncSession, name: str) -> Theme:
     return theme
 
 
-async def create_theme(session: AsyncSession, body: ThemeIn) -> Theme:
-    if body.name is None:
-        raise Invalid("name is required", field="name")
-    theme = Theme(name=body.name)
-    _apply_theme(theme, body)
-    theme.created_at = theme.updated_at
-    await _store(session, theme, "theme")
-    return theme
-
-
-async def replace_theme(session: AsyncSession, name: str, body: ThemeIn) -> Theme:
-    theme = await get_theme(session, name)
-    _keep_name(name, body.name, "theme")
-    _apply_theme(theme, body)
-    await session.flush()
-    return theme
-
-
-async def patch_theme(session: AsyncSession, name: str, patch: dict[str, Any]) -> Theme:
-    theme = await get_theme(session, name)
-    _keep_name(name, patch.get("name"), "theme")
-    current = {
+def _theme_fields(theme: Theme) -> dict[str, Any]:
+    """The theme as the API names its fields (what a patch merges onto, what the audit logs)."""
+    return {
         "description": theme.description,
         "html": theme.html,
         "text": theme.text,
@@ -297,11 +294,42 @@ async def patch_theme(session: AsyncSession, name: str, patch: dict[str, Any]) -
         "colors": theme.colors,
         "footer": theme.footer,
     }
-    body = ThemeIn.model_validate({**_merged(current, patch), "name": name})
-    return await replace_theme(session, name, body)
 
 
-async def delete_theme(session: AsyncSession, name: str) -> None:
+async def create_theme(session: AsyncSession, body: ThemeIn, actor: Actor) -> Theme:
+    if body.name is None:
+        raise Invalid("name is required", field="name")
+    theme = Theme(name=body.name)
+    _apply_theme(theme, body)
+    theme.created_at = theme.updated_at
+    await _store(session, theme, "theme")
+    await audit.record(
+        session, actor, "theme.create", theme.name, audit.changes(None, _theme_fields(theme))
+    )
+    return theme
+
+
+async def replace_theme(session: AsyncSession, name: str, body: ThemeIn, actor: Actor) -> Theme:
+    theme = await get_theme(session, name)
+    _keep_name(name, body.name, "theme")
+    before = _theme_fields(theme)
+    _apply_theme(theme, body)
+    await audit.record(
+        session, actor, "theme.update", name, audit.changes(before, _theme_fields(theme))
+    )
+    return theme
+
+
+async def patch_theme(
+    session: AsyncSession, name: str, patch: dict[str, Any], actor: Actor
+) -> Theme:
+    theme = await get_theme(session, name)
+    _keep_name(name, patch.get("name"), "theme")
+    body = ThemeIn.model_validate({**_merged(_theme_fields(theme), patch), "name": name})
+    return await replace_theme(session, name, body, actor)
+
+
+async def delete_theme(session: AsyncSession, name: str, actor: Actor) -> None:
     """A theme a profile uses cannot go: change those profiles first (409 names them)."""
     theme = await get_theme(session, name)
     users = list(
@@ -314,7 +342,9 @@ async def delete_theme(session: AsyncSession, name: str) -> None:
     if users:
         raise Conflict(f"theme {name!r} is used by the server profiles {', '.join(users)}")
     await session.delete(theme)
-    await session.flush()
+    await audit.record(
+        session, actor, "theme.delete", name, audit.changes(_theme_fields(theme), None)
+    )
 
 
 async def find_theme(session: AsyncSession, name: str) -> Theme:

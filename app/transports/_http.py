@@ -33,7 +33,7 @@ import httpx
 from pydantic import BaseModel
 
 from app.egress import EgressDenied
-from app.servers.secrets import split as split_secrets
+from app.secret_fields import split as split_secrets
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, VerifyStep
 from app.transports.errors import (
     ConfigError,
@@ -278,7 +278,7 @@ class Scrubber:
 
     @classmethod
     def of_config(cls, config: BaseModel) -> Scrubber:
-        """Every secret the profile's settings hold (the SecretStr fields, app.servers.secrets)."""
+        """Every secret the profile's settings hold (the SecretStr fields, app.secret_fields)."""
         return cls.of(split_secrets(config)[1].values())
 
     def text(self, text: str) -> str:

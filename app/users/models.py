@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, String
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, utcnow
+from app.db import ID, Base, new_id, utcnow
 
 ROLES = ("admin", "sender")
 
@@ -27,6 +27,25 @@ class User(Base):
     branding sender and the senders of the profiles it may use."""
     allowed_servers: Mapped[list[Any] | None] = mapped_column(JSON)
     """The profile names a sender may send through; null: the default profile only."""
+
+
+class ApiToken(Base):
+    """A bearer token of a user: it acts as the user (role and sending bounds as they are now).
+    Only the SHA-256 of the token is kept: a copy of the database authenticates no one. A
+    revoked token keeps its row (the list shows when it was revoked); deleting the user
+    deletes its tokens."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    """Written at most once a minute per process, after the request it records."""
+    revoked_at: Mapped[datetime | None]
 
 
 class LoginFailures(Base):

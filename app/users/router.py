@@ -2,9 +2,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.deps import AdminUser, RuntimeDep, SessionDep
-from app.users import service
-from app.users.schemas import UserCreate, UserCreated, UserList, UserOut, UserUpdate
+from app.deps import AdminActor, AdminUser, RuntimeDep, SessionDep
+from app.users import service, tokens
+from app.users.schemas import (
+    TokenCreate,
+    TokenCreated,
+    TokenList,
+    TokenOut,
+    UserCreate,
+    UserCreated,
+    UserList,
+    UserOut,
+    UserUpdate,
+)
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 
@@ -16,7 +26,7 @@ async def list_users(_: AdminUser, session: SessionDep) -> UserList:
 
 
 @router.post("", response_model=UserCreated, status_code=status.HTTP_201_CREATED)
-async def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> UserCreated:
+async def create_user(body: UserCreate, actor: AdminActor, session: SessionDep) -> UserCreated:
     """Create a user; when no password is given one is generated and shown in this answer only."""
     user, generated = await service.create_user(
         session,
@@ -25,6 +35,7 @@ async def create_user(body: UserCreate, _: AdminUser, session: SessionDep) -> Us
         body.password,
         allowed_from=body.allowed_from,
         allowed_servers=body.allowed_servers,
+        actor=actor,
     )
     out = UserOut.model_validate(user, from_attributes=True)
     return UserCreated(**out.model_dump(), password=generated)
@@ -37,7 +48,7 @@ async def get_user(name: str, _: AdminUser, session: SessionDep) -> UserOut:
 
 @router.patch("/{name}", response_model=UserOut)
 async def update_user(
-    name: str, body: UserUpdate, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+    name: str, body: UserUpdate, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
 ) -> UserOut:
     given = body.model_fields_set
     user = await service.update_user(
@@ -47,12 +58,42 @@ async def update_user(
         password=body.password,
         allowed_from=body.allowed_from if "allowed_from" in given else service.KEEP,
         allowed_servers=body.allowed_servers if "allowed_servers" in given else service.KEEP,
+        actor=actor,
     )
     runtime.auth.changed(name)
     return UserOut.model_validate(user, from_attributes=True)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_user(name: str, _: AdminUser, session: SessionDep, runtime: RuntimeDep) -> None:
-    await service.delete_user(session, name)
+async def delete_user(
+    name: str, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
+) -> None:
+    await service.delete_user(session, name, actor=actor)
+    runtime.auth.changed(name)
+
+
+@router.post("/{name}/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
+async def issue_token(
+    name: str, body: TokenCreate, actor: AdminActor, session: SessionDep
+) -> TokenCreated:
+    """Issue an API token for the user: `Authorization: Bearer <token>` then acts as the user
+    (its role and sending bounds). The token is in this answer only; Postroom keeps its hash."""
+    row, token = await tokens.issue(session, name, body.name, body.expires_at, actor=actor)
+    out = TokenOut.model_validate(row, from_attributes=True)
+    return TokenCreated(**out.model_dump(exclude={"status"}), token=token)
+
+
+@router.get("/{name}/tokens", response_model=TokenList)
+async def list_tokens(name: str, _: AdminUser, session: SessionDep) -> TokenList:
+    """The user's tokens, revoked and expired ones included (never the token itself)."""
+    rows = await tokens.list_tokens(session, name)
+    return TokenList(items=[TokenOut.model_validate(r, from_attributes=True) for r in rows])
+
+
+@router.delete("/{name}/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_token(
+    name: str, token_id: str, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
+) -> None:
+    """Revoke a token: refused here at once, on every other replica within a second."""
+    await tokens.revoke(session, name, token_id, actor=actor)
     runtime.auth.changed(name)

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    computed_field,
+)
 
-from app.schemas import CamelModel, EmailAddress
+from app.db import utcnow
+from app.schemas import CamelModel, EmailAddress, SafeStr
 from app.servers.schemas import ProfileName
 
 Role = Literal["admin", "sender"]
@@ -87,3 +95,51 @@ class UserCreated(UserOut):
 
 class UserList(CamelModel):
     items: list[UserOut]
+
+
+def _future(value: datetime | None) -> datetime | None:
+    """A future instant, in UTC (as stored)."""
+    if value is None:
+        return None
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError as err:  # 9999-12-31T23:59-14:00 is in the year 10000
+        raise ValueError("must be in the years 1 to 9999 in UTC") from err
+    if value <= utcnow():
+        raise ValueError("must be in the future")
+    return value
+
+
+class TokenCreate(CamelModel):
+    name: SafeStr = Field(min_length=1, max_length=100)
+    """What the token is for ("billing service"): a label, for the list."""
+    expires_at: Annotated[AwareDatetime | None, AfterValidator(_future)] = None
+    """When it stops working (with a time zone: 2027-01-01T00:00:00Z); null: never."""
+
+
+class TokenOut(CamelModel):
+    id: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    """The last request it authenticated, to the minute (written at most once a minute)."""
+    revoked_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def status(self) -> Literal["active", "expired", "revoked"]:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= utcnow():
+            return "expired"
+        return "active"
+
+
+class TokenCreated(TokenOut):
+    token: str
+    """The token itself (Authorization: Bearer <token>): shown in this answer only."""
+
+
+class TokenList(CamelModel):
+    items: list[TokenOut]

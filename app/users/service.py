@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from types import EllipsisType
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import service as audit
+from app.audit.service import Actor, Secret
 from app.errors import Conflict, Invalid, NotFound
 from app.servers.models import ServerProfile
 from app.users.models import User
@@ -26,6 +29,7 @@ async def create_user(
     *,
     allowed_from: list[str] | None = None,
     allowed_servers: list[str] | None = None,
+    actor: Actor,
 ) -> tuple[User, str | None]:
     """Create a user; returns the generated password when none was given."""
     allowed_servers = await _check_servers(session, allowed_servers)
@@ -43,7 +47,19 @@ async def create_user(
             await session.flush()
     except IntegrityError as err:
         raise Conflict(f"user {name!r} already exists") from err
+    await audit.record(session, actor, "user.create", name, audit.changes(None, _audited(user)))
     return user, generated
+
+
+def _audited(user: User) -> dict[str, Any]:
+    """The user as the audit log compares it (a new hash, even of the same password, is a
+    change: someone set it)."""
+    return {
+        "role": user.role,
+        "password": Secret(user.password_hash),
+        "allowedFrom": user.allowed_from,
+        "allowedServers": user.allowed_servers,
+    }
 
 
 async def get_user(session: AsyncSession, name: str) -> User:
@@ -65,9 +81,11 @@ async def update_user(
     password: str | None,
     allowed_from: list[str] | EllipsisType | None = KEEP,
     allowed_servers: list[str] | EllipsisType | None = KEEP,
+    actor: Actor,
 ) -> User:
     """Change what is given; `allowed_*` set to None go back to the defaults."""
     user = await get_user(session, name)
+    before = _audited(user)
     if not isinstance(allowed_servers, EllipsisType):
         user.allowed_servers = await _check_servers(session, allowed_servers)
     if not isinstance(allowed_from, EllipsisType):
@@ -78,14 +96,16 @@ async def update_user(
         user.role = role
     if password is not None:
         user.password_hash = await asyncio.to_thread(hash_password, password)
+    await audit.record(session, actor, "user.update", name, audit.changes(before, _audited(user)))
     return user
 
 
-async def delete_user(session: AsyncSession, name: str) -> None:
+async def delete_user(session: AsyncSession, name: str, *, actor: Actor) -> None:
     user = await get_user(session, name)
     if user.role == "admin":
         await _keep_an_admin(session, user, "be deleted")
     await session.delete(user)
+    await audit.record(session, actor, "user.delete", name, audit.changes(_audited(user), None))
 
 
 async def count_users(session: AsyncSession) -> int:

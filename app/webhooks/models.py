@@ -1,5 +1,5 @@
 """Webhook endpoints, the event types each takes, and the outgoing deliveries (a queue on the
-outbox machinery: app/delivery/outbox.py)."""
+outbox machinery: app/delivery/queue.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import ID, Base, new_id, table_of, utcnow
-from app.delivery.outbox import Queue
+from app.delivery.queue import Queue
 
 DELIVERY_STATUSES = ("queued", "sending", "paused", "delivered", "failed")
 """queued: waiting for its (next) attempt; sending: claimed under a lease; paused: its endpoint is

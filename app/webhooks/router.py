@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.deps import AdminUser, RuntimeDep, SessionDep
+from app.deps import AdminActor, AdminUser, RuntimeDep, SessionDep
 from app.webhooks import service
 from app.webhooks.schemas import (
     DeliveryList,
@@ -24,11 +24,11 @@ router = APIRouter(tags=["webhooks"])
     "/api/v1/webhooks", response_model=EndpointCreated, status_code=status.HTTP_201_CREATED
 )
 async def create_webhook(
-    body: EndpointIn, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+    body: EndpointIn, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
 ) -> EndpointCreated:
     """Register an endpoint. The answer holds its signing secret, shown this once."""
     await service.check_url(runtime.egress, body.url)
-    return await service.create_endpoint(session, runtime.box, body)
+    return await service.create_endpoint(session, runtime.box, body, actor)
 
 
 @router.get("/api/v1/webhooks", response_model=EndpointList)
@@ -44,26 +44,30 @@ async def get_webhook(endpoint_id: str, _: AdminUser, session: SessionDep) -> En
 
 @router.patch("/api/v1/webhooks/{endpoint_id}", response_model=EndpointOut)
 async def patch_webhook(
-    endpoint_id: str, body: EndpointPatch, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+    endpoint_id: str,
+    body: EndpointPatch,
+    actor: AdminActor,
+    session: SessionDep,
+    runtime: RuntimeDep,
 ) -> EndpointOut:
     """The fields given change; `enabled: true` clears an automatic disable's reason."""
     await service.check_url(runtime.egress, body.url)
-    endpoint = await service.patch_endpoint(session, endpoint_id, body)
+    endpoint = await service.patch_endpoint(session, endpoint_id, body, actor)
     return await service.endpoint_out(session, endpoint)
 
 
 @router.delete("/api/v1/webhooks/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_webhook(endpoint_id: str, _: AdminUser, session: SessionDep) -> None:
+async def delete_webhook(endpoint_id: str, actor: AdminActor, session: SessionDep) -> None:
     """Remove the endpoint, its delivery log and what waits for it."""
-    await service.delete_endpoint(session, endpoint_id)
+    await service.delete_endpoint(session, endpoint_id, actor)
 
 
 @router.post("/api/v1/webhooks/{endpoint_id}/rotate-secret", response_model=EndpointCreated)
 async def rotate_webhook_secret(
-    endpoint_id: str, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+    endpoint_id: str, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
 ) -> EndpointCreated:
     """A new signing secret, shown this once; the old one signs nothing from now on."""
-    return await service.rotate_secret(session, runtime.box, endpoint_id)
+    return await service.rotate_secret(session, runtime.box, endpoint_id, actor)
 
 
 @router.post(

@@ -1,8 +1,9 @@
 """The webhook sender: claims due deliveries, POSTs each signed (Standard Webhooks), records the
 outcome fenced on its attempt, retries with backoff, and disables an endpoint that keeps failing.
 
-The queue is app/delivery/outbox.py's (claim under a lease, fenced finish, sweep, RetryPolicy);
-a pass is three short transactions (claim and load, the HTTP calls with no session open, finish).
+The queue is app/delivery/queue.py's (claim under a lease, fenced finish, sweep) with the outbox's
+RetryPolicy; a pass is three short transactions (claim and load, the HTTP calls with no session
+open, finish).
 Deliveries of one message to one endpoint go in order: the next is not claimed while the one
 before is waiting or in flight. Runs beside the dispatcher, in `postroom serve` and `postroom
 worker`, supervised like it."""
@@ -28,7 +29,8 @@ from app.config import Settings
 from app.crypto import SecretBox
 from app.db import among, transaction, update_by_id, utcnow
 from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats, survived
-from app.delivery.outbox import Lease, RetryPolicy, claim_due, release_expired
+from app.delivery.outbox import RetryPolicy
+from app.delivery.queue import Lease, claim_due, release_expired
 from app.metrics import Metrics
 from app.transports._http import Api, Refusal, request, text_of
 from app.transports.errors import TransportError

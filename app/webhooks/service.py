@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import secrets
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
+from app.audit.service import Actor, Secret
 from app.crypto import SecretBox
 from app.db import new_id, utcnow
 from app.egress import EgressPolicy, check_host_setting
@@ -62,7 +65,7 @@ def _changed(session: AsyncSession) -> None:
 
 
 async def create_endpoint(
-    session: AsyncSession, box: SecretBox, body: EndpointIn
+    session: AsyncSession, box: SecretBox, body: EndpointIn, actor: Actor
 ) -> EndpointCreated:
     secret = new_secret()
     now = utcnow()
@@ -80,8 +83,18 @@ async def create_endpoint(
     await session.flush()
     await _set_types(session, endpoint.id, body.event_types)
     _changed(session)
+    what = audit.changes(None, await _audited(session, endpoint))
+    await audit.record(session, actor, "webhook.create", endpoint.id, what)
     out = to_out(endpoint, body.event_types)
     return EndpointCreated(**out.model_dump(), secret=secret)
+
+
+async def _audited(session: AsyncSession, endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """The endpoint as the audit log compares it (its secret only as whether it changed)."""
+    out = await endpoint_out(session, endpoint)
+    return out.model_dump(
+        by_alias=True, include={"url", "description", "event_types", "enabled"}
+    ) | {"secret": Secret(endpoint.secret)}
 
 
 async def _set_types(session: AsyncSession, endpoint_id: str, types: list[EventType]) -> None:
@@ -138,9 +151,10 @@ async def list_endpoints(session: AsyncSession) -> list[EndpointOut]:
 
 
 async def patch_endpoint(
-    session: AsyncSession, endpoint_id: str, body: EndpointPatch
+    session: AsyncSession, endpoint_id: str, body: EndpointPatch, actor: Actor
 ) -> WebhookEndpoint:
     endpoint = await get_endpoint(session, endpoint_id)
+    before = await _audited(session, endpoint)
     given = body.model_fields_set
     if "url" in given and body.url is not None:
         endpoint.url = body.url
@@ -155,6 +169,8 @@ async def patch_endpoint(
             await disable(session, endpoint, None, utcnow())
     endpoint.updated_at = utcnow()
     _changed(session)
+    what = audit.changes(before, await _audited(session, endpoint))
+    await audit.record(session, actor, "webhook.update", endpoint.id, what)
     return endpoint
 
 
@@ -185,18 +201,25 @@ async def disable(
     _changed(session)
 
 
-async def delete_endpoint(session: AsyncSession, endpoint_id: str) -> None:
+async def delete_endpoint(session: AsyncSession, endpoint_id: str, actor: Actor) -> None:
     endpoint = await get_endpoint(session, endpoint_id)
+    before = await _audited(session, endpoint)
     await session.delete(endpoint)
     _changed(session)
+    await audit.record(session, actor, "webhook.delete", endpoint.id, audit.changes(before, None))
 
 
-async def rotate_secret(session: AsyncSession, box: SecretBox, endpoint_id: str) -> EndpointCreated:
+async def rotate_secret(
+    session: AsyncSession, box: SecretBox, endpoint_id: str, actor: Actor
+) -> EndpointCreated:
     """A new signing secret, shown this once; deliveries sign with it from now on."""
     endpoint = await get_endpoint(session, endpoint_id)
+    before = await _audited(session, endpoint)
     secret = new_secret()
     endpoint.secret = box.encrypt({_ID: secret})
     endpoint.updated_at = utcnow()
+    what = audit.changes(before, await _audited(session, endpoint))
+    await audit.record(session, actor, "webhook.update", endpoint.id, what)
     out = await endpoint_out(session, endpoint)
     return EndpointCreated(**out.model_dump(), secret=secret)
 

@@ -2,7 +2,7 @@
 (and a provider's throttle is written to) (issue 17)
 
 Revision ID: ab0d0d1e9b93
-Revises: 493f0de96503
+Revises: c4a1e0b7d9f2
 Create Date: 2026-12-07 02:30:00.000000
 """
 
@@ -14,7 +14,7 @@ import app.db
 
 
 revision: str = "ab0d0d1e9b93"
-down_revision: str | None = "493f0de96503"
+down_revision: str | None = "c4a1e0b7d9f2"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -4,8 +4,9 @@ Log in; add an SMTP relay with STARTTLS required and a private CA through the fo
 (each step listed), break it without saving and see the failing step and its hint; send a test
 that reaches the sink; post a message with the API and find it in the records by recipient;
 open it and see its attempt; the dashboard; add a suppression and a webhook (its secret shown
-once) and queue a test event; a sender cannot open the servers page; a form
-without its CSRF token is refused; log out. axe-core checks every page on the way."""
+once) and queue a test event; issue an API token (shown once), use it and revoke it; find those
+changes in the audit log; a sender cannot open the servers page; a form without its CSRF token
+is refused; log out. axe-core checks every page on the way."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 
@@ -243,6 +245,47 @@ def test_add_a_suppression_and_a_webhook(page: Any, axe_source: str) -> None:
     page.locator("tr.delivery", has_text="webhook.test").wait_for()
     page.reload()
     assert page.locator("#secret").count() == 0
+
+
+def test_issue_and_revoke_an_api_token(page: Any, axe_source: str, live_server: LiveServer) -> None:
+    page.goto(f"/console/users/{ADMIN[0]}")
+    page.fill("#t-name", "nightly report")
+    page.click("button:text('Issue token')")
+    token = page.locator("#token").inner_text()
+    assert token.startswith("pr_")
+    check_accessibility(page, axe_source)
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{live_server.url}/api/v1/servers", headers=bearer).status_code == 200
+    row = page.locator("tr.token", has_text="nightly report")
+    assert "active" in row.inner_text()
+    row.locator("button:text('Revoke')").click()
+    page.wait_for_url(re.compile(r"/console/users/admin#tokens$"))
+    assert "revoked" in page.locator("tr.token", has_text="nightly report").inner_text()
+    assert page.locator("#token").count() == 0
+    assert httpx.get(f"{live_server.url}/api/v1/servers", headers=bearer).status_code == 401
+
+
+def test_the_audit_log_shows_who_changed_what(page: Any, axe_source: str) -> None:
+    page.click("text=Audit log")
+    assert page.locator("h1").inner_text() == "Audit log"
+    relay = page.locator("tr.audit-entry", has_text="server.create").last
+    assert "relay" in relay.inner_text()
+    assert "settings.pass: changed" in relay.inner_text()
+    assert "relay-pass" not in page.content()
+    revoked = page.locator("tr.audit-entry", has_text="token.revoke").first.inner_text()
+    assert "nightly report" in revoked
+    assert (
+        "gone@example.org"
+        in page.locator("tr.audit-entry", has_text="suppression.create").inner_text()
+    )
+    check_accessibility(page, axe_source)
+    page.select_option("#l-action", "suppression.create")
+    page.click("button:text('Search')")
+    page.wait_for_url(re.compile(r"action=suppression.create"))
+    rows = page.locator("tr.audit-entry")
+    assert rows.count() == 1
+    assert f"{ADMIN[0]} (console)" in rows.first.inner_text()
+    check_accessibility(page, axe_source)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from app.audit.service import SYSTEM
 from app.cli import cli
 from app.config import Settings
 from app.db import transaction
@@ -67,7 +68,7 @@ def test_verify_prints_the_steps(data_dir: Path, smtp_server_factory: StartServe
                     "settings": {"host": server.host, "port": server.port},
                 }
             )
-            await service.create_profile(session, runtime.profiles, body)
+            await service.create_profile(session, runtime.profiles, body, SYSTEM)
 
     asyncio.run(add_profile())
     result = CliRunner().invoke(cli, ["verify", "relay"])

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.db import transaction
 from app.delivery import outbox
@@ -43,7 +43,7 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
     async with transaction(runtime.sessions) as session:
         [stale_claim] = await outbox.claim(session, limit=10, lease=0.0)
     [job] = await stale_worker._load([stale_claim])
-    await stale_worker._send(job)
+    await stale_worker._attempt(job)
     assert len(server.transactions) == 1
 
     await asyncio.sleep(0.01)
@@ -60,6 +60,29 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
     assert again["attempts"] == 2
     assert [a["number"] for a in again["attemptLog"]] == [2], "the stale attempt wrote nothing"
     assert len(server.transactions) == 2, "at-least-once: the stale worker's copy is a duplicate"
+
+
+async def test_a_payload_that_cannot_be_read_does_not_stop_its_batch(
+    admin: httpx.AsyncClient,
+    sender: httpx.AsyncClient,
+    runtime: Runtime,
+    smtp_server_factory: StartServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stored message the outbox cannot parse (a hand-edited row: no version writes one) is
+    logged and left in `sending` for the sweep; the rest of its batch goes out."""
+    server = smtp_server_factory()
+    await add_smtp_profile(admin, server)
+    broken = await send(sender, to=["ann@example.com"])
+    fine = await send(sender, to=["bob@example.com"])
+    async with transaction(runtime.sessions) as session:
+        await session.execute(update(Message).where(Message.id == broken).values(payload={}))
+    dispatcher = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    await dispatcher.drain()
+    assert (await record(sender, fine))["status"] == "sent"
+    assert (await record(sender, broken))["status"] == "sending"
+    assert [t.rcpt_tos for t in server.transactions] == [["bob@example.com"]]
+    assert f"message {broken}: its stored payload cannot be read" in caplog.text
 
 
 async def test_a_stopped_dispatcher_loses_nothing(

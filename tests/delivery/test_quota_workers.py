@@ -52,7 +52,7 @@ def test_four_workers_send_at_the_profile_s_rate(tmp_path: Path) -> None:
                     transaction(runtime.sessions) as session,
                 ):
                     if patch:
-                        await servers.patch_profile(session, runtime.profiles, "sink", patch)
+                        await servers.patch_profile(session, runtime.profiles, "sink", patch, None)
                     await session.execute(update(Message).values(next_attempt_at=when))
 
             # The workers start with nothing due (four processes starting at once on a busy

@@ -33,10 +33,11 @@ def test_every_transport_status_maps_onto_an_event_type() -> None:
 
 
 def test_the_vocabulary_is_anymails() -> None:
+    """anymail's, and Postroom's own `suppressed` and `cancelled` (its list, a user's cancel)."""
     assert EVENT_TYPES == (
         "queued", "sent", "rejected", "failed", "bounced", "deferred", "delivered",
         "autoresponded", "opened", "clicked", "complained", "unsubscribed", "suppressed",
-        "unknown",
+        "cancelled", "unknown",
     )  # fmt: skip
 
 

@@ -67,7 +67,12 @@ class FakeClock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """Every `utcnow()` of the send path (accepting, claiming, finishing) reads this clock."""
     fake = FakeClock(utcnow())
-    for module in ("app.delivery.outbox", "app.delivery.dispatcher", "app.messages.service"):
+    for module in (
+        "app.delivery.outbox",
+        "app.delivery.dispatcher",
+        "app.delivery.job",
+        "app.messages.service",
+    ):
         monkeypatch.setattr(f"{module}.utcnow", fake)
     return fake
 

@@ -48,6 +48,7 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.audit.service import SYSTEM
 from app.config import Settings
 from app.db import transaction, utcnow
 from app.delivery.models import Attempt, Message
@@ -412,7 +413,7 @@ def prepare(loop: Loop, place: Place, sink: SmtpServer, count: int, **profile: A
                         },
                     }
                 )
-                await servers.create_profile(session, runtime.profiles, body)
+                await servers.create_profile(session, runtime.profiles, body, SYSTEM)
             caller = Caller(Principal("crash", "admin"), "127.0.0.1")
             for start in range(0, count, 500):
                 async with transaction(runtime.sessions) as session:

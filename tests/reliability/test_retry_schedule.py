@@ -146,7 +146,7 @@ async def test_a_message_that_crashes_every_attempt_is_given_up_at_the_max_age(
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in composing")
 
-    monkeypatch.setattr("app.delivery.dispatcher.compose", crash)
+    monkeypatch.setattr("app.delivery.job.compose", crash)
     settings = runtime.settings
     await dispatcher.drain()
     first = await record(admin, message_id)

@@ -33,6 +33,7 @@ from jsonschema import Draft202012Validator
 
 from app.delivery.compose import compose
 from app.delivery.grouping import plan
+from app.delivery.stored import StoredMessage
 from app.messages.schemas import MessageIn
 from app.transports import mailgun, mandrill, msgraph, sendgrid, ses
 from app.transports.base import Address, OutgoingMessage, Transport
@@ -191,7 +192,8 @@ def outgoing(body: dict[str, Any]) -> list[OutgoingMessage]:
         builtin=False,
     )
     return [
-        compose(payload, sender=sender, batch=b, message_id=MESSAGE_ID, date=DATE) for b in batches
+        compose(StoredMessage.of(payload), batch=b, message_id=MESSAGE_ID, date=DATE)
+        for b in batches
     ]
 
 

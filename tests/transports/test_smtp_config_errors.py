@@ -19,6 +19,7 @@ import trustme
 
 from app.delivery import probe
 from app.delivery.probe import Candidate
+from app.dkim import lookup
 from app.transports import smtp
 from app.transports.base import TransportContext
 from app.transports.errors import (
@@ -40,7 +41,7 @@ async def outcomes(
     with pytest.raises(TransportError) as caught:
         await smtp.create("relay", config, context).send(make_message())
     found = Candidate("relay", "smtp", config, None)
-    verified = await probe.verify(found, context)
+    verified = await probe.verify(found, context, lookup.resolver([]))
     tested = await probe.send_test(found, "admin@example.com", context)
     assert not verified.ok
     assert not tested.ok

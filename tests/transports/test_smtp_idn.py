@@ -12,9 +12,10 @@ import pytest
 
 from app.delivery.compose import compose, new_message_id
 from app.delivery.grouping import Batch
+from app.delivery.stored import StoredMessage
 from app.schemas import a_label_domain, a_labels
 from app.transports import smtp
-from app.transports.base import Address, OutgoingMessage
+from app.transports.base import OutgoingMessage
 from app.transports.errors import UnsupportedFeature
 from app.transports.smtp import NEEDS_SMTPUTF8
 from tests.smtpd import SmtpServer, make_message
@@ -29,10 +30,10 @@ ANN = "ann@example.com"
 
 def composed(sender: str, to: list[dict[str, Any]], recipients: tuple[str, ...]) -> OutgoingMessage:
     """The message as the delivery engine composes it (app.delivery.compose)."""
-    payload = {"subject": "Grüße", "text": "Hallo", "to": to}
+    from_ = {"email": sender, "name": "Bücher Team"}
+    payload = {"subject": "Grüße", "text": "Hallo", "to": to, "from": from_}
     return compose(
-        payload,
-        sender=Address(sender, "Bücher Team"),
+        StoredMessage.of(payload),
         batch=Batch("visible", recipients),
         message_id=new_message_id(sender),
         date=datetime(2026, 1, 2, tzinfo=UTC),

@@ -17,7 +17,7 @@ from app.db import among, transaction, utcnow
 from app.delivery.models import Attempt, Message, Recipient
 from app.errors import AppError, NotFound, PayloadTooLarge
 from app.events.hooks.guard import first_use
-from app.events.providers import RECEIVING, receiver
+from app.events.providers import receiver
 from app.events.providers.base import (
     Incoming,
     Malformed,
@@ -84,7 +84,7 @@ class EventHooks:
                 self.metrics.hooks.labels(provider="none", outcome="not_found").inc()
                 raise
         found = receiver(config_of(profile, self.box), self.sns)
-        if found is None or profile.type not in RECEIVING:
+        if found is None:
             self.metrics.hooks.labels(provider=profile.type, outcome="not_found").inc()
             raise NotFound(f"profile {name!r} is of type {profile.type}: it receives no events")
         return found

@@ -16,12 +16,10 @@ from app.transports.mandrill import MandrillConfig
 from app.transports.sendgrid import SendgridConfig
 from app.transports.ses import SesConfig
 
-RECEIVING = frozenset({"ses", "sendgrid", "mailgun", "mandrill"})
-"""The profile types whose provider reports events to POST /api/v1/hooks/{profile}/events."""
-
 
 def receiver(config: BaseModel, sns: Sns) -> Receiver | None:
-    """The receiver for a profile's settings; None for a type that reports no events."""
+    """The receiver for a profile's settings; None for a type that reports no events (to
+    POST /api/v1/hooks/{profile}/events)."""
     match config:
         case SesConfig():
             return SesReceiver(config, sns)

@@ -1,0 +1,137 @@
+"""A message's content as it went to one recipient, for admins: the MIME (message/rfc822) and the
+rendered parts.
+
+Recomposed from the stored message rather than stored at send time: the dispatcher is the hot
+path, and keeping every MIME would write each message's bytes again, once per transaction (a
+group sent one by one: once per recipient), attachments included; bench/raw_store.py measures it.
+Recomposing gives the same bytes as the send: the same payload, Message-ID, Date, batch shape and
+signed unsubscribe link, the theme it went out in (messages.theme, set by its first attempt) and
+its profile's signature. What it cannot know is an edit made since to that theme or signature.
+Nor does it carry the DKIM-Signature a signing profile put in front: that was made at send time
+(its timestamp, maybe a key rotated since), so the raw message is what was signed, without it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app.delivery.compose import compose
+from app.delivery.grouping import plan
+from app.delivery.models import Message, Recipient
+from app.delivery.stored import StoredMessage
+from app.delivery.transports import BUILTIN
+from app.errors import Conflict, Gone, NotFound
+from app.messages.schemas import AttachmentInfo, Rendered
+from app.servers.models import ServerProfile
+from app.suppressions.unsubscribe import Links, Unsubscribe
+from app.themes.models import Theme
+from app.themes.render import Layout
+from app.themes.service import layout_of
+from app.transports.base import OutgoingMessage
+from app.transports.errors import PermanentError
+
+
+async def composed(
+    session: AsyncSession, links: Links, message_id: str, recipient: str | None
+) -> tuple[OutgoingMessage, str]:
+    """The transaction that carried the message to `recipient` (default: its first), and that
+    recipient's address as the message has it."""
+    message = await session.scalar(
+        select(Message).where(Message.id == message_id).options(selectinload(Message.recipients))
+    )
+    if message is None:
+        raise NotFound(f"no message {message_id!r}")
+    stored = StoredMessage.of(message.payload)
+    if stored.test:
+        raise Conflict(
+            f"message {message.id} is a test mail: its content is not kept",
+            details=[{"field": "id", "message": "test mail"}],
+        )
+    if message.body_purged_at is not None:
+        raise Gone(
+            f"the body of message {message.id} was purged on "
+            f"{message.body_purged_at:%Y-%m-%d} (POSTROOM_RETENTION_BODY_DAYS)",
+            details=[{"field": "bodyPurgedAt", "message": "purged"}],
+        )
+    row = _recipient(message, recipient)
+    profile = None
+    if message.server is not None:
+        profile = await session.scalar(
+            select(ServerProfile).where(ServerProfile.name == message.server)
+        )
+    wanted = stored.list_unsubscribe
+    if wanted is None:
+        wanted = profile is not None and profile.list_unsubscribe
+    each = bool(wanted) and links.base_url is not None
+    batches = plan(
+        group=stored.group is not None,
+        group_size=len(message.recipients),
+        pending=[r.email for r in message.recipients],
+        personal=frozenset(r.email for r in message.recipients if r.data),
+        chunk=profile.max_recipients_per_message if profile is not None else None,
+        builtin=profile is None,
+        each=each,
+    )
+    batch = next(b for b in batches if row.email in b.recipients)
+    url = None
+    if each and len(batch.recipients) == 1:
+        url = links.url(Unsubscribe(row.email, message.server or BUILTIN, message.id))
+    try:
+        outgoing = compose(
+            stored,
+            batch=batch,
+            message_id=message.message_id,
+            date=message.created_at,
+            layout=await _layout(session, message, profile),
+            signature=profile.signature if profile is not None else None,
+            names=stored.group_names(),
+            unsubscribe_url=url,
+        )
+    except (PermanentError, ValueError) as err:
+        raise Conflict(f"message {message.id} cannot be composed: {err}") from err
+    return outgoing, row.email
+
+
+def rendered(outgoing: OutgoingMessage, recipient: str) -> Rendered:
+    content = outgoing.content
+    return Rendered(
+        recipient=recipient,
+        subject=content.subject,
+        text=content.text,
+        html=content.html,
+        attachments=[
+            AttachmentInfo(filename=a.filename, content_type=a.content_type, size=len(a.content))
+            for a in content.attachments
+        ],
+    )
+
+
+def _recipient(message: Message, email: str | None) -> Recipient:
+    if not message.recipients:
+        raise Conflict(f"message {message.id} has no recipient")
+    if email is None:
+        return message.recipients[0]
+    for row in message.recipients:
+        if row.email.lower() == email.lower():
+            return row
+    raise NotFound(
+        f"message {message.id} has no recipient {email!r}",
+        details=[{"field": "recipient", "message": "not a recipient of this message"}],
+    )
+
+
+async def _layout(
+    session: AsyncSession, message: Message, profile: ServerProfile | None
+) -> Layout | None:
+    """The theme it went out in: the one its first attempt recorded, or, before any attempt, the
+    one it names, else its profile's (the dispatcher's rule)."""
+    if message.payload.get("themeSet") or message.attempts > 0:
+        name = message.theme
+    else:
+        name = profile.theme if profile is not None else None
+    if name is None:
+        return None
+    theme = await session.scalar(select(Theme).where(Theme.name == name))
+    return layout_of(theme) if theme is not None else None

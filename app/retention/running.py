@@ -1,0 +1,34 @@
+"""Runs the retention purge beside a dispatcher (`postroom serve` with its dispatcher, and each
+`postroom worker`), supervised as the other loops are: a pass that raises is logged with its
+traceback, counted and backed off from; a heartbeat row `purge` shows it alive in /metrics, and
+/readyz fails while it is not running."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from app.deps import Runtime
+from app.events.bounces.loop import Supervised
+from app.retention.purge import Purge, PurgeLoop
+
+
+@asynccontextmanager
+async def running_purge(runtime: Runtime) -> AsyncIterator[PurgeLoop]:
+    """Run the purge in the background for the duration of the block."""
+    purge = Purge(runtime.sessions, runtime.settings)
+    supervised = Supervised(
+        runtime.sessions, runtime.metrics, "purge", purge.step, runtime.settings.purge_interval
+    )
+    stopping = asyncio.Event()
+    await supervised.heartbeats.beat(time.monotonic())
+    running = PurgeLoop(supervised, asyncio.create_task(supervised.run(stopping)))
+    runtime.purge = running
+    try:
+        yield running
+    finally:
+        runtime.purge = None
+        stopping.set()
+        await asyncio.gather(running.task, return_exceptions=True)

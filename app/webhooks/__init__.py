@@ -1,0 +1,1 @@
+"""Signed webhooks out: endpoints, the delivery queue on the outbox machinery, the sender loop."""
