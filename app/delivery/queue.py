@@ -95,8 +95,3 @@ async def release_expired(session: AsyncSession, queue: Queue, now: datetime) ->
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-def fenced(queue: Queue, claim: Lease[Any]) -> list[ColumnElement[bool]]:
-    """The WHERE clause that fences a finishing write on the claimed attempt."""
-    return [queue.id == claim.id, queue.attempts == claim.attempt, queue.status == "sending"]
