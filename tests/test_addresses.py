@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
 from app.schemas import _email, _no_control, _validated, is_local_domain, local_domains
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.smtpd import StartServer
 
@@ -141,7 +141,7 @@ def refused(response: httpx.Response, field: str) -> None:
 async def test_messages(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     settings: Settings,
     smtp_server_factory: StartServer,
 ) -> None:

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ValidationError, field_validator, model_validato
 
 from app.config import Settings
 from app.crypto import SecretBox
-from app.deps import Runtime
 from app.errors import FieldsError, field_path, validation_details
 from app.schemas import CamelModel
+from app.wiring import Core
 from tests.conftest import ADMIN, basic
 from tests.servers.helpers import body, create
 
@@ -178,7 +178,7 @@ async def test_validation_details_name_fields_by_camel_case_path(admin: httpx.As
 
 
 async def test_an_unexpected_error_is_a_500_in_the_shape(
-    app_runtime: tuple[Any, Runtime], admin: httpx.AsyncClient
+    app_runtime: tuple[Any, Core], admin: httpx.AsyncClient
 ) -> None:
     app, runtime = app_runtime
     await create(admin, body("sendgrid", "one"))

@@ -14,6 +14,7 @@ from app.db import transaction, utcnow
 from app.delivery import outbox
 from app.delivery.job import Delivery, Job
 from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats, survived
+from app.delivery.notify import Notifier
 from app.delivery.outbox import Claim, RetryPolicy
 from app.delivery.transports import TransportCache
 from app.events.service import tally
@@ -39,6 +40,7 @@ class Dispatcher:
         transports: TransportCache,
         metrics: Metrics,
         *,
+        notifier: Notifier | None = None,
         loop: str = "dispatcher",
     ) -> None:
         self.sessions = sessions
@@ -46,7 +48,8 @@ class Dispatcher:
         self.transports = transports
         self.metrics = metrics
         self.retry = RetryPolicy(settings.retry_base, settings.retry_max, settings.max_message_age)
-        self.wakeup = asyncio.Event()
+        self.wakeup = notifier or Notifier()
+        """Set when something was queued, or when finished attempts freed room."""
         self._done: list[Job] = []
         self._done_changed = asyncio.Event()
         self._in_flight = 0
@@ -62,10 +65,6 @@ class Dispatcher:
         """The running loop, set by whoever starts it (for /readyz)."""
         self.last_error: str | None = None
         """The last exception a pass survived; cleared by the next heartbeat's pass."""
-
-    def notify(self) -> None:
-        """Something was queued: look now rather than at the next poll."""
-        self.wakeup.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until `stopping` is set, then finish what is in flight.
@@ -203,7 +202,7 @@ class Dispatcher:
                     )
                 finally:
                     self._in_flight -= len(jobs)
-                    self.wakeup.set()
+                    self.wakeup.notify()
             if self._closing and not self._done:
                 return
 

@@ -6,13 +6,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, StreamingResponse
 
-from app.deps import AdminActor, AdminUser, RuntimeDep, SessionDep
+from app.deps import AdminActor, AdminUser, SessionDep, SessionsDep
 from app.schemas import EmailAddress, SafeStr
 from app.servers.schemas import ProfileName
 from app.suppressions import csvio, service
+from app.suppressions.deps import LinksDep
 from app.suppressions.models import Reason
 from app.suppressions.schemas import ImportResult, SuppressionIn, SuppressionOut, SuppressionPage
-from app.suppressions.unsubscribe import Links, unsubscribe
+from app.suppressions.unsubscribe import unsubscribe
 
 router = APIRouter(prefix="/api/v1/suppressions", tags=["suppressions"])
 
@@ -54,7 +55,7 @@ async def add_suppression(
 )
 async def export_suppressions(
     _: AdminUser,
-    runtime: RuntimeDep,
+    sessions: SessionsDep,
     q: Search = None,
     profile: Profile = None,
     reason: Reason | None = None,
@@ -63,7 +64,7 @@ async def export_suppressions(
     reason, source, eventId, messageId, createdAt."""
     where = service.Filter(text=q, profile=profile, reason=reason)
     return StreamingResponse(
-        csvio.export(runtime.sessions, where),
+        csvio.export(sessions, where),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="suppressions.csv"'},
     )
@@ -126,15 +127,11 @@ _PAGE = """<!doctype html>
 """
 
 
-def _links(runtime: RuntimeDep) -> Links:
-    return Links.of(runtime.settings, runtime.box)
-
-
 @unsubscribe_router.get("/{token}", responses=_HTML)
-async def unsubscribe_page(token: str, runtime: RuntimeDep) -> HTMLResponse:
+async def unsubscribe_page(token: str, links: LinksDep) -> HTMLResponse:
     """A page with the button that unsubscribes. Nothing changes on GET: mail scanners fetch
     links to look at them."""
-    link = _links(runtime).read(token)
+    link = links.read(token)
     form = (
         f"<p>Stop mail to <b>{escape(link.address)}</b> from this sender?</p>\n"
         '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
@@ -144,11 +141,11 @@ async def unsubscribe_page(token: str, runtime: RuntimeDep) -> HTMLResponse:
 
 
 @unsubscribe_router.post("/{token}", responses=_HTML)
-async def unsubscribe_now(token: str, runtime: RuntimeDep, session: SessionDep) -> HTMLResponse:
+async def unsubscribe_now(token: str, links: LinksDep, session: SessionDep) -> HTMLResponse:
     """RFC 8058 one-click: a mail client POSTs `List-Unsubscribe=One-Click` here. The address is
     suppressed for the profile the mail came through (reason `unsubscribe`) and an
     `unsubscribed` event recorded. No login: the signed token is the authority."""
-    link = _links(runtime).read(token)
+    link = links.read(token)
     await unsubscribe(session, link)
     done = f"<p>{escape(link.address)} will get no more mail from this sender.</p>"
     return HTMLResponse(_PAGE.format(title="Unsubscribed", body=done))

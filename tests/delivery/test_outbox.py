@@ -13,7 +13,7 @@ from app.delivery import outbox
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
 from app.delivery.outbox import RetryPolicy
-from app.deps import Runtime
+from app.wiring import Core
 from tests.conftest import PG_URL
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.smtpd import StartServer
@@ -21,7 +21,7 @@ from tests.smtpd import StartServer
 pytestmark = pytest.mark.anyio
 
 
-async def statuses(runtime: Runtime) -> dict[str, int]:
+async def statuses(runtime: Core) -> dict[str, int]:
     async with runtime.sessions() as session:
         rows = await session.execute(select(Message.status, func.count()).group_by(Message.status))
         return {status: count for status, count in rows}
@@ -30,7 +30,7 @@ async def statuses(runtime: Runtime) -> dict[str, int]:
 async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory()
@@ -65,7 +65,7 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
 async def test_a_payload_that_cannot_be_read_does_not_stop_its_batch(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -88,7 +88,7 @@ async def test_a_payload_that_cannot_be_read_does_not_stop_its_batch(
 async def test_a_stopped_dispatcher_loses_nothing(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory(delays={"DATA_END": 0.01})
@@ -117,7 +117,7 @@ async def test_a_stopped_dispatcher_loses_nothing(
 async def test_concurrent_dispatchers_never_send_a_message_twice(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory()
@@ -149,7 +149,7 @@ def test_retry_schedule_doubles_with_jitter_up_to_the_cap() -> None:
 
 @pytest.mark.skipif(PG_URL is None, reason="needs PostgreSQL: set POSTROOM_TEST_DATABASE_URL")
 async def test_skip_locked_claims_are_disjoint_on_postgresql(
-    sender: httpx.AsyncClient, runtime: Runtime
+    sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     for i in range(50):
         await send(sender, to=[f"user{i}@example.com"], **{"from": "me@example.com"})

@@ -8,12 +8,12 @@ from sqlalchemy import func, select
 
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
-from app.deps import Runtime
+from app.wiring import Core
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_each_item_gets_its_own_result(sender: httpx.AsyncClient, runtime: Runtime) -> None:
+async def test_each_item_gets_its_own_result(sender: httpx.AsyncClient, runtime: Core) -> None:
     good = {"from": "me@example.com", "to": ["a@example.com"], "subject": "s", "text": "t"}
     response = await sender.post(
         "/api/v1/messages/batch",

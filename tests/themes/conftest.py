@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.wiring import Core
 
 RESET = {
     "name": "password_reset",
@@ -31,7 +31,7 @@ BRAND = {
 
 
 @pytest.fixture
-def dispatcher(runtime: Runtime) -> Dispatcher:
+def dispatcher(runtime: Core) -> Dispatcher:
     return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
 
 
