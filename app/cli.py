@@ -106,7 +106,9 @@ def worker(
 
     async def work(core: Core) -> None:
         if once:
-            dispatcher = Dispatcher(core.sessions, settings, core.transports, core.metrics)
+            dispatcher = Dispatcher(
+                core.sessions, settings, core.transports, core.metrics, core.ledger
+            )
             await dispatcher.drain()
             await core.transports.aclose()
             sender = Sender(core.sessions, settings, core.box, core.http, core.metrics)

@@ -28,6 +28,7 @@ from app.errors import ERROR_RESPONSES
 from app.events.bounces.router import router as bounces_router
 from app.events.bounces.running import running_bounce_loops
 from app.events.hooks.router import router as hooks_router
+from app.events.unsubscribe import unsubscribe_router
 from app.handlers import install_error_handlers
 from app.limits import BodyLimit
 from app.messages.router import router as messages_router
@@ -40,7 +41,6 @@ from app.servers.router import router as servers_router
 from app.servers.schemas import PROFILE_TYPES
 from app.submission.listener import running_submission
 from app.suppressions.router import router as suppressions_router
-from app.suppressions.router import unsubscribe_router
 from app.themes.router import router as themes_router
 from app.users.router import router as users_router
 from app.webhooks.router import events as webhook_events

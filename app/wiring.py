@@ -22,8 +22,10 @@ from app.config import Settings
 from app.console.deps import PARTS, Parts
 from app.crypto import SecretBox, load_secret_box
 from app.db import check_durability, create_engine, sessionmaker, transaction
-from app.delivery.deps import PROBING, Probing
+from app.delivery.deps import LINKS, PROBING, Probing
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.events import Ledger
+from app.delivery.links import Links
 from app.delivery.notify import Notifier
 from app.delivery.transports import TransportCache
 from app.deps import Part
@@ -35,6 +37,7 @@ from app.events.bounces.service import Bounces
 from app.events.hooks.deps import HOOKS
 from app.events.hooks.service import EventHooks
 from app.events.providers.sns import Sns
+from app.events.service import LEDGER
 from app.messages.deps import SENDING, Sending
 from app.messages.intake import Intake
 from app.metrics import Metrics
@@ -42,8 +45,6 @@ from app.security import Authenticator
 from app.servers.deps import PROFILES
 from app.servers.service import Profiles
 from app.suppressions import service as suppressions
-from app.suppressions.deps import LINKS
-from app.suppressions.unsubscribe import Links
 from app.throttle import Throttle
 from app.transports.base import TransportContext
 from app.users import service as users
@@ -101,6 +102,8 @@ class Core:
     transport_context: TransportContext
     transports: TransportCache
     metrics: Metrics
+    ledger: Ledger
+    """Where the dispatcher records its events and reads the suppression list."""
     notifier: Notifier
     """Wakes this process's dispatcher when the intake, a retry or a resend queued a message."""
     intake: Intake
@@ -151,6 +154,7 @@ async def open_core(settings: Settings) -> AsyncIterator[Core]:
                 transport_context=context,
                 transports=TransportCache(settings, box, context),
                 metrics=Metrics(),
+                ledger=LEDGER,
                 notifier=notifier,
                 intake=intake,
                 test_sends=Throttle(
@@ -230,6 +234,7 @@ async def running_dispatcher(core: Core, loop: str = "dispatcher") -> AsyncItera
         core.settings,
         core.transports,
         core.metrics,
+        core.ledger,
         notifier=core.notifier,
         loop=loop,
     )

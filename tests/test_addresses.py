@@ -161,7 +161,9 @@ async def test_messages(
     bounds = {"allowedFrom": ["corp.local"]}
     assert (await admin.patch("/api/v1/users/sender", json=bounds)).status_code == 200
     message_id = await send(sender, **body)
-    await Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics).drain()
+    await Dispatcher(
+        runtime.sessions, settings, runtime.transports, runtime.metrics, runtime.ledger
+    ).drain()
 
     assert (await record(sender, message_id))["status"] == "sent"
     [received] = server.transactions

@@ -21,9 +21,9 @@ from app.console.web import (
 )
 from app.db import transaction
 from app.delivery import probe
+from app.delivery.vocabulary import tally
 from app.deps import client_address
 from app.errors import AppError
-from app.events.service import tally
 from app.identity import Principal
 from app.servers import service
 

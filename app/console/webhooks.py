@@ -22,8 +22,8 @@ from app.console.web import (
     status_of,
 )
 from app.db import transaction
+from app.delivery.vocabulary import EVENT_TYPES
 from app.errors import AppError
-from app.events.models import EVENT_TYPES
 from app.webhooks import service
 from app.webhooks.schemas import EndpointCreated, EndpointIn, EndpointPatch
 

@@ -1,4 +1,6 @@
-"""The part of the running service the test and verify endpoints declare, set by the lifespan."""
+"""The parts of the running service that delivery's endpoints declare, set by the lifespan: the
+test and verify endpoints' Probing, and the unsubscribe links (the messages API and the one-click
+pages read them too)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Annotated
 import dns.asyncresolver
 from fastapi import Depends
 
+from app.delivery.links import Links
 from app.deps import Part
 from app.metrics import Metrics
 from app.servers.service import Profiles
@@ -30,3 +33,7 @@ class Probing:
 
 PROBING: Part[Probing] = Part("probing")
 ProbingDep = Annotated[Probing, Depends(PROBING.dependency())]
+
+LINKS: Part[Links] = Part("unsubscribe_links")
+LinksDep = Annotated[Links, Depends(LINKS.dependency())]
+"""Makes and checks the signed one-click unsubscribe links."""

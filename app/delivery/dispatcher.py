@@ -12,14 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db import transaction, utcnow
 from app.delivery import outbox
+from app.delivery.events import Ledger
 from app.delivery.job import Delivery, Job
+from app.delivery.links import Links
 from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats, survived
 from app.delivery.notify import Notifier
 from app.delivery.outbox import Claim, RetryPolicy
 from app.delivery.transports import TransportCache
-from app.events.service import tally
+from app.delivery.vocabulary import tally
 from app.metrics import Metrics
-from app.suppressions.unsubscribe import Links
 
 log = logging.getLogger("postroom.dispatcher")
 
@@ -39,6 +40,7 @@ class Dispatcher:
         settings: Settings,
         transports: TransportCache,
         metrics: Metrics,
+        ledger: Ledger,
         *,
         notifier: Notifier | None = None,
         loop: str = "dispatcher",
@@ -47,6 +49,8 @@ class Dispatcher:
         self.settings = settings
         self.transports = transports
         self.metrics = metrics
+        self.ledger = ledger
+        """Where the attempts' events go, and who is suppressed (app.events.service.LEDGER)."""
         self.retry = RetryPolicy(settings.retry_base, settings.retry_max, settings.max_message_age)
         self.wakeup = notifier or Notifier()
         """Set when something was queued, or when finished attempts freed room."""
@@ -223,7 +227,7 @@ class Dispatcher:
         await self.delivery.attempt(job)
 
     async def _load(self, claims: list[Claim]) -> list[Job]:
-        return await outbox.load(self.sessions, claims)
+        return await outbox.load(self.sessions, claims, self.ledger)
 
     async def _finish(self, jobs: list[Job]) -> None:
         """Write the results of finished attempts (outbox.finish: one transaction, fenced), then
@@ -231,7 +235,7 @@ class Dispatcher:
         if not jobs:
             return
         now = utcnow()
-        live, events = await outbox.finish(self.sessions, jobs, self.retry, now)
+        live, events = await outbox.finish(self.sessions, jobs, self.retry, now, self.ledger)
         if not live:
             return
         self.metrics.count_events(tally(events))

@@ -11,8 +11,8 @@ from app.db import transaction
 from app.delivery import probe
 from app.delivery.deps import ProbingDep
 from app.delivery.probe import TestOutcome, VerifyOutcome
+from app.delivery.vocabulary import tally
 from app.deps import AdminUser, SessionsDep, client_address
-from app.events.service import tally
 from app.schemas import CamelModel, EmailAddress
 
 router = APIRouter(prefix="/api/v1/servers", tags=["servers"])

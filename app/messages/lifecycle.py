@@ -23,9 +23,10 @@ from app.db import utcnow
 from app.delivery.models import RECIPIENTS, Message, Recipient
 from app.delivery.notify import Notifier
 from app.delivery.transports import BUILTIN
+from app.delivery.vocabulary import DeliveryEvent
 from app.errors import Conflict, Gone, NotFound
 from app.events.models import EventRow
-from app.events.service import DeliveryEvent, record_events
+from app.events.service import record_events
 from app.identity import Principal
 from app.messages import service
 from app.messages.schemas import MessageIn, Resent

@@ -4,10 +4,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from app.delivery.deps import LinksDep
+from app.delivery.vocabulary import EventType, tally
 from app.deps import AdminUser, SenderUser, SessionDep, SettingsDep, client_address
 from app.errors import BadRequest, ErrorBody
-from app.events.models import EventType
-from app.events.service import tally
 from app.messages import content, lifecycle, records, service
 from app.messages.deps import SendingDep
 from app.messages.records import RecordFilter
@@ -24,7 +24,6 @@ from app.messages.schemas import (
 )
 from app.messages.service import Caller
 from app.schemas import IsoDateTime
-from app.suppressions.deps import LinksDep
 
 router = APIRouter(prefix="/api/v1/messages", tags=["messages"])
 

@@ -36,7 +36,7 @@ from app.suppressions.models import (
 )
 
 if TYPE_CHECKING:
-    from app.events.service import DeliveryEvent
+    from app.delivery.vocabulary import DeliveryEvent
 
 API_SOURCE = "api"
 IMPORT_SOURCE = "import"

@@ -17,9 +17,9 @@ from app.audit import service as audit
 from app.audit.service import Secret
 from app.crypto import SecretBox
 from app.db import new_id, utcnow
+from app.delivery.vocabulary import EVENT_TYPES, EventType
 from app.egress import EgressPolicy, check_host_setting
 from app.errors import NotFound
-from app.events.models import EVENT_TYPES, EventType
 from app.identity import Actor
 from app.webhooks.enqueue import SUBSCRIBED
 from app.webhooks.models import SUBSCRIPTIONS, WebhookDelivery, WebhookEndpoint

@@ -16,7 +16,9 @@ from tests.smtpd import SmtpServer
 
 @pytest.fixture
 def dispatcher(runtime: Core) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
 
 
 async def make_due(runtime: Core) -> None:

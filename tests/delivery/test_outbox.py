@@ -37,7 +37,7 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
     await add_smtp_profile(admin, server)
     message_id = await send(sender, to=["ann@example.com"])
     stale_worker = Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     )
 
     async with transaction(runtime.sessions) as session:
@@ -49,7 +49,9 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
     await asyncio.sleep(0.01)
     async with transaction(runtime.sessions) as session:
         assert await outbox.sweep(session) == 1
-    fresh = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    fresh = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await fresh.drain()
     saved = await record(sender, message_id)
     assert saved["status"] == "sent"
@@ -77,7 +79,9 @@ async def test_a_payload_that_cannot_be_read_does_not_stop_its_batch(
     fine = await send(sender, to=["bob@example.com"])
     async with transaction(runtime.sessions) as session:
         await session.execute(update(Message).where(Message.id == broken).values(payload={}))
-    dispatcher = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await dispatcher.drain()
     assert (await record(sender, fine))["status"] == "sent"
     assert (await record(sender, broken))["status"] == "sending"
@@ -97,7 +101,9 @@ async def test_a_stopped_dispatcher_loses_nothing(
     runtime.settings.dispatcher_concurrency = runtime.settings.dispatcher_batch = 8
 
     stopping = asyncio.Event()
-    first = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    first = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     task = asyncio.create_task(first.run(stopping))
     await server.wait_until(lambda: len(server.transactions) >= 5, within=10)
     stopping.set()
@@ -106,7 +112,9 @@ async def test_a_stopped_dispatcher_loses_nothing(
     assert done.get("sending", 0) == 0, "a stopped dispatcher finishes what it has in flight"
     assert 5 <= done.get("sent", 0) < 40
 
-    second = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    second = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await second.drain()
     assert await statuses(runtime) == {"sent": 40}
     received = sorted(r for t in server.transactions for r in t.rcpt_tos)
@@ -127,7 +135,9 @@ async def test_concurrent_dispatchers_never_send_a_message_twice(
         await send(sender, to=[f"user{i}@example.com"])
     runtime.settings.dispatcher_batch = 5
     workers = [
-        Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+        Dispatcher(
+            runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+        )
         for _ in range(4)
     ]
     await asyncio.gather(*(worker.drain() for worker in workers))

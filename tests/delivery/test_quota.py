@@ -344,7 +344,9 @@ def graph() -> Iterator[FakeGraph]:
 def dispatchers(runtime: Core, count: int) -> list[Dispatcher]:
     runtime.settings.dispatcher_batch = 1
     return [
-        Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+        Dispatcher(
+            runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+        )
         for _ in range(count)
     ]
 

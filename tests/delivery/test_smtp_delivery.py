@@ -298,7 +298,9 @@ async def test_messages_older_than_the_max_age_fail(
     await add_smtp_profile(admin, server)
     message_id = await send(sender, to=["ann@example.com"])
     runtime.settings.max_message_age = 0.001
-    dispatcher = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await dispatcher.drain()
     saved = await record(sender, message_id)
     assert saved["status"] == "failed"

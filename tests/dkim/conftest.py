@@ -34,7 +34,9 @@ def settings(settings: Settings, dns_server: DnsServer) -> Settings:
 
 @pytest.fixture
 def dispatcher(runtime: Core) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
 
 
 async def add_key(

@@ -270,7 +270,7 @@ async def test_providers_that_rebuild_the_message_cannot_sign(
 
 
 async def test_every_transport_type_says_what_becomes_of_a_signature() -> None:
-    from app.dkim.carriage import CARRIAGE
+    from app.servers.carriage import CARRIAGE
     from app.transports.registry import TRANSPORTS
 
     assert set(CARRIAGE) == set(TRANSPORTS)

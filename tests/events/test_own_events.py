@@ -151,7 +151,9 @@ async def test_a_deferral_past_the_maximum_age_is_a_failed_event(
     await add_smtp_profile(admin, server)
     message_id = await send(sender, to=["ann@example.com"])
     settings = runtime.settings.model_copy(update={"max_message_age": 0.001})
-    dispatcher = Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await dispatcher.drain()
 
     saved = await record(sender, message_id)

@@ -11,8 +11,9 @@ from app.db import transaction
 from app.delivery import outbox
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message, Recipient
+from app.delivery.vocabulary import DeliveryEvent
 from app.events.models import EventRow
-from app.events.service import DeliveryEvent, events_of, record_events
+from app.events.service import events_of, record_events
 from app.wiring import Core
 from tests.delivery.conftest import send
 

@@ -10,8 +10,8 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import transaction, utcnow
 from app.delivery.events import event_type
-from app.events.models import EVENT_TYPES, EVENTS
-from app.events.service import DeliveryEvent
+from app.delivery.vocabulary import EVENT_TYPES, DeliveryEvent
+from app.events.models import EVENTS
 from app.transports.result import RecipientStatus
 from app.wiring import Core
 

@@ -41,7 +41,7 @@ async def test_each_item_gets_its_own_result(sender: httpx.AsyncClient, runtime:
     async with runtime.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Message)) == 2
     await Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     ).drain()
     for item in (first, last):
         record = (await sender.get(f"/api/v1/messages/{item['id']}")).json()

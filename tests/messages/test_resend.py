@@ -13,7 +13,8 @@ from sqlalchemy import func, select, update
 from app.db import transaction, utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message, Recipient
-from app.events.service import DeliveryEvent, record_events
+from app.delivery.vocabulary import DeliveryEvent
+from app.events.service import record_events
 from app.wiring import Core
 from tests.conftest import SENDER
 from tests.delivery.conftest import add_smtp_profile, record, send

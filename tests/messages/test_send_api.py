@@ -27,7 +27,7 @@ async def branded(admin: httpx.AsyncClient) -> None:
 
 async def drain(runtime: Core) -> None:
     await Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     ).drain()
 
 

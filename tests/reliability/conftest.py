@@ -112,4 +112,6 @@ async def attempt_times(runtime: Core, message_pk: str) -> list[datetime]:
 
 @pytest.fixture
 def dispatcher(runtime: Core) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )

@@ -208,7 +208,7 @@ async def test_a_failure_before_commit_leaves_no_message(
         ids = list(await session.scalars(select(Message.id)))
     assert ids == [control]
     await Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     ).drain()
     at_sink = [r for t in server.transactions for r in t.rcpt_tos]
     assert at_sink == ["control@example.com"]

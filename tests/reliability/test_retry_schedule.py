@@ -51,7 +51,9 @@ async def run_schedule(
     await add_smtp_profile(admin, server)
     accepted = clock.now
     message_id = await send(sender, to=["ann@example.com"])
-    dispatcher = Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await play(runtime, dispatcher, clock, settings.max_message_age + 2 * settings.retry_max)
     saved = await record(admin, message_id)
     times = await attempt_times(runtime, message_id)

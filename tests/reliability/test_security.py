@@ -597,7 +597,7 @@ async def test_dns_rebinding_is_caught_at_connect_time(
         await send(admin, to=["ann@example.com"], server="api"),
     ]
     await Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     ).drain()
     for message_id in ids:
         saved = await record(admin, message_id)

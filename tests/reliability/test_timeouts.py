@@ -99,7 +99,9 @@ async def test_an_attempt_is_cut_at_the_attempt_timeout(
     await add_smtp_profile(admin, server, settings={"socketTimeout": 600_000})
     message_id = await send(sender, to=["ann@example.com"])
     runtime.settings.attempt_timeout = 1.0
-    dispatcher = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await dispatcher.drain()
     saved = await record(admin, message_id)
     [attempt] = saved["attemptLog"]

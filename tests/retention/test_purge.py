@@ -36,7 +36,9 @@ DAY = timedelta(days=1)
 
 @pytest.fixture
 def dispatcher(runtime: Core) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
 
 
 async def age(runtime: Core, message_id: str, days: float, **values: Any) -> None:

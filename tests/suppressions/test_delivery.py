@@ -11,7 +11,8 @@ import pytest
 
 from app.db import transaction
 from app.delivery.dispatcher import Dispatcher
-from app.events.service import DeliveryEvent, record_events
+from app.delivery.vocabulary import DeliveryEvent
+from app.events.service import record_events
 from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.smtpd import StartServer

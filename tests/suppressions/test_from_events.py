@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from app.db import transaction, utcnow
-from app.events.service import DeliveryEvent, record_events
+from app.delivery.vocabulary import DeliveryEvent
+from app.events.service import record_events
 from app.suppressions import service as suppressions
 from app.wiring import Core
 

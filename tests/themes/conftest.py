@@ -32,7 +32,9 @@ BRAND = {
 
 @pytest.fixture
 def dispatcher(runtime: Core) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
 
 
 async def create(admin: httpx.AsyncClient, kind: str, body: dict[str, Any]) -> dict[str, Any]:

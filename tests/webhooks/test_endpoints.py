@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.config import Settings
-from app.events.models import EVENT_TYPES
+from app.delivery.vocabulary import EVENT_TYPES
 from app.main import create_app
 from app.webhooks.models import WebhookSubscription
 from app.wiring import Core

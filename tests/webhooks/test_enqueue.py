@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import insert, select
 
 from app.db import new_id, transaction, utcnow
-from app.events.service import DeliveryEvent, record_events
+from app.delivery.vocabulary import DeliveryEvent
+from app.events.service import record_events
 from app.webhooks import enqueue
 from app.webhooks.models import ENDPOINTS, SUBSCRIPTIONS, WebhookDelivery
 from app.wiring import Core

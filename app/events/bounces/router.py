@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from app.delivery.vocabulary import tally
 from app.deps import AdminUser, SessionDep
 from app.errors import Invalid, PayloadTooLarge
 from app.events.bounces.deps import BouncesDep
 from app.events.bounces.dsn import MAX_REPORT_BYTES, NotAReport, parse
 from app.events.bounces.schemas import IngestedOut
 from app.events.bounces.service import record_report
-from app.events.service import tally
 
 router = APIRouter(prefix="/api/v1/hooks", tags=["events"])
 
