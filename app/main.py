@@ -67,9 +67,8 @@ class Reporting(Protocol):
 
 @dataclass(slots=True)
 class Loops:
-    """The loops this process runs, for /readyz and /metrics; None while one does not run."""
+    """The loops this process runs, for /readyz; None while one does not run."""
 
-    metrics: Metrics
     dispatcher: Dispatcher | None = None
     sender: Sender | None = None
     purge: PurgeLoop | None = None
@@ -81,6 +80,8 @@ class Loops:
 
 LOOPS: Part[Loops] = Part("loops")
 LoopsDep = Annotated[Loops, Depends(LOOPS.dependency())]
+METRICS: Part[Metrics] = Part("metrics")
+MetricsDep = Annotated[Metrics, Depends(METRICS.dependency())]
 
 
 @asynccontextmanager
@@ -90,7 +91,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         core = await stack.enter_async_context(open_core(settings))
         stack.push_async_callback(core.auth.aclose)  # before the engine is disposed
         install(app, core)
-        loops = Loops(core.metrics)
+        METRICS.set(app, core.metrics)
+        loops = Loops()
         LOOPS.set(app, loops)
         if settings.dispatcher:
             loops.dispatcher = await stack.enter_async_context(running_dispatcher(core))
@@ -190,7 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_console(app)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    async def metrics(sessions: SessionsDep, loops: LoopsDep) -> Response:
+    async def metrics(sessions: SessionsDep, metrics: MetricsDep) -> Response:
         """Prometheus' text format: this process's counters and histograms, and the queue,
         loops and profiles as read from the database (the same on every replica)."""
         try:
@@ -199,7 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except (OSError, SQLAlchemyError) as err:
             log.warning("/metrics: the database could not be read: %s", err)
             shared = None
-        return Response(loops.metrics.render(shared), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(shared), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"], response_class=PlainTextResponse)
     async def healthz() -> PlainTextResponse:

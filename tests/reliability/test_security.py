@@ -37,6 +37,7 @@ from app.egress import EgressPolicy, parse_networks
 from app.main import create_app
 from app.messages.deps import SENDING
 from app.messages.schemas import LINE_BREAKS
+from app.servers.deps import PROFILES
 from app.servers.models import ServerProfile
 from app.throttle import Throttle
 from app.transports import smtp
@@ -487,7 +488,7 @@ async def save_smtp(admin: httpx.AsyncClient, name: str, host: str, port: int = 
 
 @pytest.mark.anyio
 async def test_hostile_hosts_are_refused_at_save(
-    admin: httpx.AsyncClient, runtime: Core, report: Report
+    admin: httpx.AsyncClient, app_runtime: tuple[Any, Core], report: Report
 ) -> None:
     """Check 26: with the deny list configured, the 13 hostile addresses and a name resolving to
     one are refused at save (422, 14/14). By default (DESIGN.md: LAN relays and localhost stay
@@ -497,7 +498,8 @@ async def test_hostile_hosts_are_refused_at_save(
     assert refused_by_default == sorted(["169.254.169.254", "fe80::1"])
     assert {code for h, code in default.items() if h not in refused_by_default} == {201}
 
-    runtime.egress = EgressPolicy(deny=parse_networks(HOSTILE_DENY))
+    egress = EgressPolicy(deny=parse_networks(HOSTILE_DENY))
+    PROFILES.set(app_runtime[0], replace(PROFILES.of(app_runtime[0]), egress=egress))
     configured = {
         host: await save_smtp(admin, f"h{i}", host) for i, host in enumerate(HOSTILE_HOSTS)
     }
@@ -613,14 +615,19 @@ async def test_dns_rebinding_is_caught_at_connect_time(
 
 @pytest.mark.anyio
 async def test_the_port_allow_list(
-    admin: httpx.AsyncClient, runtime: Core, listener: CountingListener, report: Report
+    admin: httpx.AsyncClient,
+    app_runtime: tuple[Any, Core],
+    listener: CountingListener,
+    report: Report,
 ) -> None:
     """Check 26: with POSTROOM_EGRESS_PORTS=25,465,587,2525 a port outside it is refused at save
     (422 naming settings.port) and at connect (0 connections); by default (DESIGN.md: LAN relays
     use odd ports) any port is allowed."""
+    app, runtime = app_runtime
     assert runtime.settings.egress_ports == ""
     assert await save_smtp(admin, "odd_default", "127.0.0.1", 2526) == 201
-    runtime.egress = EgressPolicy(deny=(), ports=frozenset({25, 465, 587, 2525}))
+    egress = EgressPolicy(deny=(), ports=frozenset({25, 465, 587, 2525}))
+    PROFILES.set(app, replace(PROFILES.of(app), egress=egress))
     refused = await admin.post(
         "/api/v1/servers",
         json={"name": "odd", "type": "smtp", "settings": {"host": "mail.invalid", "port": 2526}},
@@ -632,7 +639,7 @@ async def test_the_port_allow_list(
 
     async with httpx.AsyncClient() as http:
         context = runtime.transport_context
-        context = type(context)(http, runtime.egress, context.logger)
+        context = type(context)(http, egress, context.logger)
         transport = smtp.create("t", smtp.SmtpConfig(host="127.0.0.1", port=listener.port), context)
         with pytest.raises(ConfigError) as caught:
             await transport.send(make_message())
