@@ -29,7 +29,7 @@ typecheck: $(STAMP)
 check: test lint typecheck
 
 openapi: $(STAMP)
-	$(BIN)/python -m app.openapi > openapi/openapi.json
+	$(BIN)/python -m app.openapi_export > openapi/openapi.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,24 +11,27 @@ app/cli_errors.py explains them.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
-import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from app.cli_errors import check_secret_keys, fail, input_errors, user_errors
-from app.config import Settings
+from app.cli_process import (
+    configure_logging,
+    freeze_start_up_objects,
+    limit_malloc_arenas,
+    run,
+    run_loop,
+    settings_of,
+)
 
 if TYPE_CHECKING:
-    from app.audit.service import Actor
     from app.delivery.probe import VerifyOutcome
-    from app.deps import Runtime
+    from app.identity import Actor
+    from app.wiring import Core
 
 cli = typer.Typer(
     help="Postroom: outgoing mail as a REST service.",
@@ -37,62 +40,6 @@ cli = typer.Typer(
 )
 users_cli = typer.Typer(help="Manage API users.", no_args_is_help=True)
 cli.add_typer(users_cli, name="users")
-
-T = TypeVar("T")
-
-
-QUIET_AT_DEBUG = ("aiosqlite",)
-"""Loggers kept at INFO when POSTROOM_LOG_LEVEL is DEBUG: aiosqlite logs every call it makes, 9 of
-10 lines, burying the SMTP transcripts that DEBUG is asked for."""
-
-
-def _logging(settings: Settings) -> None:
-    """The root logger at POSTROOM_LOG_LEVEL; alembic no longer resets it (app/migrate.py)."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    if logging.getLogger().level <= logging.DEBUG:
-        for name in QUIET_AT_DEBUG:
-            logging.getLogger(name).setLevel(logging.INFO)
-
-
-def _freeze_start_up_objects() -> None:
-    """Take what start-up built (modules, schemas, mappers, routes) out of the garbage
-    collector's sight. A full collection walked all of it, ~140 ms with every request waiting:
-    that was the API's p99. Collections now walk only what requests and deliveries allocate."""
-    gc.collect()
-    gc.freeze()
-
-
-def _settings(**overrides: Any) -> Settings:
-    """Settings from the environment; a bad value is one line naming its variable (exit 2)."""
-    with user_errors():
-        return Settings(**overrides)
-
-
-def _loop(main: Coroutine[Any, Any, T]) -> T:
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
-
-
-def _run(work: Callable[[Runtime], Awaitable[T]], settings: Settings | None = None) -> T:
-    """Run `work` with the whole runtime (database, keys, HTTP client), as the service has it."""
-    settings = settings or _settings()
-
-    async def main() -> T:
-        from app.main import open_runtime
-        from app.schemas import local_domains
-
-        with local_domains(settings.allow_local_domains):
-            async with open_runtime(settings) as runtime:
-                return await work(runtime)
-
-    with user_errors(settings):
-        check_secret_keys(settings)
-        return _loop(main())
 
 
 @cli.command()
@@ -126,7 +73,7 @@ def serve(
         "bounce_port": bounce_port,
         "submission_port": submission_port,
     }
-    settings = _settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = settings_of(**{k: v for k, v in overrides.items() if v is not None})
     with user_errors(settings):
         check_secret_keys(settings)
     try:
@@ -134,9 +81,9 @@ def serve(
             tls_context(settings)  # said in one line here, not as the lifespan's traceback
     except CertificateError as err:
         fail(str(err), 2)
-    _logging(settings)
+    configure_logging(settings)
     app = create_app(settings)
-    _freeze_start_up_objects()
+    freeze_start_up_objects()
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
 
 
@@ -149,36 +96,38 @@ def worker(
     """Run the dispatcher, the webhook sender and the retention purge: several workers share a
     PostgreSQL outbox."""
     from app.delivery.dispatcher import Dispatcher
-    from app.main import running_dispatcher, running_sender
     from app.retention.purge import Purge
     from app.retention.running import running_purge
     from app.webhooks.sender import Sender
+    from app.wiring import running_dispatcher, running_sender
 
-    settings = _settings()
-    _logging(settings)
+    settings = settings_of()
+    configure_logging(settings)
 
-    async def work(runtime: Runtime) -> None:
+    async def work(core: Core) -> None:
         if once:
-            dispatcher = Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics)
+            dispatcher = Dispatcher(
+                core.sessions, settings, core.transports, core.metrics, core.ledger
+            )
             await dispatcher.drain()
-            await runtime.transports.aclose()
-            sender = Sender(runtime.sessions, settings, runtime.box, runtime.http, runtime.metrics)
+            await core.transports.aclose()
+            sender = Sender(core.sessions, settings, core.box, core.http, core.metrics)
             await sender.drain()
-            await Purge(runtime.sessions, settings).step()
+            await Purge(core.sessions, settings).step()
             return
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with (  # supervised: they never die
-            running_dispatcher(runtime, loop="worker"),
-            running_sender(runtime),
-            running_purge(runtime),
+            running_dispatcher(core, loop="worker"),
+            running_sender(core),
+            running_purge(core.sessions, settings, core.metrics),
         ):
-            _freeze_start_up_objects()
+            freeze_start_up_objects()
             await stop.wait()
 
-    _run(work, settings)
+    run(work, settings)
 
 
 @cli.command()
@@ -186,8 +135,8 @@ def migrate(revision: str = "head") -> None:
     """Upgrade the database schema to REVISION (default: the latest)."""
     from app import migrate as migrations
 
-    settings = _settings()
-    _logging(settings)
+    settings = settings_of()
+    configure_logging(settings)
     with user_errors(settings):
         migrations.upgrade(settings, revision)
 
@@ -196,7 +145,7 @@ def _operator() -> Actor:
     """Who runs this command (the system's user name), as the audit log records its changes."""
     import getpass
 
-    from app.audit.service import Actor
+    from app.identity import Actor
 
     try:
         name = getpass.getuser()
@@ -223,14 +172,14 @@ def users_add(
     except ValidationError as err:
         fail(f"invalid user: {input_errors(err)}", 2)
 
-    async def work(runtime: Runtime) -> str | None:
-        async with transaction(runtime.sessions) as session:
+    async def work(core: Core) -> str | None:
+        async with transaction(core.sessions) as session:
             _, generated = await users.create_user(
                 session, body.name, body.role, body.password, actor=_operator()
             )
         return generated
 
-    generated = _run(work)
+    generated = run(work)
     typer.echo(f"created {role} {name}" + (f" with password {generated}" if generated else ""))
 
 
@@ -240,11 +189,11 @@ def users_list() -> None:
     from app.db import transaction
     from app.users import service as users
 
-    async def work(runtime: Runtime) -> list[tuple[str, str]]:
-        async with transaction(runtime.sessions) as session:
+    async def work(core: Core) -> list[tuple[str, str]]:
+        async with transaction(core.sessions) as session:
             return [(u.name, u.role) for u in await users.list_users(session)]
 
-    for name, role in _run(work):
+    for name, role in run(work):
         typer.echo(f"{name}\t{role}")
 
 
@@ -258,14 +207,14 @@ def send(
 ) -> None:
     """Queue a message, as POST /api/v1/messages would; a running dispatcher delivers it.
 
-    It needs the database only, not the service's runtime (keys, HTTP client, transports): it
+    It needs the database only, not the service's core (keys, HTTP client, transports): it
     opens just that, so it starts quickly."""
     from pydantic import ValidationError
 
     from app.messages.schemas import MessageIn
     from app.schemas import local_domains
 
-    settings = _settings()
+    settings = settings_of()
     try:
         with local_domains(settings.allow_local_domains):
             body = MessageIn.model_validate(
@@ -277,9 +226,9 @@ def send(
     async def work() -> str:
         from app import migrate as migrations
         from app.db import create_engine, sessionmaker, transaction
+        from app.identity import Principal
         from app.messages import service as messages
         from app.messages.service import Caller
-        from app.security import Principal
 
         if settings.is_sqlite:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -295,7 +244,7 @@ def send(
         return accepted.id
 
     with user_errors(settings):
-        typer.echo(_loop(work()))
+        typer.echo(run_loop(work()))
 
 
 @cli.command()
@@ -304,12 +253,12 @@ def verify(name: str) -> None:
     from app.db import transaction
     from app.delivery import probe
 
-    async def work(runtime: Runtime) -> VerifyOutcome:
-        async with transaction(runtime.sessions) as session:
-            found = await probe.candidate(session, runtime.profiles, name, {})
-        return await probe.verify(found, runtime.transport_context, runtime.resolver)
+    async def work(core: Core) -> VerifyOutcome:
+        async with transaction(core.sessions) as session:
+            found = await probe.candidate(session, core.profiles, name, {})
+        return await probe.verify(found, core.transport_context, core.resolver)
 
-    outcome = _run(work)
+    outcome = run(work)
     for step in outcome.steps:
         mark = "ok  " if step.ok else "FAIL"
         typer.echo(f"{mark} {step.name:<10} {step.duration_ms:8.1f} ms  {step.detail}")
@@ -342,7 +291,8 @@ def ingest(
     (or is over 1 MiB); 75 (EX_TEMPFAIL: the MTA retries) for anything else, a database that
     does not answer included."""
     from app.events.bounces.dsn import MAX_REPORT_BYTES, NotAReport, parse
-    from app.events.bounces.service import Bounces, Ingested
+    from app.events.bounces.service import Ingested
+    from app.wiring import bounces
 
     raw = sys.stdin.buffer.read(MAX_REPORT_BYTES + 1)
     try:
@@ -350,12 +300,11 @@ def ingest(
     except NotAReport as err:
         fail(str(err), EX_DATAERR)
 
-    async def work(runtime: Runtime) -> Ingested:
-        bounces = Bounces(runtime.sessions, runtime.transports.verp, runtime.metrics)
-        return await bounces.record(report, recipient or ())
+    async def work(core: Core) -> Ingested:
+        return await bounces(core).record(report, recipient or ())
 
     try:
-        done = _run(work)
+        done = run(work)
     except typer.Exit as err:  # the one line is said: only the code changes
         raise typer.Exit(EX_TEMPFAIL) from err
     except Exception as err:
@@ -373,8 +322,8 @@ def rotate_keys() -> None:
     from app.db import transaction
     from app.servers.models import ServerProfile
 
-    async def work(runtime: Runtime) -> int:
-        async with transaction(runtime.sessions) as session:
+    async def work(core: Core) -> int:
+        async with transaction(core.sessions) as session:
             profiles = list(
                 await session.scalars(
                     select(ServerProfile).where(
@@ -386,32 +335,14 @@ def rotate_keys() -> None:
             )
             for profile in profiles:
                 if profile.secrets is not None:
-                    profile.secrets = runtime.box.rotate(profile.secrets)
+                    profile.secrets = core.box.rotate(profile.secrets)
                 if profile.dkim_keys is not None:
-                    profile.dkim_keys = runtime.box.rotate(profile.dkim_keys)
+                    profile.dkim_keys = core.box.rotate(profile.dkim_keys)
         return len(profiles)
 
-    typer.echo(f"re-encrypted the secrets of {_run(work)} profiles")
-
-
-M_ARENA_MAX = -8
-"""glibc's mallopt parameter for the number of malloc arenas (malloc.h)."""
-
-
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives threads malloc arenas of their own and seldom hands their memory back: filling
-    a queue of 100,000 messages grew the process by ~100 MiB in them (aiosqlite runs every query
-    on its own thread). Two arenas keep it at its start-up size. MALLOC_ARENA_MAX, when set, wins;
-    elsewhere than glibc this does nothing."""
-    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_ARENA_MAX, arenas)
+    typer.echo(f"re-encrypted the secrets of {run(work)} profiles")
 
 
 def main() -> None:
-    _limit_malloc_arenas()
+    limit_malloc_arenas()
     cli()

@@ -48,8 +48,8 @@ def explain(err: BaseException, settings: Settings | None = None) -> Failure | N
         )
     if isinstance(err, ValidationError) and err.title == "Settings":
         return Failure(f"invalid setting: {_settings_errors(err)}", 2)
-    main = sys.modules.get("app.main")  # loaded whenever a StartupError can have been raised
-    if main is not None and isinstance(err, main.StartupError):
+    wiring = sys.modules.get("app.wiring")  # loaded whenever a StartupError can have been raised
+    if wiring is not None and isinstance(err, wiring.StartupError):
         return Failure(str(err), 2)
     where = _database(settings)
     if isinstance(err, DBAPIError) and _missing_schema(err):

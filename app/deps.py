@@ -1,109 +1,75 @@
-"""What endpoints depend on, as Annotated aliases: the session, the settings, the caller.
+"""What every endpoint may depend on, as Annotated aliases: the session, the settings, the caller;
+and `Part`, the typed slot through which each package declares the running service's parts it
+needs (its own `deps` module: the lifespan sets them, its routers read them). No bag of
+everything: a router sees the parts its package declared, and nothing else.
 
-Each is one dependency reading the request (no chains of them): FastAPI's cost per request
+Each dependency is one node reading the request (no chains of them): FastAPI's cost per request
 grows with every node of the dependency tree, and POST /messages is the hot path."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Annotated, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Generic, Protocol, TypeVar
 
-import dns.asyncresolver
-import httpx
-from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from fastapi import Depends, FastAPI, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.audit.service import Actor
 from app.config import Settings
-from app.crypto import SecretBox
-from app.delivery.dispatcher import Dispatcher
-from app.delivery.transports import TransportCache
-from app.dkim import lookup
-from app.egress import EgressPolicy
-from app.messages.intake import Intake
-from app.metrics import Metrics
-from app.retention.purge import PurgeLoop
-from app.security import Authenticator, Principal, require_role
-from app.servers.service import Profiles
-from app.throttle import Throttle
-from app.transports.base import TransportContext
-from app.webhooks.sender import Sender
+from app.identity import Actor, Principal, require_role
+
+T = TypeVar("T")
 
 
-class Reporting(Protocol):
-    """A loop that tells /readyz what keeps it from working (None: nothing)."""
+class Part(Generic[T]):
+    """One typed part of the running service, kept in `app.state` under `name`."""
 
-    def problem(self) -> str | None: ...
+    __slots__ = ("name",)
 
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-@dataclass(slots=True)
-class Runtime:
-    """Everything the running service shares, built once by the lifespan."""
+    def set(self, app: FastAPI, value: T) -> None:
+        setattr(app.state, self.name, value)
 
-    settings: Settings
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    box: SecretBox
-    egress: EgressPolicy
-    auth: Authenticator
-    http: httpx.AsyncClient
-    transport_context: TransportContext
-    transports: TransportCache
-    metrics: Metrics
-    test_sends: Throttle
-    """Test sends per profile per minute, shared by every replica."""
-    sends: Throttle | None
-    """Per-user POST /messages limit, when configured, shared by every replica."""
-    intake: Intake
-    """Stores POST /messages in shared transactions (group commit)."""
-    wake: Callable[[], None] = lambda: None
-    """Tells the in-process dispatcher that a message was queued."""
-    dispatcher: Dispatcher | None = None
-    """This process's dispatcher, while it runs one (for /readyz)."""
-    sender: Sender | None = None
-    """This process's webhook sender, while it runs one (for /readyz)."""
-    purge: PurgeLoop | None = None
-    """This process's retention purge, while it runs one (beside its dispatcher; for /readyz)."""
-    submission: Reporting | None = None
-    """This process's SMTP submission listener, while it runs one (for /readyz)."""
+    def of(self, app: FastAPI) -> T:
+        value: T = getattr(app.state, self.name)
+        return value
 
-    def queued(self) -> None:
-        self.wake()
+    def dependency(self) -> Callable[[Request], Awaitable[T]]:
+        """The endpoint dependency reading it: one node, no chain."""
 
-    @property
-    def profiles(self) -> Profiles:
-        return Profiles(self.box, self.egress, self.settings.public_url)
+        async def read(request: Request) -> T:
+            return self.of(request.app)
 
-    @property
-    def resolver(self) -> dns.asyncresolver.Resolver:
-        """For DKIM record checks: POSTROOM_DNS_SERVERS, else the system's resolvers."""
-        return lookup.resolver(self.settings.resolvers)
+        return read
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+class Authenticating(Protocol):
+    """What the endpoints need of the authenticator (app.security.Authenticator)."""
+
+    async def authenticate(self, header: str | None, client: str) -> Principal: ...
+
+    async def verify(
+        self, name: str, password: str, client: str, *, accept_tokens: bool = True
+    ) -> Principal: ...
+
+    def changed(self, name: str) -> None: ...
 
 
-async def get_runtime(request: Request) -> Runtime:
-    return _runtime(request)
+SETTINGS: Part[Settings] = Part("settings")
+SESSIONS: Part[async_sessionmaker[AsyncSession]] = Part("sessions")
+AUTH: Part[Authenticating] = Part("auth")
 
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-async def get_settings(request: Request) -> Settings:
-    return _runtime(request).settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(SETTINGS.dependency())]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(SESSIONS.dependency())]
+"""For an endpoint that opens its own sessions (no session held across its network I/O)."""
+AuthDep = Annotated[Authenticating, Depends(AUTH.dependency())]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's session: committed once when the endpoint returns, before the response is
     sent; rolled back when it raises."""
-    async with _runtime(request).sessions() as session, session.begin():
+    async with SESSIONS.of(request.app)() as session, session.begin():
         yield session
 
 
@@ -116,7 +82,7 @@ def client_address(request: Request) -> str:
 
 async def _caller(request: Request) -> Principal:
     header = request.headers.get("authorization")
-    return await _runtime(request).auth.authenticate(header, client_address(request))
+    return await AUTH.of(request.app).authenticate(header, client_address(request))
 
 
 async def admin_user(request: Request) -> Principal:

@@ -1,6 +1,6 @@
 """The API's OpenAPI document, as served at /openapi.json and kept in openapi/openapi.json.
 
-Print it: `python -m app.openapi > openapi/openapi.json`.
+Print it: `python -m app.openapi_export > openapi/openapi.json` (`make openapi`).
 
 Every body model forbids unknown fields (CamelModel: extra="forbid"), and pydantic says so
 (`additionalProperties: false`). A few bodies are read as plain objects and validated by such a
@@ -11,11 +11,9 @@ objects, so a client or a fuzzer reading the document would send fields that are
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from app.config import Settings
 from app.servers.schemas import PROFILE_MODELS
 
 if TYPE_CHECKING:
@@ -107,17 +105,3 @@ def install(app: FastAPI) -> None:
         return tighten(generate())
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def document() -> Document:
-    from app.main import create_app
-
-    return create_app(Settings(_env_file=None)).openapi()
-
-
-def render() -> str:
-    return json.dumps(document(), indent=2, sort_keys=True) + "\n"
-
-
-if __name__ == "__main__":
-    print(render(), end="")  # noqa: T201

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import idna
 from email_validator import EmailNotValidError, validate_email
@@ -17,9 +17,11 @@ from email_validator.rfc_constants import (
     DOT_ATOM_TEXT,
     EMAIL_MAX_LENGTH,
 )
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic.alias_generators import to_camel
-from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class CamelModel(BaseModel):
@@ -207,3 +209,6 @@ def a_labels(address: str) -> str:
 
 Integer = Annotated[int, Strict()]
 """An integer in the body: JSON true/false or "25" are refused, not read as 1/0 or 25."""
+
+ProfileName = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_]+$")]
+"""A server profile's name: users, themes and suppressions name profiles too."""

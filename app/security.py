@@ -7,8 +7,6 @@ within a second."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
 import logging
@@ -23,7 +21,8 @@ from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import utcnow
-from app.errors import Forbidden, Unauthorized
+from app.errors import Unauthorized
+from app.identity import CHALLENGE, Principal, parse_basic
 from app.lockout import Lockout
 from app.throttle import Throttle
 from app.users import tokens
@@ -52,26 +51,6 @@ T = TypeVar("T")
 MAX_CACHED = 10_000
 MAX_CLIENTS = 1_000
 
-CHALLENGE = {"WWW-Authenticate": 'Basic realm="postroom", charset="UTF-8", Bearer realm="postroom"'}
-"""Basic first: Sisense and curl -u answer it; token clients send their Bearer unasked."""
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling, with the sending bounds of its user row (None: the defaults; see
-    app.messages.bounds), read with the role so a change to either reaches every replica within
-    RECHECK_SECONDS."""
-
-    name: str
-    role: str
-    allowed_from: tuple[str, ...] | None = None
-    allowed_servers: frozenset[str] | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
 PRINCIPAL_COLUMNS = (User.name, User.role, User.allowed_from, User.allowed_servers)
 """The user columns a Principal is made of: select them and hand the row to `principal_of`."""
 
@@ -84,19 +63,6 @@ def principal_of(row: Row[Any]) -> Principal:
         None if row.allowed_from is None else tuple(row.allowed_from),
         None if row.allowed_servers is None else frozenset(row.allowed_servers),
     )
-
-
-def parse_basic(header: str | None) -> tuple[str, str]:
-    if not header or not header[:6].lower() == "basic ":
-        raise Unauthorized("HTTP Basic credentials required", headers=CHALLENGE)
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError) as err:
-        raise Unauthorized("malformed Basic credentials", headers=CHALLENGE) from err
-    name, sep, password = decoded.partition(":")
-    if not sep:
-        raise Unauthorized("malformed Basic credentials", headers=CHALLENGE)
-    return name, password
 
 
 @dataclass(slots=True)
@@ -417,9 +383,3 @@ class Authenticator:
 def _monotonic(when: datetime) -> float:
     """The monotonic time of a wall-clock instant (an expiry): cached entries compare those."""
     return time.monotonic() + (when - utcnow()).total_seconds()
-
-
-def require_role(principal: Principal, *roles: str) -> Principal:
-    if principal.role not in roles:
-        raise Forbidden(f"this needs the {' or '.join(roles)} role")
-    return principal

@@ -32,9 +32,9 @@ from app.crypto import load_secret_box
 from app.db import create_engine, new_id, sessionmaker, transaction, update_by_id, utcnow
 from app.delivery.compose import compose, new_message_id
 from app.delivery.grouping import Batch
+from app.delivery.links import Links
 from app.delivery.models import ATTEMPTS, MESSAGES, RECIPIENTS, Recipient
 from app.messages.content import composed
-from app.suppressions.unsubscribe import Links
 from app.transports.base import Address
 
 BATCH = 128

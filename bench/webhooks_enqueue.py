@@ -27,8 +27,9 @@ from sqlalchemy import delete, insert, text
 from app import migrate
 from app.config import Settings
 from app.db import create_engine, new_id, sessionmaker, transaction, utcnow
+from app.delivery.vocabulary import DeliveryEvent
 from app.events import service as events
-from app.events.service import DeliveryEvent, record_events
+from app.events.service import record_events
 from app.webhooks import enqueue
 from app.webhooks.models import DELIVERIES, ENDPOINTS, SUBSCRIPTIONS
 

@@ -17,9 +17,9 @@ import pytest
 
 from app import migrate
 from app.config import Settings
-from app.deps import Runtime
 from app.main import create_app
 from app.tables import Base
+from app.wiring import CORE, Core
 
 pytest_plugins = ["tests.smtpd", "tests.imapd"]
 
@@ -133,26 +133,26 @@ def settings(tmp_path: Path, request: pytest.FixtureRequest, pg_migrated: str | 
 
 
 @pytest.fixture
-async def app_runtime(settings: Settings) -> AsyncIterator[tuple[Any, Runtime]]:
+async def app_runtime(settings: Settings) -> AsyncIterator[tuple[Any, Core]]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        yield app, app.state.runtime
+        yield app, CORE.of(app)
 
 
 @pytest.fixture
-def runtime(app_runtime: tuple[Any, Runtime]) -> Runtime:
+def runtime(app_runtime: tuple[Any, Core]) -> Core:
     return app_runtime[1]
 
 
 @pytest.fixture
-async def anon(app_runtime: tuple[Any, Runtime]) -> AsyncIterator[httpx.AsyncClient]:
+async def anon(app_runtime: tuple[Any, Core]) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app_runtime[0], client=("203.0.113.7", 5555))
     async with httpx.AsyncClient(transport=transport, base_url="http://postroom.test") as client:
         yield client
 
 
 @pytest.fixture
-async def admin(app_runtime: tuple[Any, Runtime]) -> AsyncIterator[httpx.AsyncClient]:
+async def admin(app_runtime: tuple[Any, Core]) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app_runtime[0], client=("203.0.113.8", 5555))
     async with httpx.AsyncClient(
         transport=transport, base_url="http://postroom.test", headers=basic(ADMIN)
@@ -162,7 +162,7 @@ async def admin(app_runtime: tuple[Any, Runtime]) -> AsyncIterator[httpx.AsyncCl
 
 @pytest.fixture
 async def sender(
-    admin: httpx.AsyncClient, app_runtime: tuple[Any, Runtime]
+    admin: httpx.AsyncClient, app_runtime: tuple[Any, Core]
 ) -> AsyncIterator[httpx.AsyncClient]:
     response = await admin.post(
         "/api/v1/users",

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
 from app.schemas import _email, _no_control, _validated, is_local_domain, local_domains
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.smtpd import StartServer
 
@@ -141,7 +141,7 @@ def refused(response: httpx.Response, field: str) -> None:
 async def test_messages(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     settings: Settings,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -161,7 +161,9 @@ async def test_messages(
     bounds = {"allowedFrom": ["corp.local"]}
     assert (await admin.patch("/api/v1/users/sender", json=bounds)).status_code == 200
     message_id = await send(sender, **body)
-    await Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics).drain()
+    await Dispatcher(
+        runtime.sessions, settings, runtime.transports, runtime.metrics, runtime.ledger
+    ).drain()
 
     assert (await record(sender, message_id))["status"] == "sent"
     [received] = server.transactions

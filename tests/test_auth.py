@@ -15,11 +15,11 @@ from sqlalchemy import event, func, select
 
 import app.users.passwords
 from app.config import Settings
-from app.deps import Runtime
 from app.errors import Unauthorized
 from app.main import create_app
 from app.security import RECHECK_SECONDS, VERIFYING_AT_ONCE
 from app.users.models import LoginFailures, TrustedLogin, User
+from app.wiring import CORE, Core
 from tests.conftest import ADMIN, SENDER, basic
 
 pytestmark = pytest.mark.anyio
@@ -203,7 +203,7 @@ async def test_throttle_is_per_client(anon: httpx.AsyncClient, admin: httpx.Asyn
 
 
 async def test_password_hashes_are_argon2id_with_owasp_parameters(
-    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     async with runtime.sessions() as session:
         hashes = list(await session.scalars(select(User.password_hash)))
@@ -237,7 +237,7 @@ async def until_status(
 
 
 @pytest.fixture
-async def replica(settings: Settings, app_runtime: tuple[Any, Runtime]) -> AsyncIterator[Any]:
+async def replica(settings: Settings, app_runtime: tuple[Any, Core]) -> AsyncIterator[Any]:
     other = create_app(settings.model_copy(update={"migrate_on_start": False}))
     async with other.router.lifespan_context(other):
         yield other
@@ -283,7 +283,7 @@ async def test_a_role_change_reaches_the_other_replica_within_a_second(
 
 
 async def test_cached_credentials_read_the_user_row_twice_a_second_at_most(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     """argon2 stays off the hot path, and so does the re-read: not one SELECT per request."""
     reads: list[str] = []
@@ -307,7 +307,7 @@ async def test_cached_credentials_read_the_user_row_twice_a_second_at_most(
 
 
 async def test_concurrent_requests_on_a_due_credential_read_the_row_once(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     """Under load, the requests that find a credential due do not each re-read its row (each
     read is a transaction of its own: on SQLite it would split the intake's group commits)."""
@@ -341,19 +341,19 @@ async def test_the_failed_login_throttle_is_shared_by_replicas(
         assert (await anon.get("/api/v1/servers", headers=wrong)).status_code == 429
 
 
-def unthrottled(*runtimes: Runtime) -> None:
+def unthrottled(*runtimes: Core) -> None:
     """Lift the per-address throttle, to reach the lockout behind it."""
     for runtime in runtimes:
         runtime.auth.throttle.limit = 10**6
 
 
 async def test_a_brute_forcer_locks_itself_out_not_the_admin(
-    anon: httpx.AsyncClient, runtime: Runtime, replica: Any
+    anon: httpx.AsyncClient, runtime: Core, replica: Any
 ) -> None:
     """One address guessing the admin's password is locked out of that account after a tenth of
     the account's limit (10), on every replica; the admin logging in from an address it never
     used before still gets in, and the account's own lock never engages."""
-    unthrottled(runtime, replica.state.runtime)
+    unthrottled(runtime, CORE.of(replica))
     wrong = basic((ADMIN[0], "guess"))
     async with (
         client_of(replica, "203.0.113.7") as attacker_b,
@@ -373,12 +373,12 @@ async def test_a_brute_forcer_locks_itself_out_not_the_admin(
 
 
 async def test_the_account_locks_for_new_clients_across_replicas_trusted_ones_get_in(
-    admin: httpx.AsyncClient, runtime: Runtime, replica: Any, monkeypatch: pytest.MonkeyPatch
+    admin: httpx.AsyncClient, runtime: Core, replica: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Guesses from many addresses, on both replicas, lock the name at the account's limit for
     every client that is not trusted; a client that logged in on replica A with that password
     still gets in on replica B, which never saw it (the trusted-login key is the same there)."""
-    second: Runtime = replica.state.runtime
+    second: Core = CORE.of(replica)
     assert (await admin.get("/api/v1/servers")).status_code == 200  # 203.0.113.8, on A
     real_verify = app.users.passwords.verify_password  # argon2 for the right password only
     monkeypatch.setattr(
@@ -409,9 +409,7 @@ async def test_the_account_locks_for_new_clients_across_replicas_trusted_ones_ge
     assert all(ADMIN[1] not in key and key not in hashes for key in trusted)
 
 
-async def test_a_success_resets_the_address_counter(
-    anon: httpx.AsyncClient, runtime: Runtime
-) -> None:
+async def test_a_success_resets_the_address_counter(anon: httpx.AsyncClient, runtime: Core) -> None:
     unthrottled(runtime)
     for _ in range(9):
         assert_challenge(await anon.get("/api/v1/servers", headers=basic((ADMIN[0], "typo"))))

@@ -24,8 +24,8 @@ from app.audit.models import AuditEntry
 from app.cli import cli
 from app.config import Settings
 from app.errors import Unauthorized
-from app.main import open_runtime
-from app.security import Principal
+from app.identity import Principal
+from app.wiring import open_core
 from tests.conftest import basic
 from tests.reliability.crash import free_port
 
@@ -46,7 +46,7 @@ def cli_env(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def login(settings: Settings, name: str, password: str) -> Principal:
     async def check() -> Principal:
-        async with open_runtime(settings) as runtime:
+        async with open_core(settings) as runtime:
             header = basic((name, password))["Authorization"]
             return await runtime.auth.authenticate(header, "cli-test")
 
@@ -77,7 +77,7 @@ def test_users_add_is_in_the_audit_log_as_the_system_user(
     assert result.exit_code == 0, result.output
 
     async def logged() -> list[AuditEntry]:
-        async with open_runtime(settings) as runtime, runtime.sessions() as session:
+        async with open_core(settings) as runtime, runtime.sessions() as session:
             where = audit.Filter(target="user:billing")
             return (await audit.search(session, where, limit=10, cursor=None))[0]
 

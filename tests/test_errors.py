@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -13,9 +14,10 @@ from pydantic import BaseModel, ValidationError, field_validator, model_validato
 
 from app.config import Settings
 from app.crypto import SecretBox
-from app.deps import Runtime
 from app.errors import FieldsError, field_path, validation_details
 from app.schemas import CamelModel
+from app.servers.deps import PROFILES
+from app.wiring import Core
 from tests.conftest import ADMIN, basic
 from tests.servers.helpers import body, create
 
@@ -178,11 +180,12 @@ async def test_validation_details_name_fields_by_camel_case_path(admin: httpx.As
 
 
 async def test_an_unexpected_error_is_a_500_in_the_shape(
-    app_runtime: tuple[Any, Runtime], admin: httpx.AsyncClient
+    app_runtime: tuple[Any, Core], admin: httpx.AsyncClient
 ) -> None:
-    app, runtime = app_runtime
+    app = app_runtime[0]
     await create(admin, body("sendgrid", "one"))
-    runtime.box = SecretBox([Fernet.generate_key().decode()])  # the keys were changed under us
+    changed = SecretBox([Fernet.generate_key().decode()])  # the keys were changed under us
+    PROFILES.set(app, replace(PROFILES.of(app), box=changed))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://postroom.test", headers=basic(ADMIN)

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from app import migrate
 from app.config import Settings
 from app.db import DurabilityError, check_durability, create_engine
-from app.deps import Runtime
 from app.tables import Base
+from app.wiring import Core
 from tests.conftest import PG_URL
 
 TABLES = {t.name for t in Base.metadata.sorted_tables}
@@ -78,7 +78,7 @@ def walk_down_and_up(settings: Settings) -> None:
 
 
 @pytest.mark.anyio
-async def test_models_and_migrations_agree(runtime: Runtime) -> None:
+async def test_models_and_migrations_agree(runtime: Core) -> None:
     async with runtime.engine.connect() as conn:
         diff = await conn.run_sync(differences)
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
@@ -138,7 +138,7 @@ def test_downgrade_and_upgrade_every_revision_on_postgresql(
 
 
 @pytest.mark.anyio
-async def test_sqlite_pragmas_on_every_pooled_connection(runtime: Runtime) -> None:
+async def test_sqlite_pragmas_on_every_pooled_connection(runtime: Core) -> None:
     if runtime.engine.dialect.name != "sqlite":
         pytest.skip("SQLite only")
     engine = runtime.engine
@@ -160,7 +160,7 @@ async def test_sqlite_pragmas_on_every_pooled_connection(runtime: Runtime) -> No
 
 
 @pytest.mark.anyio
-async def test_foreign_keys_are_enforced(runtime: Runtime) -> None:
+async def test_foreign_keys_are_enforced(runtime: Core) -> None:
     if runtime.engine.dialect.name != "sqlite":
         pytest.skip("SQLite only")
     async with runtime.engine.connect() as conn:
@@ -195,7 +195,7 @@ async def test_durability_check_refuses_a_non_wal_sqlite(tmp_path: Path) -> None
 
 
 @pytest.mark.anyio
-async def test_durability_check_accepts_the_service_engine(runtime: Runtime) -> None:
+async def test_durability_check_accepts_the_service_engine(runtime: Core) -> None:
     await check_durability(runtime.engine)
 
 

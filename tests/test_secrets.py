@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import Settings
 from app.crypto import KEY_FILE, SecretBoxError
-from app.deps import Runtime
 from app.main import create_app
 from app.servers import service
 from app.servers.models import ServerProfile
+from app.wiring import CORE, Core
 from tests.conftest import ADMIN, basic, raw_dump
 from tests.servers.helpers import BODIES, SECRETS, body, secret, stored_config
 
@@ -100,7 +100,7 @@ def tracked_secrets() -> tuple[list[dict[str, Any]], list[str], str]:
 @pytest.mark.anyio
 async def test_no_secret_is_stored_answered_or_logged(
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     settings: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -193,7 +193,7 @@ def run(coro: Awaitable[T]) -> T:
 
 
 async def with_app(
-    settings: Settings, work: Callable[[httpx.AsyncClient, Runtime], Awaitable[T]]
+    settings: Settings, work: Callable[[httpx.AsyncClient, Core], Awaitable[T]]
 ) -> T:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -201,16 +201,16 @@ async def with_app(
         async with httpx.AsyncClient(
             transport=transport, base_url="http://postroom.test", headers=basic(ADMIN)
         ) as client:
-            return await work(client, app.state.runtime)
+            return await work(client, CORE.of(app))
 
 
-async def tokens(runtime: Runtime) -> dict[str, str | None]:
+async def tokens(runtime: Core) -> dict[str, str | None]:
     async with runtime.sessions() as session:
         rows = await session.execute(select(ServerProfile.name, ServerProfile.secrets))
         return {name: token for name, token in rows}
 
 
-async def decrypted(runtime: Runtime) -> dict[str, dict[str, str]]:
+async def decrypted(runtime: Core) -> dict[str, dict[str, str]]:
     async with runtime.sessions() as session:
         profiles = list(await session.scalars(select(ServerProfile)))
         return {p.name: runtime.box.decrypt(p.secrets) for p in profiles if p.secrets is not None}
@@ -221,7 +221,7 @@ def test_key_rotation(settings: Settings, tmp_path: Any, monkeypatch: pytest.Mon
     payloads = [body(type_, f"p_{type_}") for type_ in BODIES]
     expected = {p["name"]: {k: p["settings"][k] for k in SECRETS[p["type"]]} for p in payloads}
 
-    async def store(client: httpx.AsyncClient, runtime: Runtime) -> dict[str, str | None]:
+    async def store(client: httpx.AsyncClient, runtime: Core) -> dict[str, str | None]:
         for payload in payloads:
             assert (await client.post("/api/v1/servers", json=payload)).status_code == 201
         return await tokens(runtime)
@@ -229,7 +229,7 @@ def test_key_rotation(settings: Settings, tmp_path: Any, monkeypatch: pytest.Mon
     old_tokens = run(with_app(settings.model_copy(update={"secret_keys": old}), store))
     assert not (settings.data_dir / KEY_FILE).exists()
 
-    async def read(client: httpx.AsyncClient, runtime: Runtime) -> dict[str, dict[str, str]]:
+    async def read(client: httpx.AsyncClient, runtime: Core) -> dict[str, dict[str, str]]:
         listed = await client.get("/api/v1/servers")
         assert listed.status_code == 200, listed.text
         return await decrypted(runtime)
@@ -252,14 +252,14 @@ def test_key_rotation(settings: Settings, tmp_path: Any, monkeypatch: pytest.Mon
     new_only = settings.model_copy(update={"secret_keys": new})
     assert run(with_app(new_only, read)) == expected
 
-    async def new_tokens(client: httpx.AsyncClient, runtime: Runtime) -> dict[str, str | None]:
+    async def new_tokens(client: httpx.AsyncClient, runtime: Core) -> dict[str, str | None]:
         return await tokens(runtime)
 
     rotated = run(with_app(new_only, new_tokens))
     assert set(rotated) == set(old_tokens)
     assert all(rotated[name] != old_tokens[name] for name in rotated)
 
-    async def old_fails(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    async def old_fails(client: httpx.AsyncClient, runtime: Core) -> None:
         async with runtime.sessions() as session:
             profile = await service.get_profile(session, "p_smtp")
             with pytest.raises(SecretBoxError):
@@ -271,7 +271,7 @@ def test_key_rotation(settings: Settings, tmp_path: Any, monkeypatch: pytest.Mon
 def test_generated_key_file_is_private_and_kept(settings: Settings) -> None:
     assert settings.secret_keys == ""
 
-    async def store(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    async def store(client: httpx.AsyncClient, runtime: Core) -> None:
         assert (await client.post("/api/v1/servers", json=body("mandrill", "m"))).status_code == 201
 
     run(with_app(settings, store))
@@ -281,7 +281,7 @@ def test_generated_key_file_is_private_and_kept(settings: Settings) -> None:
     key = key_file.read_text().strip()
     Fernet(key.encode())  # a valid key
 
-    async def read(client: httpx.AsyncClient, runtime: Runtime) -> str | None:
+    async def read(client: httpx.AsyncClient, runtime: Core) -> str | None:
         return secret(await stored_config(runtime, "m"), "apiKey")
 
     # a restart reads the same key back

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import func, select
 
 from app.config import Settings
-from app.deps import Runtime
 from app.errors import TooManyRequests
 from app.main import create_app
 from app.throttle import COUNTERS, Throttle
+from app.wiring import CORE, Core
 from tests.conftest import ADMIN, SENDER, basic
 from tests.delivery.conftest import add_smtp_profile
 from tests.smtpd import StartServer
@@ -34,7 +34,7 @@ class Clock:
         return self.now
 
 
-def pair(runtime: Runtime, limit: int = 5, clock: Clock | None = None) -> list[Throttle]:
+def pair(runtime: Core, limit: int = 5, clock: Clock | None = None) -> list[Throttle]:
     """Two Throttles of one name: two replicas' view of one limit."""
     return [
         Throttle(runtime.engine, name="t", limit=limit, what="tries", clock=clock or Clock())
@@ -48,7 +48,7 @@ async def refused(throttle: Throttle, key: str, n: int = 1) -> TooManyRequests:
     return caught.value
 
 
-async def test_a_limit_is_shared_by_every_instance(runtime: Runtime) -> None:
+async def test_a_limit_is_shared_by_every_instance(runtime: Core) -> None:
     a, b = pair(runtime)
     for throttle in (a, b, a, b, a):
         await throttle.hit("k")
@@ -60,7 +60,7 @@ async def test_a_limit_is_shared_by_every_instance(runtime: Runtime) -> None:
     await b.hit("other-key")  # per key
 
 
-async def test_the_window_slides_with_the_weighted_estimate(runtime: Runtime) -> None:
+async def test_the_window_slides_with_the_weighted_estimate(runtime: Core) -> None:
     clock = Clock(START + 54)  # 90 % into a window
     a, b = pair(runtime, clock=clock)
     for _ in range(5):
@@ -80,7 +80,7 @@ async def test_the_window_slides_with_the_weighted_estimate(runtime: Runtime) ->
     await a.hit("k", 5)
 
 
-async def test_retry_after_when_the_current_window_is_full(runtime: Runtime) -> None:
+async def test_retry_after_when_the_current_window_is_full(runtime: Core) -> None:
     clock = Clock(START + 15)
     [a, _] = pair(runtime, clock=clock)
     await a.hit("k", 5)
@@ -89,7 +89,7 @@ async def test_retry_after_when_the_current_window_is_full(runtime: Runtime) -> 
     assert error.retry_after == 57
 
 
-async def test_a_batch_is_counted_whole_or_not_at_all(runtime: Runtime) -> None:
+async def test_a_batch_is_counted_whole_or_not_at_all(runtime: Core) -> None:
     [a, b] = pair(runtime)
     await a.hit("k", 3)
     await refused(b, "k", 3)
@@ -100,7 +100,7 @@ async def test_a_batch_is_counted_whole_or_not_at_all(runtime: Runtime) -> None:
     assert error.retry_after == 60
 
 
-async def test_check_and_record_are_the_two_halves(runtime: Runtime) -> None:
+async def test_check_and_record_are_the_two_halves(runtime: Core) -> None:
     a, b = pair(runtime, limit=3)
     for _ in range(3):
         await a.check("client")
@@ -112,12 +112,12 @@ async def test_check_and_record_are_the_two_halves(runtime: Runtime) -> None:
 
 
 async def test_concurrent_hits_never_overshoot(
-    runtime: Runtime, app_runtime: tuple[Any, Runtime], settings: Settings
+    runtime: Core, app_runtime: tuple[Any, Core], settings: Settings
 ) -> None:
     """Two engines (two replicas' connection pools) racing for one limit: exactly 5 pass."""
     other = create_app(settings.model_copy(update={"migrate_on_start": False}))
     async with other.router.lifespan_context(other):
-        second: Runtime = other.state.runtime
+        second: Core = CORE.of(other)
         throttles = [
             Throttle(engine, name="race", limit=5, what="tries")
             for engine in (runtime.engine, second.engine) * 10
@@ -127,7 +127,7 @@ async def test_concurrent_hits_never_overshoot(
     assert all(isinstance(o, TooManyRequests) for o in outcomes if o is not None)
 
 
-async def test_keys_of_any_length_and_character(runtime: Runtime) -> None:
+async def test_keys_of_any_length_and_character(runtime: Core) -> None:
     [a, _] = pair(runtime, limit=1)
     for key in ("nul\0in-it", "é" * 10, "x" * 1_000, "a b\nc"):
         await a.hit(key)
@@ -137,7 +137,7 @@ async def test_keys_of_any_length_and_character(runtime: Runtime) -> None:
     assert all(len(k) <= 400 and k.isprintable() and k.isascii() for k in keys), keys
 
 
-async def test_old_windows_are_pruned_now_and_then(runtime: Runtime) -> None:
+async def test_old_windows_are_pruned_now_and_then(runtime: Core) -> None:
     clock = Clock()
     [a, _] = pair(runtime, clock=clock)
     neighbour = Throttle(runtime.engine, name="u", limit=5, what="x", clock=clock)
@@ -152,7 +152,7 @@ async def test_old_windows_are_pruned_now_and_then(runtime: Runtime) -> None:
     assert await rows(runtime) == 4
 
 
-async def rows(runtime: Runtime) -> int:
+async def rows(runtime: Core) -> int:
     async with runtime.engine.connect() as conn:
         return int(await conn.scalar(select(func.count()).select_from(COUNTERS)) or 0)
 
@@ -161,7 +161,7 @@ async def rows(runtime: Runtime) -> int:
 
 
 @pytest.fixture
-async def replica(settings: Settings, app_runtime: tuple[Any, Runtime]) -> AsyncIterator[Any]:
+async def replica(settings: Settings, app_runtime: tuple[Any, Core]) -> AsyncIterator[Any]:
     """A second app on the same database (on SQLite: the same file in the same data dir)."""
     other = create_app(settings.model_copy(update={"migrate_on_start": False}))
     async with other.router.lifespan_context(other):

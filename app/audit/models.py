@@ -11,6 +11,7 @@ from sqlalchemy import JSON, CheckConstraint, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
+from app.identity import Via
 
 Action = Literal[
     "server.create",
@@ -43,9 +44,6 @@ Action = Literal[
 ACTIONS: tuple[Action, ...] = get_args(Action)
 KINDS: tuple[str, ...] = tuple(dict.fromkeys(action.partition(".")[0] for action in ACTIONS))
 
-Via = Literal["basic", "token", "console", "cli", "system"]
-"""The door a change came through: HTTP Basic, an API token, the console, `postroom` on the
-command line, or Postroom itself (the first admin, created at start-up)."""
 VIAS: tuple[Via, ...] = get_args(Via)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from app.audit.models import Action, AuditEntry, Via
+from app.audit.models import Action, AuditEntry
+from app.identity import Via
 from app.schemas import CamelModel
 
 

@@ -16,22 +16,14 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.models import KINDS, Action, AuditEntry, Via
+from app.audit.models import KINDS, Action, AuditEntry
 from app.db import utcnow
 from app.errors import Invalid
+from app.identity import Actor
 from app.paging import newest_first
 
 CHANGED = "changed"
 """What the log says of a secret that changed (set, replaced or cleared)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who makes a change, through which door, from which client address."""
-
-    name: str
-    via: Via
-    address: str | None = None
 
 
 SYSTEM = Actor("postroom", "system")

@@ -3,9 +3,9 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
-from app.audit.service import Actor
 from app.branding.models import Branding
 from app.branding.schemas import BrandingBody, EmailBranding
+from app.identity import Actor
 
 
 async def get_branding(session: AsyncSession) -> Branding:

@@ -12,9 +12,9 @@ from starlette.responses import Response
 from app.audit import service
 from app.audit.models import ACTIONS
 from app.audit.schemas import AuditEntryOut
+from app.console.deps import PartsDep
 from app.console.records import when
 from app.console.web import PREFIX, ConsoleAdmin, ConsoleRoute, render
-from app.deps import RuntimeDep
 from app.errors import Invalid
 
 router = APIRouter(prefix=f"{PREFIX}/audit", route_class=ConsoleRoute, include_in_schema=False)
@@ -44,7 +44,7 @@ def lines(changes: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @router.get("")
-async def audit_log(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
+async def audit_log(request: Request, _: ConsoleAdmin, parts: PartsDep) -> Response:
     given = {k: request.query_params.get(k, "").strip()[:400] for k in FILTERS}
     errors: dict[str, str] = {}
     action = next((a for a in ACTIONS if a == given["action"]), None)
@@ -62,7 +62,7 @@ async def audit_log(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> R
     next_cursor = None
     if not errors:
         try:
-            async with runtime.sessions() as session:
+            async with parts.sessions() as session:
                 rows, next_cursor = await service.search(
                     session, where, limit=PAGE_SIZE, cursor=cursor
                 )

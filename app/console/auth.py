@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app.console import sessions
+from app.console.deps import PartsDep
 from app.console.web import (
     COOKIE,
     LOGIN_COOKIE,
@@ -21,7 +22,7 @@ from app.console.web import (
     render,
 )
 from app.db import transaction
-from app.deps import RuntimeDep, client_address
+from app.deps import client_address
 from app.errors import TooManyRequests, Unauthorized
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
@@ -56,7 +57,7 @@ async def login_form(request: Request, next: str | None = None) -> Response:
 
 
 @router.post("/login")
-async def login(request: Request, runtime: RuntimeDep) -> Response:
+async def login(request: Request, parts: PartsDep) -> Response:
     async with request.form() as form:
         name, password = str(form.get("name") or ""), str(form.get("password") or "")
         given, target = str(form.get("csrf") or ""), _next(str(form.get("next") or ""))
@@ -66,14 +67,14 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
     client = client_address(request)
     try:
         # passwords only: a session opened with an API token would outlive the token's revocation
-        principal = await runtime.auth.verify(name, password, client, accept_tokens=False)
+        principal = await parts.auth.verify(name, password, client, accept_tokens=False)
     except Unauthorized:
         return _login_page(request, expected, target, 401, "Wrong user name or password.")
     except TooManyRequests as err:
         response = _login_page(request, expected, target, 429, err.message)
         response.headers["Retry-After"] = str(err.retry_after)
         return response
-    async with transaction(runtime.sessions) as session:
+    async with transaction(parts.sessions) as session:
         token, _ = await sessions.open_session(session, principal.name, client)
     response = redirect(target)
     response.set_cookie(
@@ -82,15 +83,15 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
         httponly=True,
         samesite="lax",
         path=PREFIX,
-        secure=is_tls(request, runtime.settings.console_trust_forwarded_proto),
+        secure=is_tls(request, parts.settings.console_trust_forwarded_proto),
     )
     response.delete_cookie(LOGIN_COOKIE, path=f"{PREFIX}/login")
     return response
 
 
 @router.post("/logout")
-async def logout(request: Request, form: CheckedForm, runtime: RuntimeDep) -> Response:
-    async with transaction(runtime.sessions) as session:
+async def logout(request: Request, form: CheckedForm, parts: PartsDep) -> Response:
+    async with transaction(parts.sessions) as session:
         await sessions.close(session, request.state.login.token_hash)
     response = redirect(f"{PREFIX}/login")
     response.delete_cookie(COOKIE, path=PREFIX)

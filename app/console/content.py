@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from app.audit.service import Actor
 from app.branding import service as branding
 from app.branding.schemas import BrandingBody
+from app.console.deps import Parts, PartsDep
 from app.console.web import (
     PREFIX,
     CheckedForm,
@@ -30,8 +30,8 @@ from app.console.web import (
     templates,
 )
 from app.db import transaction
-from app.deps import Runtime, RuntimeDep
 from app.errors import AppError, Invalid
+from app.identity import Actor
 from app.themes import service as themes
 from app.themes.schemas import RenderIn, TemplateIn, ThemeIn
 
@@ -81,8 +81,8 @@ def _theme_in(form: Form, name: str | None) -> ThemeIn:
 
 
 @router.get("/templates")
-async def list_content(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
-    async with runtime.sessions() as session:
+async def list_content(request: Request, _: ConsoleAdmin, parts: PartsDep) -> Response:
+    async with parts.sessions() as session:
         found = await themes.list_templates(session)
         layouts = await themes.list_themes(session)
     return render(request, "templates.html", section="templates", templates=found, themes=layouts)
@@ -90,14 +90,14 @@ async def list_content(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -
 
 async def _edit_page(
     request: Request,
-    runtime: RuntimeDep,
+    parts: PartsDep,
     kind: str,
     name: str | None,
     values: dict[str, Any],
     status: int = 200,
     **extra: Any,
 ) -> Response:
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         theme_names = [t.name for t in await themes.list_themes(session)]
     return render(
         request,
@@ -112,20 +112,20 @@ async def _edit_page(
 
 
 @router.get("/templates/new")
-async def new_template(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
-    return await _edit_page(request, runtime, "template", None, {"data": "{}"})
+async def new_template(request: Request, _: ConsoleAdmin, parts: PartsDep) -> Response:
+    return await _edit_page(request, parts, "template", None, {"data": "{}"})
 
 
 @router.get("/templates/{name}")
 async def edit_template(
-    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
+    request: Request, name: str, _: ConsoleAdmin, parts: PartsDep, saved: int = 0
 ) -> Response:
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         row = await themes.get_template(session, name)
     values = {k: getattr(row, k) or "" for k in ("description", "subject", "text", "html")}
     return await _edit_page(
         request,
-        runtime,
+        parts,
         "template",
         name,
         values | {"data": "{}"},
@@ -135,20 +135,20 @@ async def edit_template(
 
 @router.post("/templates/new")
 async def create_template(
-    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    return await _save_template(request, form, runtime, None, actor)
+    return await _save_template(request, form, parts, None, actor)
 
 
 @router.post("/templates/{name}")
 async def update_template(
-    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    return await _save_template(request, form, runtime, name, actor)
+    return await _save_template(request, form, parts, name, actor)
 
 
 async def _save_template(
-    request: Request, form: Form, runtime: Runtime, name: str | None, actor: Actor
+    request: Request, form: Form, parts: Parts, name: str | None, actor: Actor
 ) -> Response:
     async def store(session: AsyncSession, target: str | None) -> None:
         body = _template_in(form, target)
@@ -157,13 +157,13 @@ async def _save_template(
         else:
             await themes.replace_template(session, name, body, actor)
 
-    return await _save(request, form, runtime, "template", name, store)
+    return await _save(request, form, parts, "template", name, store)
 
 
 async def _save(
     request: Request,
     form: Form,
-    runtime: Runtime,
+    parts: Parts,
     kind: str,
     name: str | None,
     store: Callable[[AsyncSession, str | None], Awaitable[None]],
@@ -172,14 +172,14 @@ async def _save(
     form again with what was wrong, field by field."""
     target = name or form.text("name")
     try:
-        async with transaction(runtime.sessions) as session:
+        async with transaction(parts.sessions) as session:
             await store(session, target or None)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         values = {k: v for k, v in form.data.items() if isinstance(v, str)}
         return await _edit_page(
             request,
-            runtime,
+            parts,
             kind,
             name,
             values,
@@ -192,7 +192,7 @@ async def _save(
 
 @router.post("/templates/{name}/preview")
 async def preview_template(
-    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, _: ConsoleAdmin, form: CheckedForm, parts: PartsDep
 ) -> Response:
     """The form's unsaved template rendered with its data (and theme), for the preview frame."""
     try:
@@ -200,12 +200,12 @@ async def preview_template(
         if not isinstance(data, dict):
             raise Invalid("data must be a JSON object", field="data")
         draft = themes.draft_template(_template_in(form, name))
-        async with runtime.sessions() as session:
+        async with parts.sessions() as session:
             out = await themes.preview_of(
                 session,
                 draft,
                 RenderIn(data=data, theme=_optional(form, "theme")),
-                runtime.settings.max_message_bytes,
+                parts.settings.max_message_bytes,
             )
         page = templates.get_template("preview.html").render(
             subject=out.subject, text=out.text, html=Markup(out.html or ""), error=None
@@ -228,15 +228,15 @@ async def preview_template(
 
 
 @router.get("/themes/new")
-async def new_theme(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
-    return await _edit_page(request, runtime, "theme", None, {"colors": "{}"})
+async def new_theme(request: Request, _: ConsoleAdmin, parts: PartsDep) -> Response:
+    return await _edit_page(request, parts, "theme", None, {"colors": "{}"})
 
 
 @router.get("/themes/{name}")
 async def edit_theme(
-    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
+    request: Request, name: str, _: ConsoleAdmin, parts: PartsDep, saved: int = 0
 ) -> Response:
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         row = await themes.get_theme(session, name)
     values = {
         "description": row.description,
@@ -247,26 +247,26 @@ async def edit_theme(
         "footer": row.footer or "",
     }
     return await _edit_page(
-        request, runtime, "theme", name, values, notice="Saved." if saved else None
+        request, parts, "theme", name, values, notice="Saved." if saved else None
     )
 
 
 @router.post("/themes/new")
 async def create_theme(
-    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    return await _save_theme(request, form, runtime, None, actor)
+    return await _save_theme(request, form, parts, None, actor)
 
 
 @router.post("/themes/{name}")
 async def update_theme(
-    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    return await _save_theme(request, form, runtime, name, actor)
+    return await _save_theme(request, form, parts, name, actor)
 
 
 async def _save_theme(
-    request: Request, form: Form, runtime: Runtime, name: str | None, actor: Actor
+    request: Request, form: Form, parts: Parts, name: str | None, actor: Actor
 ) -> Response:
     async def store(session: AsyncSession, target: str | None) -> None:
         body = _theme_in(form, target)
@@ -275,14 +275,14 @@ async def _save_theme(
         else:
             await themes.replace_theme(session, name, body, actor)
 
-    return await _save(request, form, runtime, "theme", name, store)
+    return await _save(request, form, parts, "theme", name, store)
 
 
 @router.get("/branding")
 async def branding_page(
-    request: Request, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
+    request: Request, _: ConsoleAdmin, parts: PartsDep, saved: int = 0
 ) -> Response:
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         current = branding.to_body(await branding.get_branding(session))
     values = current.emails.model_dump(by_alias=True)
     return render(
@@ -296,7 +296,7 @@ async def branding_page(
 
 @router.post("/branding")
 async def save_branding(
-    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     emails = {
         "senderEmail": _optional(form, "senderEmail"),
@@ -304,7 +304,7 @@ async def save_branding(
     }
     try:
         body = BrandingBody.model_validate({"emails": emails})
-        async with transaction(runtime.sessions) as session:
+        async with transaction(parts.sessions) as session:
             await branding.update_branding(session, body, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)

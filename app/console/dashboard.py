@@ -9,10 +9,10 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from app.console.deps import PartsDep
 from app.console.web import PREFIX, ConsoleRoute, ConsoleUser, render
 from app.db import utcnow
 from app.delivery import liveness
-from app.deps import RuntimeDep
 from app.events import service as events
 from app.messages import bounds
 from app.servers import service as servers
@@ -56,9 +56,9 @@ def chart(counts: dict[str, dict[str, int]]) -> tuple[list[Row], int]:
 
 
 @router.get("/")
-async def dashboard(request: Request, user: ConsoleUser, runtime: RuntimeDep) -> Response:
-    async with runtime.sessions() as session:
-        profiles = await servers.list_profiles(session, runtime.box)
+async def dashboard(request: Request, user: ConsoleUser, parts: PartsDep) -> Response:
+    async with parts.sessions() as session:
+        profiles = await servers.list_profiles(session, parts.profiles.box)
         if not user.is_admin:
             found = bounds.bounds_of(user)
             return render(

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app.console import forms
+from app.console.deps import Parts, PartsDep
 from app.console.servers import page, posted_values
 from app.console.web import (
     PREFIX,
@@ -20,10 +21,10 @@ from app.console.web import (
 )
 from app.db import transaction
 from app.delivery import probe
-from app.deps import RuntimeDep, client_address
+from app.delivery.vocabulary import tally
+from app.deps import client_address
 from app.errors import AppError
-from app.events.service import tally
-from app.security import Principal
+from app.identity import Principal
 from app.servers import service
 
 router = APIRouter(prefix=f"{PREFIX}/servers", route_class=ConsoleRoute, include_in_schema=False)
@@ -34,23 +35,23 @@ async def _run(
     name: str,
     admin: Principal,
     form: CheckedForm,
-    runtime: RuntimeDep,
+    parts: Parts,
     action: str,
 ) -> Response:
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         stored = service.to_out(
             await service.get_profile(session, name),
             await service.get_routing(session),
-            runtime.box,
+            parts.profiles.box,
         )
     body, paths = await forms.read(form.data, stored.type)
     report = test = None
     error: tuple[str, dict[str, str]] | None = None
     status = 200
     try:
-        async with runtime.sessions() as session:
+        async with parts.sessions() as session:
             found = await probe.candidate(
-                session, runtime.profiles, name, forms.as_patch(body, paths)
+                session, parts.profiles, name, forms.as_patch(body, paths)
             )
             to = (
                 await probe.test_recipient(session, found, form.text("to") or None)
@@ -58,15 +59,15 @@ async def _run(
                 else None
             )
         if to is not None:
-            await runtime.test_sends.hit(name)
-            test = await probe.send_test(found, to, runtime.transport_context)
-            async with transaction(runtime.sessions) as session:
+            await parts.probing.throttle.hit(name)
+            test = await probe.send_test(found, to, parts.probing.context)
+            async with transaction(parts.sessions) as session:
                 events = await probe.record_test(
                     session, found, test, by=admin.name, client_ip=client_address(request)
                 )
-            runtime.metrics.count_events(tally(events))
+            parts.probing.metrics.count_events(tally(events))
         else:
-            report = await probe.verify(found, runtime.transport_context, runtime.resolver)
+            report = await probe.verify(found, parts.probing.context, parts.probing.resolver)
     except (AppError, ValidationError) as err:
         error, status = problems(err), status_of(err)
     if request.headers.get("hx-request"):
@@ -80,7 +81,7 @@ async def _run(
         )
     return await page(
         request,
-        runtime,
+        parts,
         stored.type,
         posted_values(form, stored.type),
         profile=stored,
@@ -94,15 +95,15 @@ async def _run(
 
 @router.post("/{name}/verify")
 async def verify(
-    request: Request, name: str, admin: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, admin: ConsoleAdmin, form: CheckedForm, parts: PartsDep
 ) -> Response:
     """Connect, greet, EHLO, TLS, AUTH, quit with the form as it is now: nothing is saved."""
-    return await _run(request, name, admin, form, runtime, "verify")
+    return await _run(request, name, admin, form, parts, "verify")
 
 
 @router.post("/{name}/test")
 async def test(
-    request: Request, name: str, admin: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, admin: ConsoleAdmin, form: CheckedForm, parts: PartsDep
 ) -> Response:
     """Send the test mail with the form as it is now (throttled like the API's)."""
-    return await _run(request, name, admin, form, runtime, "test")
+    return await _run(request, name, admin, form, parts, "test")

@@ -9,8 +9,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from app.console.deps import PartsDep
 from app.console.web import PREFIX, ConsoleRoute, ConsoleUser, render
-from app.deps import RuntimeDep
 from app.messages import records
 from app.messages.records import RecordFilter
 from app.messages.schemas import MessageStatus
@@ -40,7 +40,7 @@ def when(value: str, field: str, errors: dict[str, str]) -> datetime | None:
 
 @router.get("")
 async def search(
-    request: Request, user: ConsoleUser, runtime: RuntimeDep, limit: int = PAGE_SIZE
+    request: Request, user: ConsoleUser, parts: PartsDep, limit: int = PAGE_SIZE
 ) -> Response:
     query = request.query_params
     limit = min(max(limit, 1), MAX_PAGE)
@@ -61,7 +61,7 @@ async def search(
     )
     page = None
     if not errors:
-        async with runtime.sessions() as session:
+        async with parts.sessions() as session:
             page = await records.search(
                 session, user, where, limit=limit, cursor=query.get("cursor") or None
             )
@@ -89,8 +89,8 @@ async def search(
 
 @router.get("/{message_id}")
 async def message(
-    request: Request, message_id: str, user: ConsoleUser, runtime: RuntimeDep
+    request: Request, message_id: str, user: ConsoleUser, parts: PartsDep
 ) -> Response:
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         found = await records.detail(session, message_id, user)
     return render(request, "message.html", section="records", message=found)

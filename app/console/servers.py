@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app.console import forms
+from app.console.deps import Parts, PartsDep
 from app.console.web import (
     PREFIX,
     CheckedForm,
@@ -22,7 +23,6 @@ from app.console.web import (
     status_of,
 )
 from app.db import transaction
-from app.deps import Runtime, RuntimeDep
 from app.errors import AppError, NotFound
 from app.secret_fields import secret_paths
 from app.servers import service, sisense
@@ -35,9 +35,9 @@ router = APIRouter(prefix=f"{PREFIX}/servers", route_class=ConsoleRoute, include
 TYPES = PROFILE_TYPES
 
 
-async def _choices(runtime: Runtime, exclude: str | None) -> dict[str, list[tuple[str, str]]]:
-    async with runtime.sessions() as session:
-        listed = await service.list_profiles(session, runtime.box)
+async def _choices(parts: Parts, exclude: str | None) -> dict[str, list[tuple[str, str]]]:
+    async with parts.sessions() as session:
+        listed = await service.list_profiles(session, parts.profiles.box)
         names = [p.name for p in listed.items if p.name != exclude]
         themes_ = [t.name for t in await themes.list_themes(session)]
     return {"fallback": [(n, n) for n in names], "theme": [(t, t) for t in themes_]}
@@ -45,7 +45,7 @@ async def _choices(runtime: Runtime, exclude: str | None) -> dict[str, list[tupl
 
 async def page(
     request: Request,
-    runtime: Runtime,
+    parts: Parts,
     type_: str,
     values: dict[str, Any],
     *,
@@ -53,7 +53,7 @@ async def page(
     status: int = 200,
     **extra: Any,
 ) -> Response:
-    choices = await _choices(runtime, profile.name if profile else None)
+    choices = await _choices(parts, profile.name if profile else None)
     return render(
         request,
         "server_edit.html",
@@ -79,17 +79,17 @@ def posted_values(form: CheckedForm, type_: str) -> dict[str, Any]:
     }
 
 
-async def _stored(runtime: Runtime, name: str) -> ProfileOut:
-    async with runtime.sessions() as session:
+async def _stored(parts: Parts, name: str) -> ProfileOut:
+    async with parts.sessions() as session:
         found = await service.get_profile(session, name)
-        return service.to_out(found, await service.get_routing(session), runtime.box)
+        return service.to_out(found, await service.get_routing(session), parts.profiles.box)
 
 
 @router.get("")
-async def list_servers(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
-    async with runtime.sessions() as session:
-        profiles = await service.list_profiles(session, runtime.box)
-        email_server = await sisense.read(session, runtime.profiles)
+async def list_servers(request: Request, _: ConsoleAdmin, parts: PartsDep) -> Response:
+    async with parts.sessions() as session:
+        profiles = await service.list_profiles(session, parts.profiles.box)
+        email_server = await sisense.read(session, parts.profiles)
     return render(
         request,
         "servers.html",
@@ -102,17 +102,17 @@ async def list_servers(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -
 
 @router.get("/new")
 async def new_server(
-    request: Request, _: ConsoleAdmin, runtime: RuntimeDep, type: str | None = None
+    request: Request, _: ConsoleAdmin, parts: PartsDep, type: str | None = None
 ) -> Response:
     if type not in TYPES:
         return render(request, "server_type.html", section="servers", types=TYPES)
     values: dict[str, Any] = {"settings.security": "starttls"} if type == "smtp" else {}
-    return await page(request, runtime, type, values)
+    return await page(request, parts, type, values)
 
 
 @router.post("/new")
 async def create_server(
-    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     type_ = form.text("type")
     if type_ not in TYPES:
@@ -120,14 +120,14 @@ async def create_server(
     body, _paths = await forms.read(form.data, type_)
     try:
         parsed = service.PROFILE_BODY.validate_python(body)
-        await service.check_host(runtime.profiles, parsed.settings)
-        async with transaction(runtime.sessions) as session:
-            created = await service.create_profile(session, runtime.profiles, parsed, actor)
+        await service.check_host(parts.profiles, parsed.settings)
+        async with transaction(parts.sessions) as session:
+            created = await service.create_profile(session, parts.profiles, parsed, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await page(
             request,
-            runtime,
+            parts,
             type_,
             posted_values(form, type_),
             status=status_of(err),
@@ -146,13 +146,13 @@ async def port_hint(request: Request, _: ConsoleAdmin) -> Response:
 
 @router.get("/{name}")
 async def edit_server(
-    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
+    request: Request, name: str, _: ConsoleAdmin, parts: PartsDep, saved: int = 0
 ) -> Response:
-    profile = await _stored(runtime, name)
+    profile = await _stored(parts, name)
     values = forms.current_values(profile.model_dump(by_alias=True, mode="json"))
     return await page(
         request,
-        runtime,
+        parts,
         profile.type,
         values,
         profile=profile,
@@ -162,20 +162,20 @@ async def edit_server(
 
 @router.post("/{name}")
 async def save_server(
-    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    profile = await _stored(runtime, name)
+    profile = await _stored(parts, name)
     body, _paths = await forms.read(form.data, profile.type)
     body["name"] = name
     try:
-        await service.check_host(runtime.profiles, body.get("settings"))
-        async with transaction(runtime.sessions) as session:
-            await service.replace_profile(session, runtime.profiles, name, body, actor)
+        await service.check_host(parts.profiles, body.get("settings"))
+        async with transaction(parts.sessions) as session:
+            await service.replace_profile(session, parts.profiles, name, body, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await page(
             request,
-            runtime,
+            parts,
             profile.type,
             posted_values(form, profile.type),
             profile=profile,
@@ -188,35 +188,31 @@ async def save_server(
 
 @router.post("/{name}/default")
 async def make_default(
-    name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    name: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    async with transaction(runtime.sessions) as session:
-        await service.patch_profile(session, runtime.profiles, name, {"isDefault": True}, actor)
+    async with transaction(parts.sessions) as session:
+        await service.patch_profile(session, parts.profiles, name, {"isDefault": True}, actor)
     return redirect(router.prefix)
 
 
 @router.get("/{name}/delete")
-async def confirm_delete(
-    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep
-) -> Response:
-    profile = await _stored(runtime, name)
+async def confirm_delete(request: Request, name: str, _: ConsoleAdmin, parts: PartsDep) -> Response:
+    profile = await _stored(parts, name)
     return render(request, "server_delete.html", section="servers", profile=profile)
 
 
 @router.post("/{name}/delete")
 async def delete_server(
-    name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    name: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    async with transaction(runtime.sessions) as session:
-        await service.delete_profile(session, runtime.profiles, name, actor)
+    async with transaction(parts.sessions) as session:
+        await service.delete_profile(session, parts.profiles, name, actor)
     return redirect(router.prefix)
 
 
 @router.get("/{name}/duplicate")
-async def duplicate_form(
-    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep
-) -> Response:
-    profile = await _stored(runtime, name)
+async def duplicate_form(request: Request, name: str, _: ConsoleAdmin, parts: PartsDep) -> Response:
+    profile = await _stored(parts, name)
     return render(
         request,
         "server_duplicate.html",
@@ -228,9 +224,9 @@ async def duplicate_form(
 
 @router.post("/{name}/duplicate")
 async def duplicate_server(
-    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    profile = await _stored(runtime, name)
+    profile = await _stored(parts, name)
     dump = profile.model_dump(by_alias=True, mode="json")
     given: dict[str, Any] = {}
     for path in forms.secrets_set(dump):
@@ -238,9 +234,9 @@ async def duplicate_server(
         if value:
             forms.put(given, path, value)
     try:
-        async with transaction(runtime.sessions) as session:
+        async with transaction(parts.sessions) as session:
             copy = await service.duplicate_profile(
-                session, runtime.profiles, name, form.text("name") or None, given, actor
+                session, parts.profiles, name, form.text("name") or None, given, actor
             )
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)

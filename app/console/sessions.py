@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.console.models import ConsoleSession
 from app.db import utcnow
-from app.security import PRINCIPAL_COLUMNS, Principal, principal_of
+from app.identity import Principal
+from app.security import PRINCIPAL_COLUMNS, principal_of
 from app.users import service as users
 from app.users.models import User
 

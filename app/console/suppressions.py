@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
+from app.console.deps import Parts, PartsDep
 from app.console.web import (
     PREFIX,
     CheckedForm,
@@ -26,7 +27,6 @@ from app.console.web import (
 )
 from app.db import transaction
 from app.delivery.transports import BUILTIN
-from app.deps import Runtime, RuntimeDep
 from app.errors import AppError
 from app.servers import service as servers
 from app.suppressions import csvio, service
@@ -51,12 +51,14 @@ def _filter(request: Request) -> tuple[dict[str, str], service.Filter]:
     return given, where
 
 
-async def _page(request: Request, runtime: Runtime, status: int = 200, **context: Any) -> Response:
+async def _page(request: Request, parts: Parts, status: int = 200, **context: Any) -> Response:
     given, where = _filter(request)
     cursor = request.query_params.get("cursor") or None
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         rows, next_cursor = await service.search(session, where, limit=PAGE_SIZE, cursor=cursor)
-        profiles = [p.name for p in (await servers.list_profiles(session, runtime.box)).items]
+        profiles = [
+            p.name for p in (await servers.list_profiles(session, parts.profiles.box)).items
+        ]
     filters = {k: v for k, v in given.items() if v}
     context.setdefault("values", {"reason": "manual"})
     return render(
@@ -81,15 +83,15 @@ async def _page(request: Request, runtime: Runtime, status: int = 200, **context
 
 @router.get("")
 async def list_suppressions(
-    request: Request, _: ConsoleAdmin, runtime: RuntimeDep, done: str = ""
+    request: Request, _: ConsoleAdmin, parts: PartsDep, done: str = ""
 ) -> Response:
     notices = {"added": "Added.", "removed": "Removed."}
-    return await _page(request, runtime, notice=notices.get(done))
+    return await _page(request, parts, notice=notices.get(done))
 
 
 @router.post("")
 async def add_suppression(
-    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     values = {k: form.text(k) for k in ("address", "profile", "reason")}
     try:
@@ -100,12 +102,12 @@ async def add_suppression(
                 "reason": values["reason"] or "manual",
             }
         )
-        async with transaction(runtime.sessions) as session:
+        async with transaction(parts.sessions) as session:
             await service.add(session, body.address, body.profile, body.reason, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await _page(
-            request, runtime, status_of(err), values=values, form_error=summary, errors=fields
+            request, parts, status_of(err), values=values, form_error=summary, errors=fields
         )
     return redirect(f"{router.prefix}?done=added")
 
@@ -129,41 +131,41 @@ async def confirm_remove(
 
 @router.post("/remove")
 async def remove_suppression(
-    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     entry = _entry(form.text("address"), form.text("profile"))
-    async with transaction(runtime.sessions) as session:
+    async with transaction(parts.sessions) as session:
         await service.remove(session, entry.address, entry.profile, actor)
     return redirect(f"{router.prefix}?done=removed")
 
 
 @router.post("/import")
 async def import_csv(
-    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     """All or nothing, as the API's import: a bad row shows its row and column, nothing is kept."""
     upload = form.data.get("file")
     try:
         data = await upload.read() if isinstance(upload, UploadFile) else b""
         text = csvio.csv_text("text/csv", data)
-        async with transaction(runtime.sessions) as session:
+        async with transaction(parts.sessions) as session:
             entries = await csvio.parse(session, text)
             added = await service.add_many(session, entries, actor)
     except AppError as err:
         summary, fields = problems(err)
-        return await _page(request, runtime, status_of(err), form_error=summary, errors=fields)
+        return await _page(request, parts, status_of(err), form_error=summary, errors=fields)
     return await _page(
         request,
-        runtime,
+        parts,
         notice=f"Imported {len(entries)} rows: {added} added, the others were already on the list.",
     )
 
 
 @router.get("/export")
-async def export_csv(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
+async def export_csv(request: Request, _: ConsoleAdmin, parts: PartsDep) -> Response:
     _given, where = _filter(request)
     return StreamingResponse(
-        csvio.export(runtime.sessions, where),
+        csvio.export(parts.sessions, where),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="suppressions.csv"'},
     )

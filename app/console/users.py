@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app.console import sessions
+from app.console.deps import Parts, PartsDep
 from app.console.web import (
     PREFIX,
     CheckedForm,
@@ -25,7 +26,6 @@ from app.console.web import (
     status_of,
 )
 from app.db import transaction
-from app.deps import Runtime, RuntimeDep
 from app.errors import AppError
 from app.servers import service as servers
 from app.users import service, tokens
@@ -44,11 +44,13 @@ def _bounds(form: Form) -> dict[str, Any]:
 
 
 async def _page(
-    request: Request, runtime: Runtime, template: str, status: int = 200, **context: Any
+    request: Request, parts: Parts, template: str, status: int = 200, **context: Any
 ) -> Response:
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         users = await service.list_users(session)
-        profiles = [p.name for p in (await servers.list_profiles(session, runtime.box)).items]
+        profiles = [
+            p.name for p in (await servers.list_profiles(session, parts.profiles.box)).items
+        ]
         open_sessions = await sessions.count_for(session, [u.id for u in users])
     return render(
         request,
@@ -65,13 +67,13 @@ async def _page(
 
 
 @router.get("")
-async def list_users(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
-    return await _page(request, runtime, "users.html", values={"role": "sender"})
+async def list_users(request: Request, _: ConsoleAdmin, parts: PartsDep) -> Response:
+    return await _page(request, parts, "users.html", values={"role": "sender"})
 
 
 @router.post("")
 async def create_user(
-    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     try:
         body = UserCreate.model_validate(
@@ -82,7 +84,7 @@ async def create_user(
             }
             | _bounds(form)
         )
-        async with transaction(runtime.sessions) as session:
+        async with transaction(parts.sessions) as session:
             _user, generated = await service.create_user(
                 session,
                 body.name,
@@ -97,7 +99,7 @@ async def create_user(
         values = {k: v for k, v in form.data.items() if isinstance(v, str) and k != "password"}
         return await _page(
             request,
-            runtime,
+            parts,
             "users.html",
             status_of(err),
             values=values,
@@ -106,7 +108,7 @@ async def create_user(
         )
     return await _page(
         request,
-        runtime,
+        parts,
         "users.html",
         values={"role": "sender"},
         notice=f"User {body.name} created.",
@@ -116,12 +118,14 @@ async def create_user(
 
 
 async def _edit_page(
-    request: Request, runtime: Runtime, name: str, status: int = 200, **context: Any
+    request: Request, parts: Parts, name: str, status: int = 200, **context: Any
 ) -> Response:
     """A user's page: the edit form, its API tokens, its console sessions."""
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         user = UserOut.model_validate(await service.get_user(session, name), from_attributes=True)
-        profiles = [p.name for p in (await servers.list_profiles(session, runtime.box)).items]
+        profiles = [
+            p.name for p in (await servers.list_profiles(session, parts.profiles.box)).items
+        ]
         issued = [
             TokenOut.model_validate(t, from_attributes=True)
             for t in await tokens.list_tokens(session, name)
@@ -140,21 +144,21 @@ async def _edit_page(
 
 @router.get("/{name}")
 async def edit_user(
-    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep, saved: int = 0
+    request: Request, name: str, _: ConsoleAdmin, parts: PartsDep, saved: int = 0
 ) -> Response:
-    return await _edit_page(request, runtime, name, notice="Saved." if saved else None)
+    return await _edit_page(request, parts, name, notice="Saved." if saved else None)
 
 
 @router.post("/{name}")
 async def save_user(
-    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     try:
         body = UserUpdate.model_validate(
             {"role": form.text("role") or None, "password": form.text("password") or None}
             | _bounds(form)
         )
-        async with transaction(runtime.sessions) as session:
+        async with transaction(parts.sessions) as session:
             await service.update_user(
                 session,
                 name,
@@ -167,15 +171,15 @@ async def save_user(
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await _edit_page(
-            request, runtime, name, status_of(err), form_error=summary, errors=fields
+            request, parts, name, status_of(err), form_error=summary, errors=fields
         )
-    runtime.auth.changed(name)
+    parts.auth.changed(name)
     return redirect(f"{router.prefix}/{name}?saved=1")
 
 
 @router.post("/{name}/tokens")
 async def issue_token(
-    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, name: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     """The page that answers shows the token; a reload does not."""
     expires = form.text("expiresAt")
@@ -184,54 +188,52 @@ async def issue_token(
     at = f"{expires}T00:00:00Z" if DATE.fullmatch(expires) else expires or None
     try:
         body = TokenCreate.model_validate(values | {"expiresAt": at})
-        async with transaction(runtime.sessions) as session:
+        async with transaction(parts.sessions) as session:
             _row, token = await tokens.issue(session, name, body.name, body.expires_at, actor=actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await _edit_page(
             request,
-            runtime,
+            parts,
             name,
             status_of(err),
             form_error=summary,
             errors=fields,
             token_values=values,
         )
-    return await _edit_page(request, runtime, name, issued=token, issued_name=body.name)
+    return await _edit_page(request, parts, name, issued=token, issued_name=body.name)
 
 
 @router.post("/{name}/tokens/{token_id}/revoke")
 async def revoke_token(
-    name: str, token_id: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    name: str, token_id: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    async with transaction(runtime.sessions) as session:
+    async with transaction(parts.sessions) as session:
         await tokens.revoke(session, name, token_id, actor=actor)
-    runtime.auth.changed(name)
+    parts.auth.changed(name)
     return redirect(f"{router.prefix}/{name}#tokens")
 
 
 @router.post("/{name}/signout")
-async def sign_out(name: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep) -> Response:
+async def sign_out(name: str, _: ConsoleAdmin, form: CheckedForm, parts: PartsDep) -> Response:
     """End every console session of the user (its API credentials are unchanged)."""
-    async with transaction(runtime.sessions) as session:
+    async with transaction(parts.sessions) as session:
         await sessions.revoke_user(session, name)
     return redirect(router.prefix)
 
 
 @router.get("/{name}/delete")
-async def confirm_delete(
-    request: Request, name: str, _: ConsoleAdmin, runtime: RuntimeDep
-) -> Response:
-    async with runtime.sessions() as session:
+async def confirm_delete(request: Request, name: str, _: ConsoleAdmin, parts: PartsDep) -> Response:
+    async with parts.sessions() as session:
         user = UserOut.model_validate(await service.get_user(session, name), from_attributes=True)
     return render(request, "user_delete.html", section="users", target=user)
 
 
 @router.post("/{name}/delete")
 async def delete_user(
-    name: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    name: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    async with transaction(runtime.sessions) as session:
+    async with transaction(parts.sessions) as session:
         await service.delete_user(session, name, actor=actor)
-    runtime.auth.changed(name)
+    parts.auth.changed(name)
     return redirect(router.prefix)

@@ -17,12 +17,11 @@ from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.audit.service import Actor
 from app.console import sessions
 from app.console.sessions import Login
-from app.deps import Runtime, client_address, get_runtime
+from app.deps import SESSIONS, client_address
 from app.errors import AppError, validation_details
-from app.security import Principal
+from app.identity import Actor, Principal
 from app.servers.schemas import PROFILE_TYPES
 
 HERE = Path(__file__).parent
@@ -144,8 +143,7 @@ async def _login(request: Request) -> Login:
     token = request.cookies.get(COOKIE)
     if not token:
         raise LoginRequired
-    runtime: Runtime = await get_runtime(request)
-    async with runtime.sessions() as session, session.begin():
+    async with SESSIONS.of(request.app)() as session, session.begin():
         login = await sessions.load(session, token)
     if login is None:
         raise LoginRequired

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from app.console.deps import Parts, PartsDep
 from app.console.web import (
     PREFIX,
     CheckedForm,
@@ -21,9 +22,8 @@ from app.console.web import (
     status_of,
 )
 from app.db import transaction
-from app.deps import Runtime, RuntimeDep
+from app.delivery.vocabulary import EVENT_TYPES
 from app.errors import AppError
-from app.events.models import EVENT_TYPES
 from app.webhooks import service
 from app.webhooks.schemas import EndpointCreated, EndpointIn, EndpointPatch
 
@@ -33,8 +33,8 @@ PAGE_SIZE = 25
 NOTICES = {"tested": "A test event is queued: the log below shows how it goes.", "saved": "Saved."}
 
 
-async def _list(request: Request, runtime: Runtime, status: int = 200, **context: Any) -> Response:
-    async with runtime.sessions() as session:
+async def _list(request: Request, parts: Parts, status: int = 200, **context: Any) -> Response:
+    async with parts.sessions() as session:
         endpoints = await service.list_endpoints(session)
     context.setdefault("values", {"eventTypes": list(EVENT_TYPES)})
     return render(
@@ -49,13 +49,13 @@ async def _list(request: Request, runtime: Runtime, status: int = 200, **context
 
 
 @router.get("")
-async def list_webhooks(request: Request, _: ConsoleAdmin, runtime: RuntimeDep) -> Response:
-    return await _list(request, runtime)
+async def list_webhooks(request: Request, _: ConsoleAdmin, parts: PartsDep) -> Response:
+    return await _list(request, parts)
 
 
 @router.post("")
 async def create_webhook(
-    request: Request, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     """The page that answers shows the signing secret; a reload of the list does not."""
     values: dict[str, Any] = {
@@ -65,26 +65,26 @@ async def create_webhook(
     }
     try:
         body = EndpointIn.model_validate(values)
-        await service.check_url(runtime.egress, body.url)  # DNS: before the transaction
-        async with transaction(runtime.sessions) as session:
-            created = await service.create_endpoint(session, runtime.box, body, actor)
+        await service.check_url(parts.endpoints.egress, body.url)  # DNS: before the transaction
+        async with transaction(parts.sessions) as session:
+            created = await service.create_endpoint(session, parts.endpoints.box, body, actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         return await _list(
-            request, runtime, status_of(err), values=values, form_error=summary, errors=fields
+            request, parts, status_of(err), values=values, form_error=summary, errors=fields
         )
-    return await _detail(request, runtime, created.id, created=created)
+    return await _detail(request, parts, created.id, created=created)
 
 
 async def _detail(
     request: Request,
-    runtime: Runtime,
+    parts: Parts,
     endpoint_id: str,
     before: int | None = None,
     created: EndpointCreated | None = None,
     **context: Any,
 ) -> Response:
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         endpoint = await service.endpoint_out(
             session, await service.get_endpoint(session, endpoint_id)
         )
@@ -109,48 +109,48 @@ async def show_webhook(
     request: Request,
     endpoint_id: str,
     _: ConsoleAdmin,
-    runtime: RuntimeDep,
+    parts: PartsDep,
     before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     done: str = "",
 ) -> Response:
     """The endpoint and its delivery log, newest first, paged by `before`."""
-    return await _detail(request, runtime, endpoint_id, before, notice=NOTICES.get(done))
+    return await _detail(request, parts, endpoint_id, before, notice=NOTICES.get(done))
 
 
 @router.post("/{endpoint_id}/enabled")
 async def set_enabled(
-    endpoint_id: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    endpoint_id: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
     """On (which clears an automatic disable's reason and sends what waited) or off."""
     body = EndpointPatch(enabled=form.text("enabled") == "true")
-    async with transaction(runtime.sessions) as session:
+    async with transaction(parts.sessions) as session:
         await service.patch_endpoint(session, endpoint_id, body, actor)
     return redirect(f"{router.prefix}/{endpoint_id}?done=saved")
 
 
 @router.post("/{endpoint_id}/rotate")
 async def rotate_secret(
-    request: Request, endpoint_id: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    request: Request, endpoint_id: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    async with transaction(runtime.sessions) as session:
-        created = await service.rotate_secret(session, runtime.box, endpoint_id, actor)
-    return await _detail(request, runtime, endpoint_id, created=created)
+    async with transaction(parts.sessions) as session:
+        created = await service.rotate_secret(session, parts.endpoints.box, endpoint_id, actor)
+    return await _detail(request, parts, endpoint_id, created=created)
 
 
 @router.post("/{endpoint_id}/test")
 async def send_test(
-    endpoint_id: str, _: ConsoleAdmin, form: CheckedForm, runtime: RuntimeDep
+    endpoint_id: str, _: ConsoleAdmin, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    async with transaction(runtime.sessions) as session:
+    async with transaction(parts.sessions) as session:
         await service.queue_test(session, endpoint_id)
     return redirect(f"{router.prefix}/{endpoint_id}?done=tested")
 
 
 @router.get("/{endpoint_id}/delete")
 async def confirm_delete(
-    request: Request, endpoint_id: str, _: ConsoleAdmin, runtime: RuntimeDep
+    request: Request, endpoint_id: str, _: ConsoleAdmin, parts: PartsDep
 ) -> Response:
-    async with runtime.sessions() as session:
+    async with parts.sessions() as session:
         endpoint = await service.get_endpoint(session, endpoint_id)
         target = await service.endpoint_out(session, endpoint)
     return render(request, "webhook_delete.html", section="webhooks", endpoint=target)
@@ -158,8 +158,8 @@ async def confirm_delete(
 
 @router.post("/{endpoint_id}/delete")
 async def delete_webhook(
-    endpoint_id: str, actor: ConsoleActor, form: CheckedForm, runtime: RuntimeDep
+    endpoint_id: str, actor: ConsoleActor, form: CheckedForm, parts: PartsDep
 ) -> Response:
-    async with transaction(runtime.sessions) as session:
+    async with transaction(parts.sessions) as session:
         await service.delete_endpoint(session, endpoint_id, actor)
     return redirect(router.prefix)

@@ -12,13 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db import transaction, utcnow
 from app.delivery import outbox
+from app.delivery.events import Ledger
 from app.delivery.job import Delivery, Job
+from app.delivery.links import Links
 from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats, survived
+from app.delivery.notify import Notifier
 from app.delivery.outbox import Claim, RetryPolicy
 from app.delivery.transports import TransportCache
-from app.events.service import tally
+from app.delivery.vocabulary import tally
 from app.metrics import Metrics
-from app.suppressions.unsubscribe import Links
 
 log = logging.getLogger("postroom.dispatcher")
 
@@ -38,15 +40,20 @@ class Dispatcher:
         settings: Settings,
         transports: TransportCache,
         metrics: Metrics,
+        ledger: Ledger,
         *,
+        notifier: Notifier | None = None,
         loop: str = "dispatcher",
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.transports = transports
         self.metrics = metrics
+        self.ledger = ledger
+        """Where the attempts' events go, and who is suppressed (app.events.service.LEDGER)."""
         self.retry = RetryPolicy(settings.retry_base, settings.retry_max, settings.max_message_age)
-        self.wakeup = asyncio.Event()
+        self.wakeup = notifier or Notifier()
+        """Set when something was queued, or when finished attempts freed room."""
         self._done: list[Job] = []
         self._done_changed = asyncio.Event()
         self._in_flight = 0
@@ -62,10 +69,6 @@ class Dispatcher:
         """The running loop, set by whoever starts it (for /readyz)."""
         self.last_error: str | None = None
         """The last exception a pass survived; cleared by the next heartbeat's pass."""
-
-    def notify(self) -> None:
-        """Something was queued: look now rather than at the next poll."""
-        self.wakeup.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until `stopping` is set, then finish what is in flight.
@@ -203,7 +206,7 @@ class Dispatcher:
                     )
                 finally:
                     self._in_flight -= len(jobs)
-                    self.wakeup.set()
+                    self.wakeup.notify()
             if self._closing and not self._done:
                 return
 
@@ -224,7 +227,7 @@ class Dispatcher:
         await self.delivery.attempt(job)
 
     async def _load(self, claims: list[Claim]) -> list[Job]:
-        return await outbox.load(self.sessions, claims)
+        return await outbox.load(self.sessions, claims, self.ledger)
 
     async def _finish(self, jobs: list[Job]) -> None:
         """Write the results of finished attempts (outbox.finish: one transaction, fenced), then
@@ -232,7 +235,7 @@ class Dispatcher:
         if not jobs:
             return
         now = utcnow()
-        live, events = await outbox.finish(self.sessions, jobs, self.retry, now)
+        live, events = await outbox.finish(self.sessions, jobs, self.retry, now, self.ledger)
         if not live:
             return
         self.metrics.count_events(tally(events))

@@ -20,16 +20,16 @@ from typing import Any, Protocol
 
 from app.db import utcnow
 from app.delivery.compose import compose
+from app.delivery.events import Suppressed
 from app.delivery.grouping import Batch, plan
+from app.delivery.links import Links, Unsubscribe
 from app.delivery.models import Message, Recipient
 from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
+from app.delivery.verp import Verp
 from app.dkim.signer import Signer
-from app.events.bounces.verp import Verp
 from app.metrics import Metrics
 from app.servers.models import ServerProfile
-from app.suppressions.service import Listed
-from app.suppressions.unsubscribe import Links, Unsubscribe
 from app.themes.render import Layout
 from app.transports.base import OutgoingMessage, Transport
 from app.transports.errors import (
@@ -200,7 +200,7 @@ class Delivery:
         self, job: Job, profile: ServerProfile | None, outgoing: OutgoingMessage
     ) -> OutgoingMessage:
         """The envelope sender `profile` gets: a signed VERP address when it has a bounce domain
-        (app/events/bounces/verp.py), so its bounces name the message and recipient."""
+        (app/delivery/verp.py), so its bounces name the message and recipient."""
         return self.transports.verp.envelope(outgoing, profile, job.message.id, job.recipients)
 
     def _unsubscribe(self, job: Job) -> bool:
@@ -335,7 +335,7 @@ class Delivery:
         return self.transports.builtin if profile is None else self.transports.get(profile)
 
 
-def hold_back(job: Job, listed: Listed) -> None:
+def hold_back(job: Job, listed: Suppressed) -> None:
     """A suppressed recipient's result is `suppressed`, before anything is sent: it is not sent
     to, and its companions go on."""
     if job.stored.ignore_suppressions:

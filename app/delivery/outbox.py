@@ -22,16 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import among, transaction, update_by_id, utcnow
 from app.delivery import quota
-from app.delivery.events import attempt_event
+from app.delivery.events import Ledger, attempt_event
 from app.delivery.job import Job, hold_back
 from app.delivery.models import ATTEMPTS, MESSAGES, RECIPIENTS, Message, Recipient
 from app.delivery.queue import Lease, Queue, claim_due, release_expired
 from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
-from app.events.service import DeliveryEvent, record_events
+from app.delivery.vocabulary import DeliveryEvent
 from app.servers.models import ServerProfile
 from app.servers.service import record_health
-from app.suppressions import service as suppressions
 from app.themes.models import Theme
 from app.themes.render import Layout
 from app.themes.service import layout_of
@@ -91,7 +90,9 @@ async def next_due(session: AsyncSession) -> datetime | None:
     )
 
 
-async def load(sessions: async_sessionmaker[AsyncSession], claims: list[Claim]) -> list[Job]:
+async def load(
+    sessions: async_sessionmaker[AsyncSession], claims: list[Claim], ledger: Ledger
+) -> list[Job]:
     """What the claimed messages need, in one short transaction: rows, recipients, profiles and
     themes, each looked up once for the whole batch. A message whose claim is no longer current
     (its lease expired and it was claimed again) is left out."""
@@ -113,7 +114,7 @@ async def load(sessions: async_sessionmaker[AsyncSession], claims: list[Claim]) 
             .order_by(Recipient.id)
         ):
             recipients[row.message_pk].append(row)
-        listed = await suppressions.listed(session, _unsent(messages, stored, recipients))
+        listed = await ledger.listed(session, _unsent(messages, stored, recipients))
         profiles = await _profiles(session, {m.server for m in messages if m.server})
         layouts = await _layouts(
             session, {name for m in messages if (name := _theme_name(m, stored, profiles))}
@@ -137,7 +138,11 @@ async def load(sessions: async_sessionmaker[AsyncSession], claims: list[Claim]) 
 
 
 async def finish(
-    sessions: async_sessionmaker[AsyncSession], jobs: list[Job], retry: RetryPolicy, now: datetime
+    sessions: async_sessionmaker[AsyncSession],
+    jobs: list[Job],
+    retry: RetryPolicy,
+    now: datetime,
+    ledger: Ledger,
 ) -> tuple[list[tuple[Job, dict[str, Any]]], list[DeliveryEvent]]:
     """Write the results of finished attempts in one transaction, each fenced on its attempt
     number: a job whose lease expired and whose message was claimed again changes nothing.
@@ -185,7 +190,7 @@ async def finish(
         if rows:
             await session.execute(*update_by_id(RECIPIENTS, rows))
         events = [event for job, _ in live for event in _events(job, now)]
-        events = await record_events(session, events)
+        events = await ledger.record(session, events)
         attempts = [row for job, _ in live for row in job.attempts]
         if attempts:
             await session.execute(insert(ATTEMPTS), attempts)

@@ -9,9 +9,10 @@ from pydantic import Field
 
 from app.db import transaction
 from app.delivery import probe
+from app.delivery.deps import ProbingDep
 from app.delivery.probe import TestOutcome, VerifyOutcome
-from app.deps import AdminUser, RuntimeDep, client_address
-from app.events.service import tally
+from app.delivery.vocabulary import tally
+from app.deps import AdminUser, SessionsDep, client_address
 from app.schemas import CamelModel, EmailAddress
 
 router = APIRouter(prefix="/api/v1/servers", tags=["servers"])
@@ -34,30 +35,35 @@ class TestBody(ProbeBody):
 
 @router.post("/{name}/test", response_model=TestOutcome)
 async def test_server(
-    name: str, body: TestBody, admin: AdminUser, request: Request, runtime: RuntimeDep
+    name: str,
+    body: TestBody,
+    admin: AdminUser,
+    request: Request,
+    sessions: SessionsDep,
+    probing: ProbingDep,
 ) -> TestOutcome:
     """Send the test mail now, not queued; at most a few a minute per profile (all replicas
     together). `to` defaults to the profile's sender, else the branding sender. The mail is kept
     in the sending records (`record`), sent or not."""
-    async with runtime.sessions() as session:
-        found = await probe.candidate(session, runtime.profiles, name, body.changes)
+    async with sessions() as session:
+        found = await probe.candidate(session, probing.profiles, name, body.changes)
         to = await probe.test_recipient(session, found, body.to)
-    await runtime.test_sends.hit(name)
-    test = await probe.send_test(found, to, runtime.transport_context)
-    async with transaction(runtime.sessions) as session:
+    await probing.throttle.hit(name)
+    test = await probe.send_test(found, to, probing.context)
+    async with transaction(sessions) as session:
         events = await probe.record_test(
             session, found, test, by=admin.name, client_ip=client_address(request)
         )
-    runtime.metrics.count_events(tally(events))
+    probing.metrics.count_events(tally(events))
     return test
 
 
 @router.post("/{name}/verify", response_model=VerifyOutcome)
 async def verify_server(
-    name: str, body: ProbeBody, _: AdminUser, runtime: RuntimeDep
+    name: str, body: ProbeBody, _: AdminUser, sessions: SessionsDep, probing: ProbingDep
 ) -> VerifyOutcome:
     """Connect, greet, EHLO, TLS, AUTH and quit (or check an API's credentials): nothing is sent.
     Each DKIM key's DNS record is looked up too (`dkim`)."""
-    async with runtime.sessions() as session:
-        found = await probe.candidate(session, runtime.profiles, name, body.changes)
-    return await probe.verify(found, runtime.transport_context, runtime.resolver)
+    async with sessions() as session:
+        found = await probe.candidate(session, probing.profiles, name, body.changes)
+    return await probe.verify(found, probing.context, probing.resolver)

@@ -7,10 +7,10 @@ from datetime import datetime
 
 from app.config import Settings
 from app.crypto import SecretBox
+from app.delivery.verp import PURPOSE as VERP_PURPOSE
+from app.delivery.verp import Verp
 from app.dkim.service import signer_of
 from app.dkim.signer import Signer
-from app.events.bounces.verp import PURPOSE as VERP_PURPOSE
-from app.events.bounces.verp import Verp
 from app.servers.models import ServerProfile
 from app.servers.service import config_of
 from app.transports import registry

@@ -21,16 +21,17 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit import service as audit
-from app.audit.service import Actor, Secret
+from app.audit.service import Secret
 from app.crypto import SecretBox
 from app.db import transaction, utcnow
 from app.dkim import keys, lookup
-from app.dkim.carriage import CARRIAGE
 from app.dkim.keys import Algorithm, DkimKey, KeyRefused
 from app.dkim.schemas import DkimCheck, DkimKeyIn, DkimKeyOut, DkimOut, DnsRecord, Slot
 from app.dkim.signer import Signer
 from app.errors import Conflict, Invalid
+from app.identity import Actor
 from app.schemas import CamelModel, a_label_domain
+from app.servers.carriage import CARRIAGE
 from app.servers.models import ServerProfile
 from app.servers.service import get_profile
 from app.transports.urls import check_host

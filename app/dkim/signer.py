@@ -22,8 +22,8 @@ from dkim.canonicalization import (
     strip_trailing_lines,
 )
 
-from app.dkim.carriage import CARRIAGE
 from app.dkim.keys import DkimKey
+from app.servers.carriage import CARRIAGE
 
 NAME = b"DKIM-Signature"
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
@@ -77,7 +77,7 @@ class Signer:
     selector: str
     key: DkimKey
     unsigned: frozenset[bytes] = frozenset()
-    """Fields (lower case) the profile's transport may rewrite (app/dkim/carriage.py): left out
+    """Fields (lower case) the profile's transport may rewrite (app/servers/carriage.py): left out
     of h=."""
     clock: Callable[[], float] = time.time
 

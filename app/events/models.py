@@ -1,61 +1,20 @@
-"""The delivery_events table and the closed vocabulary of its `type` and `bounce_type`.
-
-The vocabulary is django-anymail's (its EventType), so an event means the same whichever provider
-reported it. It is defined once, here, as a Literal: the CHECK constraints, the API's validation
-and the dispatcher's mapping all read it from this module.
-"""
+"""The delivery_events table; the vocabulary of its `type` and `bounce_type` is
+app/delivery/vocabulary.py (its CHECK constraints read it from there)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, get_args
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import ID, Base, table_of, utcnow
-
-EventType = Literal[
-    "queued",
-    "sent",
-    "rejected",
-    "failed",
-    "bounced",
-    "deferred",
-    "delivered",
-    "autoresponded",
-    "opened",
-    "clicked",
-    "complained",
-    "unsubscribed",
-    "suppressed",
-    "cancelled",
-    "unknown",
-]
-"""queued: accepted by Postroom; sent: the first hop (relay or provider) took it; rejected: refused
-for this recipient before sending (a 5xx RCPT, a provider's invalid address, the suppression list
-of a provider); failed: could not be sent for another reason; bounced: the receiving side refused
-it after the hand-off (a DSN, a provider's bounce); deferred: refused for now, retried; delivered:
-the receiving server accepted it; autoresponded, opened, clicked, complained, unsubscribed: what
-the recipient did; suppressed: not sent because of Postroom's suppression list; cancelled: not
-sent because a user cancelled the message (both Postroom's own: anymail has neither); unknown: an
-event that could not be classified or matched to a message."""
-
-EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
-
-BounceType = Literal["hard", "soft", "undetermined"]
-"""hard: the address will never take mail (suppress it); soft: for now (a full mailbox);
-undetermined: the report did not say."""
-
-BOUNCE_TYPES: tuple[BounceType, ...] = get_args(BounceType)
-
-OWN_SOURCE = "postroom"
-"""The `source` of the events Postroom produces itself; providers' are their type (`ses`,
-`sendgrid`, `mailgun`, `mandrill`), SMTP bounce reports `dsn`."""
-
-REASON_LENGTH = 2000
-DIAGNOSTIC_LENGTH = 1000
-EVENT_ID_LENGTH = 255
+from app.delivery.vocabulary import (
+    BOUNCE_TYPES,
+    DIAGNOSTIC_LENGTH,
+    EVENT_ID_LENGTH,
+    EVENT_TYPES,
+)
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:

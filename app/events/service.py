@@ -6,82 +6,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Insert, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import among, insert_ignoring, utcnow
-from app.events.models import (
-    BOUNCE_TYPES,
-    DIAGNOSTIC_LENGTH,
-    EVENT_ID_LENGTH,
-    EVENT_TYPES,
-    EVENTS,
-    OWN_SOURCE,
-    REASON_LENGTH,
-    BounceType,
-    EventRow,
-    EventType,
-)
-from app.suppressions.service import suppress_from_events
+from app.delivery.vocabulary import DeliveryEvent as DeliveryEvent  # probe.py imports it here
+from app.events.models import EVENTS, EventRow
+from app.suppressions import service as suppressions
+from app.suppressions.service import Listed, suppress_from_events
 from app.webhooks.enqueue import enqueue_events
-
-_TYPES = frozenset(EVENT_TYPES)
-_BOUNCES = frozenset(BOUNCE_TYPES)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryEvent:
-    """One event as a producer reports it. `occurred_at` defaults to when it was made; `reason` and
-    `diagnostic_code` are cut to their column's length when stored."""
-
-    message_pk: str | None
-    type: EventType
-    recipient_pk: int | None = None
-    email: str | None = None
-    occurred_at: datetime = field(default_factory=utcnow)
-    source: str = OWN_SOURCE
-    profile: str | None = None
-    bounce_type: BounceType | None = None
-    provider_event_id: str | None = None
-    reason: str | None = None
-    diagnostic_code: str | None = None
-
-    def __post_init__(self) -> None:
-        # The Literal types hold for checked code; a provider parser's mistake must fail here,
-        # where it is made, not as a CHECK violation that rolls back a whole batch.
-        if self.type not in _TYPES:
-            raise ValueError(f"{self.type!r} is not an event type")
-        if self.bounce_type is not None and self.bounce_type not in _BOUNCES:
-            raise ValueError(f"{self.bounce_type!r} is not a bounce type")
-        if self.provider_event_id is not None and len(self.provider_event_id) > EVENT_ID_LENGTH:
-            raise ValueError(f"a provider event id is at most {EVENT_ID_LENGTH} characters")
-
-    @property
-    def key(self) -> tuple[str, str] | None:
-        """What makes a reporter's event unique, when it has an id of its own."""
-        return None if self.provider_event_id is None else (self.source, self.provider_event_id)
-
-    def row(self, now: datetime) -> dict[str, Any]:
-        return {
-            "message_pk": self.message_pk,
-            "recipient_pk": self.recipient_pk,
-            "email": self.email,
-            "type": self.type,
-            "bounce_type": self.bounce_type,
-            "occurred_at": self.occurred_at,
-            "recorded_at": now,
-            "source": self.source,
-            "profile": self.profile,
-            "provider_event_id": self.provider_event_id,
-            "reason": None if self.reason is None else self.reason[:REASON_LENGTH],
-            "diagnostic_code": (
-                None if self.diagnostic_code is None else self.diagnostic_code[:DIAGNOSTIC_LENGTH]
-            ),
-        }
 
 
 async def record_events(
@@ -116,14 +51,26 @@ async def record_events(
     return recorded
 
 
+class _Ledger:
+    """Delivery's Ledger (app.delivery.events): its events recorded as every event is, and the
+    suppression list read, without delivery importing either."""
+
+    async def record(
+        self, session: AsyncSession, events: Sequence[DeliveryEvent]
+    ) -> list[DeliveryEvent]:
+        return await record_events(session, events)
+
+    async def listed(self, session: AsyncSession, emails: Iterable[str]) -> Listed:
+        return await suppressions.listed(session, emails)
+
+
+LEDGER = _Ledger()
+"""What whoever starts a dispatcher hands it."""
+
+
 def _insert_new(session: AsyncSession) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING in the session's dialect."""
     return insert_ignoring(session, EVENTS)
-
-
-def tally(events: Iterable[DeliveryEvent]) -> Counter[tuple[str, str]]:
-    """How many events of each (type, profile): what the metrics count once they are committed."""
-    return Counter((event.type, event.profile or "") for event in events)
 
 
 async def events_of(session: AsyncSession, message_pks: Collection[str]) -> list[EventRow]:

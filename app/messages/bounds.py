@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.errors import Forbidden
+from app.identity import Principal
 from app.schemas import comparable
-from app.security import Principal
 
 if TYPE_CHECKING:
     from app.messages.lookups import Lookups

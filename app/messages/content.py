@@ -19,13 +19,13 @@ from sqlalchemy.orm import selectinload
 
 from app.delivery.compose import compose
 from app.delivery.grouping import plan
+from app.delivery.links import Links, Unsubscribe
 from app.delivery.models import Message, Recipient
 from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
 from app.errors import Conflict, Gone, NotFound
 from app.messages.schemas import AttachmentInfo, Rendered
 from app.servers.models import ServerProfile
-from app.suppressions.unsubscribe import Links, Unsubscribe
 from app.themes.models import Theme
 from app.themes.render import Layout
 from app.themes.service import layout_of

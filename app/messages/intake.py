@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.delivery.notify import Notifier
 from app.errors import AppError
 from app.messages import service
 from app.messages.schemas import Accepted, MessageIn
@@ -38,11 +39,18 @@ class _Request:
 
 
 class Intake:
-    """Stores messages in shared transactions; `submit` returns once its message is committed."""
+    """Stores messages in shared transactions; `submit` returns once its message is committed,
+    and the notifier has been told when that transaction queued any."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        notifier: Notifier,
+    ) -> None:
         self._sessions = sessions
         self._settings = settings
+        self._notifier = notifier
         self._waiting: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -95,6 +103,8 @@ class Intake:
             for request in batch:
                 request.answer.set_exception(err)
             return
+        if any(not isinstance(outcome, AppError) and not outcome[1] for outcome in outcomes):
+            self._notifier.notify()  # something new is queued (not only replayed answers)
         for request, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, AppError):
                 request.answer.set_exception(outcome)

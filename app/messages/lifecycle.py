@@ -21,15 +21,17 @@ from sqlalchemy.orm import selectinload
 from app.config import Settings
 from app.db import utcnow
 from app.delivery.models import RECIPIENTS, Message, Recipient
+from app.delivery.notify import Notifier
 from app.delivery.transports import BUILTIN
+from app.delivery.vocabulary import DeliveryEvent
 from app.errors import Conflict, Gone, NotFound
 from app.events.models import EventRow
-from app.events.service import DeliveryEvent, record_events
+from app.events.service import record_events
+from app.identity import Principal
 from app.messages import service
 from app.messages.schemas import MessageIn, Resent
 from app.messages.service import Caller
 from app.messages.statuses import SCHEDULED, shown
-from app.security import Principal
 
 UNREACHED = frozenset({"failed", "rejected", "invalid"})
 """Recipient statuses a resend sends to again (besides the recipients that bounced)."""
@@ -137,8 +139,11 @@ async def cancel(
     return await record_events(session, events)
 
 
-async def retry(session: AsyncSession, message_id: str, principal: Principal) -> None:
-    """Make a deferred message (queued, tried before) due now rather than at its next attempt."""
+async def retry(
+    session: AsyncSession, message_id: str, principal: Principal, notifier: Notifier
+) -> None:
+    """Make a deferred message (queued, tried before) due now rather than at its next attempt;
+    the notifier wakes the dispatcher once that is committed."""
     row = await _state(session, message_id, principal)
     done = await session.execute(
         update(Message)
@@ -148,6 +153,7 @@ async def retry(session: AsyncSession, message_id: str, principal: Principal) ->
         .execution_options(synchronize_session=False)
     )
     if done.first() is not None:
+        notifier.after_commit(session)
         return
     row = await _state(session, message_id, principal)
     if row.status == "sending":
@@ -161,13 +167,14 @@ async def retry(session: AsyncSession, message_id: str, principal: Principal) ->
 
 
 async def resend(
-    session: AsyncSession, settings: Settings, caller: Caller, message_id: str
+    session: AsyncSession, settings: Settings, caller: Caller, message_id: str, notifier: Notifier
 ) -> Resent:
     """Send a failed or bounced message again, as a new message, to the recipients it did not
     reach. It goes through the intake like any POST (limits, sender bounds, the suppression
     list) and then carries the old one's content as it was stored (its template rendered then,
     per-recipient parts included): the same mail, not a new rendering. A message is resent once;
-    the two are linked both ways (resentFrom, resentAs)."""
+    the two are linked both ways (resentFrom, resentAs). The notifier wakes the dispatcher once
+    the new message is committed."""
     old = await session.scalar(
         select(Message).where(Message.id == message_id).options(selectinload(Message.recipients))
     )
@@ -178,6 +185,7 @@ async def resend(
     body = _request(old, targets)
     accepted, _ = await service.enqueue(session, settings, caller, body)
     await _carry_over(session, old, accepted.id, targets)
+    notifier.after_commit(session)
     answer = Resent(
         id=accepted.id,
         status=accepted.status,

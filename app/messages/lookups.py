@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.branding.service import get_branding
 from app.errors import Invalid
+from app.identity import Principal
 from app.messages.bounds import Bounds, bounds_of
-from app.security import Principal
 from app.servers.models import ServerProfile
 from app.servers.service import get_routing
 

@@ -16,12 +16,13 @@ from sqlalchemy.orm import selectinload
 
 from app.db import utcnow
 from app.delivery.models import Message, Recipient
+from app.delivery.vocabulary import EventType
 from app.errors import BadRequest, NotFound
-from app.events.models import EventRow, EventType
+from app.events.models import EventRow
 from app.events.service import events_of
+from app.identity import Principal
 from app.messages.schemas import EventOut, MessageOut, MessagePage, MessageSummary
 from app.messages.statuses import shown, shown_as
-from app.security import Principal
 
 QUEUED: EventType = "queued"
 S = TypeVar("S", bound=MessageSummary)

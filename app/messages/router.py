@@ -4,11 +4,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from app.deps import AdminUser, RuntimeDep, SenderUser, SessionDep, client_address
+from app.delivery.deps import LinksDep
+from app.delivery.vocabulary import EventType, tally
+from app.deps import AdminUser, SenderUser, SessionDep, SettingsDep, client_address
 from app.errors import BadRequest, ErrorBody
-from app.events.models import EventType
-from app.events.service import tally
 from app.messages import content, lifecycle, records, service
+from app.messages.deps import SendingDep
 from app.messages.records import RecordFilter
 from app.messages.schemas import (
     Accepted,
@@ -23,7 +24,6 @@ from app.messages.schemas import (
 )
 from app.messages.service import Caller
 from app.schemas import IsoDateTime
-from app.suppressions.unsubscribe import Links
 
 router = APIRouter(prefix="/api/v1/messages", tags=["messages"])
 
@@ -36,7 +36,7 @@ async def send_message(
     request: Request,
     response: Response,
     principal: SenderUser,
-    runtime: RuntimeDep,
+    sending: SendingDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Accepted:
     """Queue one message. The 202 means it is stored: it will be delivered or its failure recorded.
@@ -48,15 +48,13 @@ async def send_message(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
             details=[{"field": "Idempotency-Key", "message": "too long"}],
         )
-    if runtime.sends is not None:
-        await runtime.sends.hit(principal.name)
+    await sending.hit(principal.name)
     caller = Caller(principal, client_address(request))
-    accepted, replayed = await runtime.intake.submit(caller, body, idempotency_key)
+    accepted, replayed = await sending.intake.submit(caller, body, idempotency_key)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        runtime.queued()
-        runtime.metrics.count_events(accepted.events)
+        sending.metrics.count_events(accepted.events)
     return accepted
 
 
@@ -66,18 +64,18 @@ async def send_batch(
     request: Request,
     principal: SenderUser,
     session: SessionDep,
-    runtime: RuntimeDep,
+    settings: SettingsDep,
+    sending: SendingDep,
 ) -> BatchOut:
     """Queue many messages in one request and one transaction. Each item is checked on its own:
     its result is 202 with the id, or the 4xx error it would have had when posted alone."""
-    if runtime.sends is not None:  # all of the batch fits, or none of it is counted
-        await runtime.sends.hit(principal.name, len(body.messages))
+    await sending.hit(principal.name, len(body.messages))  # all of the batch fits, or none
     caller = Caller(principal, client_address(request))
-    results = await service.enqueue_batch(session, runtime.settings, caller, body.messages)
+    results = await service.enqueue_batch(session, settings, caller, body.messages)
     if any(item.status == 202 for item in results):
-        runtime.queued()
+        sending.notifier.after_commit(session)
     for item in results:
-        runtime.metrics.count_events(item.events)
+        sending.metrics.count_events(item.events)
     accepted = sum(item.status == 202 for item in results)
     return BatchOut(accepted=accepted, rejected=len(results) - accepted, results=results)
 
@@ -133,7 +131,7 @@ PURGED: dict[int | str, dict[str, Any]] = {
 
 @router.post("/{message_id}/cancel", response_model=MessageOut)
 async def cancel_message(
-    message_id: str, principal: SenderUser, session: SessionDep, runtime: RuntimeDep
+    message_id: str, principal: SenderUser, session: SessionDep, sending: SendingDep
 ) -> MessageOut:
     """Cancel a queued or scheduled message: it is not sent, and its record says `cancelled`.
 
@@ -141,19 +139,18 @@ async def cancel_message(
     finished; the current status is in `details`. Cancelling it again answers the same again."""
     events = await lifecycle.cancel(session, message_id, principal)
     if events:
-        runtime.metrics.count_events(tally(events))
-        runtime.metrics.messages.labels(status="cancelled").inc()
+        sending.metrics.count_events(tally(events))
+        sending.metrics.messages.labels(status="cancelled").inc()
     return await records.detail(session, message_id, principal)
 
 
 @router.post("/{message_id}/retry", response_model=MessageOut)
 async def retry_message(
-    message_id: str, principal: SenderUser, session: SessionDep, runtime: RuntimeDep
+    message_id: str, principal: SenderUser, session: SessionDep, sending: SendingDep
 ) -> MessageOut:
     """Try a deferred message now rather than at its `nextAttemptAt`. A 409 for a message that
     is not deferred (scheduled, never tried, being sent, or finished)."""
-    await lifecycle.retry(session, message_id, principal)
-    runtime.queued()
+    await lifecycle.retry(session, message_id, principal, sending.notifier)
     return await records.detail(session, message_id, principal)
 
 
@@ -168,17 +165,16 @@ async def resend_message(
     request: Request,
     principal: SenderUser,
     session: SessionDep,
-    runtime: RuntimeDep,
+    settings: SettingsDep,
+    sending: SendingDep,
 ) -> Resent:
     """Send a failed or bounced message again, as a new message (its `resentFrom` names this one,
     and this one's `resentAs` names it), to the recipients it did not reach: the same content,
     through the same checks as POST /messages. Once per message."""
-    if runtime.sends is not None:
-        await runtime.sends.hit(principal.name)
+    await sending.hit(principal.name)
     caller = Caller(principal, client_address(request))
-    resent = await lifecycle.resend(session, runtime.settings, caller, message_id)
-    runtime.queued()
-    runtime.metrics.count_events(resent.events)
+    resent = await lifecycle.resend(session, settings, caller, message_id, sending.notifier)
+    sending.metrics.count_events(resent.events)
     return resent
 
 
@@ -194,13 +190,12 @@ async def raw_message(
     message_id: str,
     principal: AdminUser,
     session: SessionDep,
-    runtime: RuntimeDep,
+    links: LinksDep,
     recipient: str | None = None,
 ) -> Response:
     """The message as it went to `recipient` (default: its first), as RFC 5322 bytes,
     recomposed from the stored message (no Bcc header: it is never sent; no DKIM-Signature: it
     was made at send time, and this is what it signed)."""
-    links = Links.of(runtime.settings, runtime.box)
     outgoing, _ = await content.composed(session, links, message_id, recipient)
     return Response(
         outgoing.mime,
@@ -217,11 +212,10 @@ async def rendered_message(
     message_id: str,
     principal: AdminUser,
     session: SessionDep,
-    runtime: RuntimeDep,
+    links: LinksDep,
     recipient: str | None = None,
 ) -> Rendered:
     """The subject, text and HTML as they went to `recipient` (default: its first): the template
     rendered, the theme and the profile's signature applied; attachments by name and size."""
-    links = Links.of(runtime.settings, runtime.box)
     outgoing, address = await content.composed(session, links, message_id, recipient)
     return content.rendered(outgoing, address)

@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.delivery.stored import Parts, StoredAttachment, StoredMessage
 from app.errors import Forbidden, Invalid
+from app.identity import Principal
 from app.messages.lookups import Lookups
 from app.messages.schemas import LINE_BREAKS, AddressIn, MessageIn
-from app.security import Principal
 from app.servers.models import ServerProfile
 from app.servers.service import PUBLIC_URL_NEEDED
 from app.themes import service as themes

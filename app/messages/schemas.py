@@ -11,10 +11,9 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
+from app.delivery.vocabulary import BounceType, EventType
 from app.errors import FieldsError
-from app.events.models import BounceType, EventType
-from app.schemas import CamelModel, EmailAddress, SafeStr
-from app.servers.schemas import ProfileName
+from app.schemas import CamelModel, EmailAddress, ProfileName, SafeStr
 
 LINE_BREAKS = frozenset("\r\n\0\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 """CR, LF, NUL, and every other character str.splitlines() breaks at: Python's email package

@@ -28,12 +28,12 @@ from app.errors import (
     error_body,
     invalid_body,
 )
+from app.identity import Principal
 from app.messages import rules
 from app.messages.bounds import enforce
 from app.messages.lookups import Lookups
 from app.messages.schemas import Accepted, BatchItem, MessageIn
 from app.messages.statuses import status_at
-from app.security import Principal
 from app.suppressions import service as suppressions
 from app.themes import service as themes
 from app.transports.base import Address

@@ -10,25 +10,26 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from app.deps import Runtime
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
 from app.events.bounces.loop import Supervised
+from app.metrics import Metrics
 from app.retention.purge import Purge, PurgeLoop
 
 
 @asynccontextmanager
-async def running_purge(runtime: Runtime) -> AsyncIterator[PurgeLoop]:
+async def running_purge(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, metrics: Metrics
+) -> AsyncIterator[PurgeLoop]:
     """Run the purge in the background for the duration of the block."""
-    purge = Purge(runtime.sessions, runtime.settings)
-    supervised = Supervised(
-        runtime.sessions, runtime.metrics, "purge", purge.step, runtime.settings.purge_interval
-    )
+    purge = Purge(sessions, settings)
+    supervised = Supervised(sessions, metrics, "purge", purge.step, settings.purge_interval)
     stopping = asyncio.Event()
     await supervised.heartbeats.beat(time.monotonic())
     running = PurgeLoop(supervised, asyncio.create_task(supervised.run(stopping)))
-    runtime.purge = running
     try:
         yield running
     finally:
-        runtime.purge = None
         stopping.set()
         await asyncio.gather(running.task, return_exceptions=True)

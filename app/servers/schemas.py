@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from app.errors import FieldsError
-from app.schemas import CamelModel, EmailAddress, Integer, SafeStr
+from app.schemas import CamelModel, EmailAddress, Integer, ProfileName, SafeStr
 from app.transports.mailgun import MailgunConfig
 from app.transports.mandrill import MandrillConfig
 from app.transports.msgraph import MsgraphConfig
@@ -16,8 +16,6 @@ from app.transports.sendgrid import SendgridConfig
 from app.transports.ses import SesConfig
 from app.transports.smtp import SmtpConfig
 from app.transports.urls import check_ehlo_name, check_host, check_http_url, check_proxy_url
-
-ProfileName = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_]+$")]
 
 
 def _no_nul(value: str) -> str:

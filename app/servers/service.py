@@ -15,13 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import secret_fields as secret_settings
 from app.audit import service as audit
-from app.audit.service import Actor, Secret
+from app.audit.service import Secret
 from app.crypto import SecretBox
 from app.db import utcnow
-from app.dkim.carriage import CARRIAGE
 from app.egress import EgressPolicy, check_host_setting, check_port_setting
 from app.errors import Conflict, Invalid, NotFound
+from app.identity import Actor
 from app.schemas import CamelModel
+from app.servers.carriage import CARRIAGE
 from app.servers.models import MailRouting, ServerProfile
 from app.servers.schemas import Health, ProfileBody, ProfileList, ProfileOut
 from app.themes.models import Theme

@@ -13,8 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
-from app.audit.service import Actor, Secret
+from app.audit.service import Secret
 from app.errors import Conflict, Invalid, validation_details
+from app.identity import Actor
 from app.schemas import CamelModel, Integer, SafeStr
 from app.servers import service
 from app.servers.models import ServerProfile

@@ -31,16 +31,18 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.delivery.liveness import HEARTBEAT_EVERY
-from app.deps import Runtime
+from app.deps import Authenticating
 from app.errors import AppError, Forbidden, Invalid, TooManyRequests, Unauthorized
 from app.events.bounces.loop import Supervised
+from app.identity import Principal
+from app.messages.deps import Sending
 from app.messages.schemas import Accepted, MessageIn
 from app.messages.service import Caller
 from app.schemas import EmailAddress, local_domains
-from app.security import Principal
 from app.submission.mime import Refused, described, message_in
 
 log = logging.getLogger("postroom.submission")
@@ -107,8 +109,10 @@ def _client(session: Session) -> str:
 class SubmissionHandler:
     """aiosmtpd's handler: AUTH against the users table, every message into the intake."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, auth: Authenticating, settings: Settings, sending: Sending) -> None:
+        self.auth = auth
+        self.settings = settings
+        self.sending = sending
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
         response = await _response(server, args, "")
@@ -149,7 +153,7 @@ class SubmissionHandler:
         """Check the credential: its Principal, else the reply. A wrong one is counted by the
         failed-login throttle and the lockout, as on the API."""
         try:
-            return await self.runtime.auth.verify(name, password, _client(session))
+            return await self.auth.verify(name, password, _client(session))
         except Unauthorized:
             return "535 5.7.8 Authentication credentials invalid"
         except TooManyRequests as err:
@@ -186,11 +190,11 @@ class SubmissionHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        most = self.runtime.settings.max_visible_recipients
+        most = self.settings.max_visible_recipients
         if len(envelope.rcpt_tos) >= most:
             return f"452 4.5.3 too many recipients: {most} per message; send the rest in another"
         try:
-            with local_domains(self.runtime.settings.allow_local_domains):
+            with local_domains(self.settings.allow_local_domains):
                 EMAIL.validate_python(address)
         except ValidationError as err:
             return _reply("553 5.1.3", f"{address}: {described(err).removeprefix('body: ')}")
@@ -202,7 +206,7 @@ class SubmissionHandler:
         login = session.auth_data
         assert isinstance(login, Login)
         try:
-            with local_domains(self.runtime.settings.allow_local_domains):
+            with local_domains(self.settings.allow_local_domains):
                 body = message_in(
                     envelope.original_content or b"", envelope.mail_from or "", envelope.rcpt_tos
                 )
@@ -222,13 +226,10 @@ class SubmissionHandler:
 
     async def _submit(self, principal: Principal, client: str, body: MessageIn) -> Accepted:
         """As POST /messages does: the per-user send rate, then the intake (returns once
-        committed), then wake the dispatcher and count the events."""
-        runtime = self.runtime
-        if runtime.sends is not None:
-            await runtime.sends.hit(principal.name)
-        accepted, _ = await runtime.intake.submit(Caller(principal, client), body)
-        runtime.queued()
-        runtime.metrics.count_events(accepted.events)
+        committed, and has woken the dispatcher), then count the events."""
+        await self.sending.hit(principal.name)
+        accepted, _ = await self.sending.intake.submit(Caller(principal, client), body)
+        self.sending.metrics.count_events(accepted.events)
         return accepted
 
     async def handle_exception(self, error: Exception) -> str:
@@ -294,10 +295,15 @@ class SubmissionListener:
     """Owns the listening socket; `ensure` (the supervised loop's step) opens it when it is not
     serving, so a port that was taken is tried again."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        settings = runtime.settings
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        auth: Authenticating,
+        sending: Sending,
+    ) -> None:
         assert settings.submission_port is not None
-        self.handler = SubmissionHandler(runtime)
+        self.handler = SubmissionHandler(auth, settings, sending)
         self.host = settings.submission_host
         self.port = settings.submission_port
         self.tls = tls_context(settings)
@@ -306,7 +312,7 @@ class SubmissionListener:
         self.max_bytes = settings.submission_max_message_bytes
         self.server: asyncio.Server | None = None
         self.loop = Supervised(
-            runtime.sessions, runtime.metrics, "submission-listener", self.ensure, HEARTBEAT_EVERY
+            sessions, sending.metrics, "submission-listener", self.ensure, HEARTBEAT_EVERY
         )
         self.task: asyncio.Task[None] | None = None
         self._connections: weakref.WeakSet[_Protocol] = weakref.WeakSet()
@@ -359,22 +365,25 @@ class SubmissionListener:
 
 
 @asynccontextmanager
-async def running_submission(runtime: Runtime) -> AsyncIterator[SubmissionListener | None]:
+async def running_submission(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    auth: Authenticating,
+    sending: Sending,
+) -> AsyncIterator[SubmissionListener | None]:
     """The supervised listener when POSTROOM_SUBMISSION_PORT is set, for the block's duration;
-    it is on `runtime.submission` meanwhile, for /readyz."""
-    if runtime.settings.submission_port is None:
+    /readyz asks it for its `problem()` meanwhile."""
+    if settings.submission_port is None:
         yield None
         return
-    listener = SubmissionListener(runtime)
+    listener = SubmissionListener(settings, sessions, auth, sending)
     with contextlib.suppress(OSError):  # the loop tries again, and says why
         await listener.ensure()
     stopping = asyncio.Event()
     listener.task = asyncio.create_task(listener.loop.run(stopping))
-    runtime.submission = listener
     try:
         yield listener
     finally:
-        runtime.submission = None
         stopping.set()
         await asyncio.gather(listener.task, return_exceptions=True)
         await listener.aclose()

@@ -18,9 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db import transaction
 from app.delivery.transports import BUILTIN
 from app.errors import BadRequest, Invalid
-from app.schemas import EmailAddress
+from app.schemas import EmailAddress, ProfileName
 from app.servers.models import ServerProfile
-from app.servers.schemas import ProfileName
 from app.suppressions import service
 from app.suppressions.models import REASONS, Reason
 from app.suppressions.schemas import SuppressionOut

@@ -1,18 +1,15 @@
 from __future__ import annotations
 
-from html import escape
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from app.deps import AdminActor, AdminUser, RuntimeDep, SessionDep
-from app.schemas import EmailAddress, SafeStr
-from app.servers.schemas import ProfileName
+from app.deps import AdminActor, AdminUser, SessionDep, SessionsDep
+from app.schemas import EmailAddress, ProfileName, SafeStr
 from app.suppressions import csvio, service
 from app.suppressions.models import Reason
 from app.suppressions.schemas import ImportResult, SuppressionIn, SuppressionOut, SuppressionPage
-from app.suppressions.unsubscribe import Links, unsubscribe
 
 router = APIRouter(prefix="/api/v1/suppressions", tags=["suppressions"])
 
@@ -54,7 +51,7 @@ async def add_suppression(
 )
 async def export_suppressions(
     _: AdminUser,
-    runtime: RuntimeDep,
+    sessions: SessionsDep,
     q: Search = None,
     profile: Profile = None,
     reason: Reason | None = None,
@@ -63,7 +60,7 @@ async def export_suppressions(
     reason, source, eventId, messageId, createdAt."""
     where = service.Filter(text=q, profile=profile, reason=reason)
     return StreamingResponse(
-        csvio.export(runtime.sessions, where),
+        csvio.export(sessions, where),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="suppressions.csv"'},
     )
@@ -108,47 +105,3 @@ async def delete_suppression(
     """Take an address off the list: its entry for `profile`, or without it, the global one."""
     await service.remove(session, address, profile, actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-unsubscribe_router = APIRouter(prefix="/u", tags=["unsubscribe"])
-_HTML: dict[int | str, dict[str, Any]] = {
-    200: {"description": "A page for a person", "content": {"text/html": {}}}
-}
-"""The pages are HTML; errors (a link this service did not sign: 404) are JSON as everywhere."""
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
-<h1>{title}</h1>
-{body}
-</body></html>
-"""
-
-
-def _links(runtime: RuntimeDep) -> Links:
-    return Links.of(runtime.settings, runtime.box)
-
-
-@unsubscribe_router.get("/{token}", responses=_HTML)
-async def unsubscribe_page(token: str, runtime: RuntimeDep) -> HTMLResponse:
-    """A page with the button that unsubscribes. Nothing changes on GET: mail scanners fetch
-    links to look at them."""
-    link = _links(runtime).read(token)
-    form = (
-        f"<p>Stop mail to <b>{escape(link.address)}</b> from this sender?</p>\n"
-        '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
-        '<button type="submit">Unsubscribe</button></form>'
-    )
-    return HTMLResponse(_PAGE.format(title="Unsubscribe", body=form))
-
-
-@unsubscribe_router.post("/{token}", responses=_HTML)
-async def unsubscribe_now(token: str, runtime: RuntimeDep, session: SessionDep) -> HTMLResponse:
-    """RFC 8058 one-click: a mail client POSTs `List-Unsubscribe=One-Click` here. The address is
-    suppressed for the profile the mail came through (reason `unsubscribe`) and an
-    `unsubscribed` event recorded. No login: the signed token is the authority."""
-    link = _links(runtime).read(token)
-    await unsubscribe(session, link)
-    done = f"<p>{escape(link.address)} will get no more mail from this sender.</p>"
-    return HTMLResponse(_PAGE.format(title="Unsubscribed", body=done))

@@ -7,8 +7,7 @@ from typing import cast
 
 from pydantic import Field
 
-from app.schemas import CamelModel, EmailAddress
-from app.servers.schemas import ProfileName
+from app.schemas import CamelModel, EmailAddress, ProfileName
 from app.suppressions.models import GLOBAL, Reason, Suppression
 
 

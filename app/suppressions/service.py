@@ -18,11 +18,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit import service as audit
-from app.audit.service import Actor
 from app.config import Settings
 from app.db import among, utcnow
 from app.delivery.transports import BUILTIN
 from app.errors import Conflict, Invalid, NotFound
+from app.identity import Actor
 from app.paging import newest_first
 from app.schemas import comparable
 from app.servers.models import ServerProfile
@@ -36,7 +36,7 @@ from app.suppressions.models import (
 )
 
 if TYPE_CHECKING:
-    from app.events.service import DeliveryEvent
+    from app.delivery.vocabulary import DeliveryEvent
 
 API_SOURCE = "api"
 IMPORT_SOURCE = "import"

@@ -8,8 +8,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, model_validator
 
 from app.errors import FieldsError
-from app.schemas import CamelModel, SafeStr
-from app.servers.schemas import ProfileName
+from app.schemas import CamelModel, ProfileName, SafeStr
 
 MAX_SOURCE = 500_000
 """Characters in one template or layout source."""

@@ -13,9 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
-from app.audit.service import Actor
 from app.db import utcnow
 from app.errors import Conflict, Invalid, NotFound
+from app.identity import Actor
 from app.servers.models import ServerProfile
 from app.themes.models import Template, Theme
 from app.themes.render import Layout, RenderError, compile_source, dress, render, variables

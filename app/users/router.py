@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.deps import AdminActor, AdminUser, RuntimeDep, SessionDep
+from app.deps import AdminActor, AdminUser, AuthDep, SessionDep
 from app.users import service, tokens
 from app.users.schemas import (
     TokenCreate,
@@ -48,7 +48,7 @@ async def get_user(name: str, _: AdminUser, session: SessionDep) -> UserOut:
 
 @router.patch("/{name}", response_model=UserOut)
 async def update_user(
-    name: str, body: UserUpdate, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
+    name: str, body: UserUpdate, actor: AdminActor, session: SessionDep, auth: AuthDep
 ) -> UserOut:
     given = body.model_fields_set
     user = await service.update_user(
@@ -60,16 +60,14 @@ async def update_user(
         allowed_servers=body.allowed_servers if "allowed_servers" in given else service.KEEP,
         actor=actor,
     )
-    runtime.auth.changed(name)
+    auth.changed(name)
     return UserOut.model_validate(user, from_attributes=True)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_user(
-    name: str, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
-) -> None:
+async def delete_user(name: str, actor: AdminActor, session: SessionDep, auth: AuthDep) -> None:
     await service.delete_user(session, name, actor=actor)
-    runtime.auth.changed(name)
+    auth.changed(name)
 
 
 @router.post("/{name}/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
@@ -92,8 +90,8 @@ async def list_tokens(name: str, _: AdminUser, session: SessionDep) -> TokenList
 
 @router.delete("/{name}/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_token(
-    name: str, token_id: str, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
+    name: str, token_id: str, actor: AdminActor, session: SessionDep, auth: AuthDep
 ) -> None:
     """Revoke a token: refused here at once, on every other replica within a second."""
     await tokens.revoke(session, name, token_id, actor=actor)
-    runtime.auth.changed(name)
+    auth.changed(name)

@@ -13,8 +13,7 @@ from pydantic import (
 )
 
 from app.db import utcnow
-from app.schemas import CamelModel, EmailAddress, SafeStr
-from app.servers.schemas import ProfileName
+from app.schemas import CamelModel, EmailAddress, ProfileName, SafeStr
 
 Role = Literal["admin", "sender"]
 UserName = str

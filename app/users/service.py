@@ -11,8 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
-from app.audit.service import Actor, Secret
+from app.audit.service import Secret
 from app.errors import Conflict, Invalid, NotFound
+from app.identity import Actor
 from app.servers.models import ServerProfile
 from app.users.models import User
 from app.users.passwords import generate_password, hash_password

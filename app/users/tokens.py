@@ -17,9 +17,9 @@ from sqlalchemy import Row, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.audit import service as audit
-from app.audit.service import Actor
 from app.db import utcnow
 from app.errors import NotFound
+from app.identity import Actor
 from app.users.models import ApiToken, User
 from app.users.service import get_user
 

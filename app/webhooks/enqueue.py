@@ -42,7 +42,7 @@ from app.webhooks.models import DELIVERIES, ENDPOINTS, SUBSCRIPTIONS
 from app.webhooks.schemas import MessageEventData, WebhookEvent
 
 if TYPE_CHECKING:
-    from app.events.service import DeliveryEvent
+    from app.delivery.vocabulary import DeliveryEvent
 
 FRESH_FOR = 1.0
 """Seconds the subscribed types are reused before they are read again."""

@@ -4,8 +4,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.deps import AdminActor, AdminUser, RuntimeDep, SessionDep
+from app.deps import AdminActor, AdminUser, SessionDep
 from app.webhooks import service
+from app.webhooks.deps import EndpointsDep
 from app.webhooks.schemas import (
     DeliveryList,
     EndpointCreated,
@@ -24,11 +25,11 @@ router = APIRouter(tags=["webhooks"])
     "/api/v1/webhooks", response_model=EndpointCreated, status_code=status.HTTP_201_CREATED
 )
 async def create_webhook(
-    body: EndpointIn, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
+    body: EndpointIn, actor: AdminActor, session: SessionDep, endpoints: EndpointsDep
 ) -> EndpointCreated:
     """Register an endpoint. The answer holds its signing secret, shown this once."""
-    await service.check_url(runtime.egress, body.url)
-    return await service.create_endpoint(session, runtime.box, body, actor)
+    await service.check_url(endpoints.egress, body.url)
+    return await service.create_endpoint(session, endpoints.box, body, actor)
 
 
 @router.get("/api/v1/webhooks", response_model=EndpointList)
@@ -48,10 +49,10 @@ async def patch_webhook(
     body: EndpointPatch,
     actor: AdminActor,
     session: SessionDep,
-    runtime: RuntimeDep,
+    endpoints: EndpointsDep,
 ) -> EndpointOut:
     """The fields given change; `enabled: true` clears an automatic disable's reason."""
-    await service.check_url(runtime.egress, body.url)
+    await service.check_url(endpoints.egress, body.url)
     endpoint = await service.patch_endpoint(session, endpoint_id, body, actor)
     return await service.endpoint_out(session, endpoint)
 
@@ -64,10 +65,10 @@ async def delete_webhook(endpoint_id: str, actor: AdminActor, session: SessionDe
 
 @router.post("/api/v1/webhooks/{endpoint_id}/rotate-secret", response_model=EndpointCreated)
 async def rotate_webhook_secret(
-    endpoint_id: str, actor: AdminActor, session: SessionDep, runtime: RuntimeDep
+    endpoint_id: str, actor: AdminActor, session: SessionDep, endpoints: EndpointsDep
 ) -> EndpointCreated:
     """A new signing secret, shown this once; the old one signs nothing from now on."""
-    return await service.rotate_secret(session, runtime.box, endpoint_id, actor)
+    return await service.rotate_secret(session, endpoints.box, endpoint_id, actor)
 
 
 @router.post(

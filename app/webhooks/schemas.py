@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from app.events.models import EVENT_TYPES, BounceType, EventType
+from app.delivery.vocabulary import EVENT_TYPES, BounceType, EventType
 from app.schemas import CamelModel
 from app.transports.urls import check_http_url
 

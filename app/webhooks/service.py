@@ -14,12 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.audit.service import Actor, Secret
+from app.audit.service import Secret
 from app.crypto import SecretBox
 from app.db import new_id, utcnow
+from app.delivery.vocabulary import EVENT_TYPES, EventType
 from app.egress import EgressPolicy, check_host_setting
 from app.errors import NotFound
-from app.events.models import EVENT_TYPES, EventType
+from app.identity import Actor
 from app.webhooks.enqueue import SUBSCRIBED
 from app.webhooks.models import SUBSCRIPTIONS, WebhookDelivery, WebhookEndpoint
 from app.webhooks.schemas import (

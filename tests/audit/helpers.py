@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import Text, cast, select
 
 from app.audit.models import AuditEntry
-from app.deps import Runtime
+from app.wiring import Core
 
 ADMIN_ADDRESS = "203.0.113.8"
 """The `admin` client's address (tests/conftest.py)."""
@@ -30,7 +30,7 @@ async def latest(admin: httpx.AsyncClient, action: str) -> dict[str, Any]:
     return found[0]
 
 
-async def stored(runtime: Runtime) -> str:
+async def stored(runtime: Core) -> str:
     """Every audit row as the database holds it, as text."""
     async with runtime.sessions() as session:
         rows = await session.execute(
@@ -44,6 +44,6 @@ async def stored(runtime: Runtime) -> str:
         return "\n".join(" ".join(str(value) for value in row) for row in rows)
 
 
-async def count(runtime: Runtime) -> int:
+async def count(runtime: Core) -> int:
     async with runtime.sessions() as session:
         return len(list(await session.scalars(select(AuditEntry.id))))

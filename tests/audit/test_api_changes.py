@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.deps import Runtime
+from app.wiring import Core
 from tests.audit.helpers import ADMIN_ADDRESS, entries, latest, stored
 from tests.conftest import ADMIN, raw_dump
 
@@ -32,9 +32,7 @@ def _by_admin(entry: dict[str, object], action: str, target: str | None) -> None
     assert entry["target"] == {"kind": action.partition(".")[0], "name": target}
 
 
-async def test_server_profiles(
-    admin: httpx.AsyncClient, runtime: Runtime, settings: Settings
-) -> None:
+async def test_server_profiles(admin: httpx.AsyncClient, runtime: Core, settings: Settings) -> None:
     assert (await admin.post("/api/v1/servers", json=RELAY)).status_code == 201
     created = await latest(admin, "server.create")
     _by_admin(created, "server.create", "relay")
@@ -76,7 +74,7 @@ async def test_server_profiles(
         assert secret.encode() not in dump
 
 
-async def test_dkim_keys(admin: httpx.AsyncClient, runtime: Runtime) -> None:
+async def test_dkim_keys(admin: httpx.AsyncClient, runtime: Core) -> None:
     assert (await admin.post("/api/v1/servers", json=RELAY)).status_code == 201
     key = {"selector": "s1", "algorithm": "ed25519-sha256"}
     assert (await admin.post("/api/v1/servers/relay/dkim", json=key)).status_code == 201
@@ -91,7 +89,7 @@ async def test_dkim_keys(admin: httpx.AsyncClient, runtime: Runtime) -> None:
 
 
 async def test_the_sisense_email_server_settings(
-    admin: httpx.AsyncClient, runtime: Runtime, settings: Settings
+    admin: httpx.AsyncClient, runtime: Core, settings: Settings
 ) -> None:
     body = {"enable": True, "host": "127.0.0.1", "port": 2525, "user": "u", "pass": "sisense-pw"}
     assert (await admin.post("/api/v1/settings/email_server", json=body)).status_code == 200
@@ -122,7 +120,7 @@ async def test_branding(admin: httpx.AsyncClient) -> None:
     }
 
 
-async def test_users(admin: httpx.AsyncClient, runtime: Runtime, settings: Settings) -> None:
+async def test_users(admin: httpx.AsyncClient, runtime: Core, settings: Settings) -> None:
     body = {"name": "clerk", "role": "sender", "password": "clerk-password-1"}
     assert (await admin.post("/api/v1/users", json=body)).status_code == 201
     created = await latest(admin, "user.create")
@@ -148,7 +146,7 @@ async def test_users(admin: httpx.AsyncClient, runtime: Runtime, settings: Setti
     assert b"clerk-password-2" not in dump
 
 
-async def test_api_tokens(admin: httpx.AsyncClient, runtime: Runtime) -> None:
+async def test_api_tokens(admin: httpx.AsyncClient, runtime: Core) -> None:
     body = {"name": "nightly", "expiresAt": "2031-01-01T00:00:00Z"}
     answer = await admin.post(f"/api/v1/users/{ADMIN[0]}/tokens", json=body)
     assert answer.status_code == 201, answer.text
@@ -227,7 +225,7 @@ async def test_suppressions(admin: httpx.AsyncClient) -> None:
     assert imports[1]["changes"]["added"] == {"from": None, "to": 2}
 
 
-async def test_webhooks(admin: httpx.AsyncClient, runtime: Runtime, settings: Settings) -> None:
+async def test_webhooks(admin: httpx.AsyncClient, runtime: Core, settings: Settings) -> None:
     body = {"url": "http://127.0.0.1:9/hooks", "eventTypes": ["bounced", "complained"]}
     response = await admin.post("/api/v1/webhooks", json=body)
     assert response.status_code == 201

@@ -12,11 +12,12 @@ from sqlalchemy.exc import IntegrityError
 
 from app.audit import service as audit
 from app.audit.models import AuditEntry
-from app.audit.service import SYSTEM, Actor
+from app.audit.service import SYSTEM
 from app.branding import service as branding
 from app.branding.schemas import BrandingBody
 from app.db import transaction, utcnow
-from app.deps import Runtime
+from app.identity import Actor
+from app.wiring import Core
 from tests.audit.helpers import count, entries
 from tests.conftest import ADMIN, basic
 
@@ -72,7 +73,7 @@ async def test_newest_first_and_paged(admin: httpx.AsyncClient) -> None:
         assert bad.json()["error"]["details"] == [{"field": "cursor", "message": "invalid"}]
 
 
-async def test_filters(app_runtime: tuple[object, Runtime], admin: httpx.AsyncClient) -> None:
+async def test_filters(app_runtime: tuple[object, Core], admin: httpx.AsyncClient) -> None:
     made = {"name": "auditor", "role": "admin", "password": "auditor-password-1"}
     assert (await admin.post("/api/v1/users", json=made)).status_code == 201
     await _suppress(admin, "one@example.com", "two@example.com")
@@ -118,7 +119,7 @@ async def test_filters(app_runtime: tuple[object, Runtime], admin: httpx.AsyncCl
     assert nul.status_code == 422
 
 
-async def test_a_refused_change_leaves_no_entry(admin: httpx.AsyncClient, runtime: Runtime) -> None:
+async def test_a_refused_change_leaves_no_entry(admin: httpx.AsyncClient, runtime: Core) -> None:
     before = await count(runtime)
     profile = {"name": "relay", "type": "smtp", "fallback": "nosuch", "settings": {}}
     assert (await admin.post("/api/v1/servers", json=profile)).status_code == 422
@@ -129,13 +130,13 @@ async def test_a_refused_change_leaves_no_entry(admin: httpx.AsyncClient, runtim
     assert await count(runtime) == before
 
 
-async def _change_then_fail(runtime: Runtime) -> None:
+async def _change_then_fail(runtime: Core) -> None:
     async with transaction(runtime.sessions) as session:
         await branding.update_branding(session, SENDER_BRANDING, SYSTEM)
         raise RuntimeError("the request fails after the change")
 
 
-async def test_the_entry_and_its_change_commit_together(runtime: Runtime) -> None:
+async def test_the_entry_and_its_change_commit_together(runtime: Core) -> None:
     before = await count(runtime)
     with pytest.raises(RuntimeError):
         await _change_then_fail(runtime)
@@ -153,7 +154,7 @@ async def test_the_entry_and_its_change_commit_together(runtime: Runtime) -> Non
     assert await count(runtime) == before + 1
 
 
-async def test_purge_deletes_the_oldest_in_batches(runtime: Runtime) -> None:
+async def test_purge_deletes_the_oldest_in_batches(runtime: Core) -> None:
     now = utcnow()
     async with transaction(runtime.sessions) as session:
         for days in (400, 390, 380):

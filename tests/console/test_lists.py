@@ -9,9 +9,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.deps import Runtime
 from app.suppressions.models import Suppression
 from app.webhooks.models import WebhookDelivery
+from app.wiring import Core
 from tests.conftest import ADMIN, SENDER
 from tests.console.helpers import csrf_of, login
 
@@ -20,13 +20,13 @@ pytestmark = pytest.mark.anyio
 HOOK = "http://127.0.0.1:9/hooks/postroom"
 
 
-async def _count(runtime: Runtime) -> int:
+async def _count(runtime: Core) -> int:
     async with runtime.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Suppression)) or 0)
 
 
 async def test_add_search_page_and_remove_a_suppression(
-    browser_client: httpx.AsyncClient, runtime: Runtime
+    browser_client: httpx.AsyncClient, runtime: Core
 ) -> None:
     csrf = await login(browser_client, *ADMIN)
     for address, reason in (("ann@example.org", "manual"), ("bob@example.net", "complaint")):
@@ -108,7 +108,7 @@ async def test_the_list_pages_with_a_cursor(
 
 
 async def test_csv_import_is_all_or_nothing(
-    browser_client: httpx.AsyncClient, runtime: Runtime
+    browser_client: httpx.AsyncClient, runtime: Core
 ) -> None:
     csrf = await login(browser_client, *ADMIN)
     bad = "address,reason\ngood@example.org,manual\nworse@example.org,spite\n"
@@ -132,7 +132,7 @@ async def test_csv_import_is_all_or_nothing(
 
 
 async def test_forms_without_the_csrf_token_are_refused(
-    browser_client: httpx.AsyncClient, runtime: Runtime
+    browser_client: httpx.AsyncClient, runtime: Core
 ) -> None:
     await login(browser_client, *ADMIN)
     added = await browser_client.post(
@@ -168,7 +168,7 @@ async def test_senders_get_403_and_no_link(
 
 
 async def test_a_webhook_shows_its_secret_once_and_queues_a_test(
-    browser_client: httpx.AsyncClient, runtime: Runtime
+    browser_client: httpx.AsyncClient, runtime: Core
 ) -> None:
     csrf = await login(browser_client, *ADMIN)
     none_checked = await browser_client.post(

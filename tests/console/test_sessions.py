@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from app.console import sessions
 from app.console.models import ConsoleSession
 from app.db import transaction, utcnow
-from app.deps import Runtime
+from app.wiring import Core
 from tests.conftest import ADMIN, SENDER
 from tests.console.helpers import csrf_of, login
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_login_sets_a_session_cookie_and_security_headers(
-    browser_client: httpx.AsyncClient, runtime: Runtime
+    browser_client: httpx.AsyncClient, runtime: Core
 ) -> None:
     page = await browser_client.get("/console/login")
     csp = page.headers["content-security-policy"]
@@ -51,7 +51,7 @@ async def test_login_sets_a_session_cookie_and_security_headers(
     assert rows[0].token_hash == sessions.token_hash(token) != token  # only the hash is stored
 
 
-async def test_the_cookie_is_secure_over_tls(app_runtime: tuple[Any, Runtime]) -> None:
+async def test_the_cookie_is_secure_over_tls(app_runtime: tuple[Any, Core]) -> None:
     transport = httpx.ASGITransport(app=app_runtime[0], client=("203.0.113.21", 5555))
     async with httpx.AsyncClient(transport=transport, base_url="https://postroom.test") as client:
         page = await client.get("/console/login")
@@ -63,7 +63,7 @@ async def test_the_cookie_is_secure_over_tls(app_runtime: tuple[Any, Runtime]) -
 
 
 async def test_x_forwarded_proto_counts_only_when_trusted(
-    browser_client: httpx.AsyncClient, runtime: Runtime
+    browser_client: httpx.AsyncClient, runtime: Core
 ) -> None:
     headers = {"X-Forwarded-Proto": "https"}
     page = await browser_client.get("/console/login")
@@ -78,7 +78,7 @@ async def test_x_forwarded_proto_counts_only_when_trusted(
 
 
 async def test_wrong_password_and_the_shared_throttle(
-    browser_client: httpx.AsyncClient, anon: httpx.AsyncClient, runtime: Runtime
+    browser_client: httpx.AsyncClient, anon: httpx.AsyncClient, runtime: Core
 ) -> None:
     page = await browser_client.get("/console/login")
     data = {"csrf": csrf_of(page.text), "name": ADMIN[0], "password": "wrong"}
@@ -96,7 +96,7 @@ async def test_wrong_password_and_the_shared_throttle(
 
 
 async def test_a_post_without_the_csrf_token_is_refused(
-    browser_client: httpx.AsyncClient, runtime: Runtime
+    browser_client: httpx.AsyncClient, runtime: Core
 ) -> None:
     no_token = await browser_client.post(
         "/console/login", data={"name": ADMIN[0], "password": ADMIN[1]}
@@ -120,7 +120,7 @@ async def test_a_post_without_the_csrf_token_is_refused(
 
 
 async def test_an_idle_session_expires_and_a_revoked_one_ends(
-    browser_client: httpx.AsyncClient, runtime: Runtime
+    browser_client: httpx.AsyncClient, runtime: Core
 ) -> None:
     await login(browser_client, *ADMIN)
     async with transaction(runtime.sessions) as session:

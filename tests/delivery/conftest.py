@@ -9,17 +9,19 @@ from sqlalchemy import update
 from app.db import transaction, utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message, QuotaBucket
-from app.deps import Runtime
+from app.wiring import Core
 from tests.conftest import allow_sender
 from tests.smtpd import SmtpServer
 
 
 @pytest.fixture
-def dispatcher(runtime: Runtime) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+def dispatcher(runtime: Core) -> Dispatcher:
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
 
 
-async def make_due(runtime: Runtime) -> None:
+async def make_due(runtime: Core) -> None:
     """Skip the retry wait: every queued message is due now."""
     async with transaction(runtime.sessions) as session:
         await session.execute(
@@ -27,7 +29,7 @@ async def make_due(runtime: Runtime) -> None:
         )
 
 
-async def end_throttles(runtime: Runtime) -> None:
+async def end_throttles(runtime: Core) -> None:
     """Skip the wait a provider asked for: no profile is throttled any more."""
     async with transaction(runtime.sessions) as session:
         await session.execute(update(QuotaBucket).values(throttled_until=None))

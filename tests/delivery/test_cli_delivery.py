@@ -13,8 +13,8 @@ from app.audit.service import SYSTEM
 from app.cli import cli
 from app.config import Settings
 from app.db import transaction
-from app.main import open_runtime
 from app.servers import service
+from app.wiring import open_core
 from tests.smtpd import StartServer
 
 
@@ -60,7 +60,7 @@ def test_verify_prints_the_steps(data_dir: Path, smtp_server_factory: StartServe
     server = smtp_server_factory()
 
     async def add_profile() -> None:
-        async with open_runtime(Settings()) as runtime, transaction(runtime.sessions) as session:
+        async with open_core(Settings()) as runtime, transaction(runtime.sessions) as session:
             body = service.PROFILE_BODY.validate_python(
                 {
                     "name": "relay",

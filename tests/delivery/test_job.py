@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from app.delivery.job import Delivery, Job, hold_back
+from app.delivery.links import Links
 from app.delivery.models import Message, Recipient
 from app.delivery.stored import StoredMessage
-from app.events.bounces.verp import Verp
+from app.delivery.verp import Verp
 from app.metrics import Metrics
 from app.servers.models import ServerProfile
 from app.suppressions.models import GLOBAL
 from app.suppressions.service import Listed
-from app.suppressions.unsubscribe import Links
 from app.transports.base import OutgoingMessage, VerifyReport
 from app.transports.errors import ConfigurationError, PermanentError, TemporaryError
 from app.transports.result import RecipientResult, RecipientStatus, SendResult

@@ -19,10 +19,10 @@ from app.config import Settings
 from app.db import transaction, utcnow
 from app.delivery import outbox
 from app.delivery.models import Attempt, Heartbeat, Message
-from app.deps import Runtime
-from app.main import create_app
+from app.main import LOOPS, create_app
 from app.transports.memory import MemoryTransport
 from app.transports.result import SendResult
+from app.wiring import CORE, Core
 from tests.conftest import ADMIN, basic
 from tests.delivery.conftest import add_smtp_profile, send
 from tests.smtpd import SmtpServer
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.anyio
 class Live:
     """An app whose dispatcher runs in-process, as `postroom serve` runs it."""
 
-    def __init__(self, app: Any, runtime: Runtime, admin: httpx.AsyncClient) -> None:
+    def __init__(self, app: Any, runtime: Core, admin: httpx.AsyncClient) -> None:
         self.app = app
         self.runtime = runtime
         self.admin = admin
@@ -65,7 +65,7 @@ async def live(settings: Settings) -> AsyncIterator[Live]:
         async with httpx.AsyncClient(
             transport=transport, base_url="http://postroom.test", headers=basic(ADMIN)
         ) as admin:
-            yield Live(app, app.state.runtime, admin)
+            yield Live(app, CORE.of(app), admin)
 
 
 async def test_a_verify_stuck_in_auth_does_not_stop_delivery(
@@ -146,7 +146,7 @@ async def test_readyz_says_when_the_dispatcher_stopped_or_went_stale(
         raise RuntimeError("claims keep failing")
 
     monkeypatch.setattr(outbox, "claim", broken_claim)
-    dispatcher = live.runtime.dispatcher
+    dispatcher = LOOPS.of(live.app).dispatcher
     assert dispatcher is not None
     await live.until(lambda: _true(dispatcher.last_error is not None), 5, "a failed pass")
     async with transaction(live.runtime.sessions) as session:

@@ -13,7 +13,7 @@ from app.delivery import outbox
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
 from app.delivery.outbox import RetryPolicy
-from app.deps import Runtime
+from app.wiring import Core
 from tests.conftest import PG_URL
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.smtpd import StartServer
@@ -21,7 +21,7 @@ from tests.smtpd import StartServer
 pytestmark = pytest.mark.anyio
 
 
-async def statuses(runtime: Runtime) -> dict[str, int]:
+async def statuses(runtime: Core) -> dict[str, int]:
     async with runtime.sessions() as session:
         rows = await session.execute(select(Message.status, func.count()).group_by(Message.status))
         return {status: count for status, count in rows}
@@ -30,14 +30,14 @@ async def statuses(runtime: Runtime) -> dict[str, int]:
 async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory()
     await add_smtp_profile(admin, server)
     message_id = await send(sender, to=["ann@example.com"])
     stale_worker = Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     )
 
     async with transaction(runtime.sessions) as session:
@@ -49,7 +49,9 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
     await asyncio.sleep(0.01)
     async with transaction(runtime.sessions) as session:
         assert await outbox.sweep(session) == 1
-    fresh = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    fresh = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await fresh.drain()
     saved = await record(sender, message_id)
     assert saved["status"] == "sent"
@@ -65,7 +67,7 @@ async def test_an_expired_lease_is_swept_back_and_the_stale_finish_is_fenced(
 async def test_a_payload_that_cannot_be_read_does_not_stop_its_batch(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -77,7 +79,9 @@ async def test_a_payload_that_cannot_be_read_does_not_stop_its_batch(
     fine = await send(sender, to=["bob@example.com"])
     async with transaction(runtime.sessions) as session:
         await session.execute(update(Message).where(Message.id == broken).values(payload={}))
-    dispatcher = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await dispatcher.drain()
     assert (await record(sender, fine))["status"] == "sent"
     assert (await record(sender, broken))["status"] == "sending"
@@ -88,7 +92,7 @@ async def test_a_payload_that_cannot_be_read_does_not_stop_its_batch(
 async def test_a_stopped_dispatcher_loses_nothing(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory(delays={"DATA_END": 0.01})
@@ -97,7 +101,9 @@ async def test_a_stopped_dispatcher_loses_nothing(
     runtime.settings.dispatcher_concurrency = runtime.settings.dispatcher_batch = 8
 
     stopping = asyncio.Event()
-    first = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    first = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     task = asyncio.create_task(first.run(stopping))
     await server.wait_until(lambda: len(server.transactions) >= 5, within=10)
     stopping.set()
@@ -106,7 +112,9 @@ async def test_a_stopped_dispatcher_loses_nothing(
     assert done.get("sending", 0) == 0, "a stopped dispatcher finishes what it has in flight"
     assert 5 <= done.get("sent", 0) < 40
 
-    second = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    second = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await second.drain()
     assert await statuses(runtime) == {"sent": 40}
     received = sorted(r for t in server.transactions for r in t.rcpt_tos)
@@ -117,7 +125,7 @@ async def test_a_stopped_dispatcher_loses_nothing(
 async def test_concurrent_dispatchers_never_send_a_message_twice(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory()
@@ -127,7 +135,9 @@ async def test_concurrent_dispatchers_never_send_a_message_twice(
         await send(sender, to=[f"user{i}@example.com"])
     runtime.settings.dispatcher_batch = 5
     workers = [
-        Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+        Dispatcher(
+            runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+        )
         for _ in range(4)
     ]
     await asyncio.gather(*(worker.drain() for worker in workers))
@@ -149,7 +159,7 @@ def test_retry_schedule_doubles_with_jitter_up_to_the_cap() -> None:
 
 @pytest.mark.skipif(PG_URL is None, reason="needs PostgreSQL: set POSTROOM_TEST_DATABASE_URL")
 async def test_skip_locked_claims_are_disjoint_on_postgresql(
-    sender: httpx.AsyncClient, runtime: Runtime
+    sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     for i in range(50):
         await send(sender, to=[f"user{i}@example.com"], **{"from": "me@example.com"})

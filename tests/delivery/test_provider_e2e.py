@@ -21,7 +21,7 @@ import pytest
 import respx
 
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.wiring import Core
 from tests.delivery.conftest import end_throttles, make_due, record, send
 from tests.servers.helpers import BODIES, body, create
 
@@ -154,7 +154,7 @@ async def test_ses_sends_the_raw_mime_signed_and_records_the_message_id(
 async def test_ses_throttling_is_retried_and_then_sent(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     respx_mock: respx.MockRouter,
 ) -> None:
@@ -200,7 +200,7 @@ async def test_ses_throttling_is_retried_and_then_sent(
 async def test_ses_a_rejected_message_fails_at_once(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     respx_mock: respx.MockRouter,
 ) -> None:
@@ -290,7 +290,7 @@ async def test_mailgun_posts_the_mime_with_one_to_per_recipient(
 async def test_mailgun_rate_limit_honours_retry_after(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     respx_mock: respx.MockRouter,
 ) -> None:
@@ -309,7 +309,7 @@ async def test_mailgun_rate_limit_honours_retry_after(
 async def test_mailgun_a_bad_parameter_fails_at_once(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     respx_mock: respx.MockRouter,
 ) -> None:
@@ -400,7 +400,7 @@ async def test_graph_unavailable_honours_retry_after(
 async def test_graph_invalid_recipients_fail_at_once(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     respx_mock: respx.MockRouter,
 ) -> None:

@@ -21,9 +21,9 @@ from app.db import transaction, utcnow
 from app.delivery import outbox, quota
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message, QuotaBucket
-from app.deps import Runtime
 from app.transports.errors import Throttled
 from app.transports.smtp.translate import throttling
+from app.wiring import Core
 from tests.conftest import allow_sender
 from tests.delivery.conftest import add_smtp_profile, end_throttles, make_due, record, send
 from tests.smtpd import StartServer
@@ -31,18 +31,18 @@ from tests.smtpd import StartServer
 pytestmark = pytest.mark.anyio
 
 
-async def rows(runtime: Runtime, ids: list[str]) -> list[Message]:
+async def rows(runtime: Core, ids: list[str]) -> list[Message]:
     async with runtime.sessions() as session:
         found = {m.id: m for m in await session.scalars(select(Message))}
     return [found[id_] for id_ in ids]
 
 
-async def claim(runtime: Runtime, now: datetime, limit: int = 50) -> list[str]:
+async def claim(runtime: Core, now: datetime, limit: int = 50) -> list[str]:
     async with transaction(runtime.sessions) as session:
         return [c.id for c in await outbox.claim(session, limit=limit, lease=60, now=now)]
 
 
-async def buckets(runtime: Runtime) -> dict[str, QuotaBucket]:
+async def buckets(runtime: Core) -> dict[str, QuotaBucket]:
     async with runtime.sessions() as session:
         return {b.profile: b for b in await session.scalars(select(QuotaBucket))}
 
@@ -58,7 +58,7 @@ def assert_held(message: Message, after: datetime) -> None:
 async def test_a_claim_takes_what_fits_and_puts_the_rest_back_due_at_its_turn(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     await add_smtp_profile(admin, smtp_server_factory(), rateLimit={"perMinute": 3})
@@ -82,7 +82,7 @@ async def test_a_claim_takes_what_fits_and_puts_the_rest_back_due_at_its_turn(
 async def test_a_profile_without_a_limit_is_not_metered(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     await add_smtp_profile(admin, smtp_server_factory())
@@ -94,7 +94,7 @@ async def test_a_profile_without_a_limit_is_not_metered(
 async def test_a_limit_in_recipients_counts_each_message_s_recipients(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     await add_smtp_profile(
@@ -113,7 +113,7 @@ async def test_a_limit_in_recipients_counts_each_message_s_recipients(
 async def test_concurrent_claims_share_the_profile_s_bucket(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     """Four claims at once (PostgreSQL: each holds its transaction open a while; SQLite: they
@@ -139,7 +139,7 @@ async def test_concurrent_claims_share_the_profile_s_bucket(
 async def test_a_throttle_holds_the_profile_back_and_no_other(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory()
@@ -161,7 +161,7 @@ async def test_a_throttle_holds_the_profile_back_and_no_other(
 async def test_metrics_show_what_was_held_back_and_the_throttles(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     await add_smtp_profile(admin, smtp_server_factory(), rateLimit={"perSecond": 1})
@@ -181,7 +181,7 @@ async def test_metrics_show_what_was_held_back_and_the_throttles(
 async def test_deleting_a_profile_deletes_its_bucket(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     await add_smtp_profile(admin, smtp_server_factory(), rateLimit={"perSecond": 1})
@@ -341,16 +341,18 @@ def graph() -> Iterator[FakeGraph]:
         server.server_close()
 
 
-def dispatchers(runtime: Runtime, count: int) -> list[Dispatcher]:
+def dispatchers(runtime: Core, count: int) -> list[Dispatcher]:
     runtime.settings.dispatcher_batch = 1
     return [
-        Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+        Dispatcher(
+            runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+        )
         for _ in range(count)
     ]
 
 
 async def test_a_429_with_retry_after_holds_the_profile_back_for_every_worker(
-    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Runtime, graph: FakeGraph
+    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Core, graph: FakeGraph
 ) -> None:
     response = await admin.post(
         "/api/v1/servers",
@@ -396,7 +398,7 @@ async def test_a_429_with_retry_after_holds_the_profile_back_for_every_worker(
 async def test_an_smtp_421_4_7_holds_the_profile_back_for_every_worker(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory(replies={"MAIL": "421 4.7.0 Try again later, closing connection."})

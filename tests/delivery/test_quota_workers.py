@@ -14,8 +14,8 @@ from sqlalchemy import func, select, update
 
 from app.db import transaction, utcnow
 from app.delivery.models import Heartbeat, Message
-from app.main import open_runtime
 from app.servers import service as servers
+from app.wiring import open_core
 from tests.conftest import PG_URL
 from tests.reliability import crash
 from tests.smtpd import SmtpServer
@@ -48,7 +48,7 @@ def test_four_workers_send_at_the_profile_s_rate(tmp_path: Path) -> None:
             async def due_at(when: datetime, **patch: object) -> None:
                 """Every queued message due at `when`; and the sink profile patched."""
                 async with (
-                    open_runtime(place.settings) as runtime,
+                    open_core(place.settings) as runtime,
                     transaction(runtime.sessions) as session,
                 ):
                     if patch:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, make_due, record, send
 from tests.smtpd import DROP, StartServer
 
@@ -101,7 +101,7 @@ async def test_a_group_of_one_goes_in_to(
 async def test_temporary_failure_is_retried_with_the_same_message_id(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     stage: str,
@@ -179,7 +179,7 @@ async def test_one_recipient_refused_fails_only_that_recipient(
 async def test_a_temporarily_refused_recipient_is_retried_alone(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -291,14 +291,16 @@ async def test_no_fallback_after_data_was_sent(
 async def test_messages_older_than_the_max_age_fail(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory(replies={"MAIL": "421 4.3.2 shutting down"})
     await add_smtp_profile(admin, server)
     message_id = await send(sender, to=["ann@example.com"])
     runtime.settings.max_message_age = 0.001
-    dispatcher = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await dispatcher.drain()
     saved = await record(sender, message_id)
     assert saved["status"] == "failed"

@@ -13,7 +13,7 @@ from sqlalchemy.pool import QueuePool
 
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.wiring import Core
 from tests.dnsd import DnsServer
 
 PUBLIC_URL = "https://mail.example.com"
@@ -33,8 +33,10 @@ def settings(settings: Settings, dns_server: DnsServer) -> Settings:
 
 
 @pytest.fixture
-def dispatcher(runtime: Runtime) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+def dispatcher(runtime: Core) -> Dispatcher:
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
 
 
 async def add_key(
@@ -66,7 +68,7 @@ def tags(data: bytes) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in parsed.items()}
 
 
-def connections_in_use(runtime: Runtime) -> int:
+def connections_in_use(runtime: Core) -> int:
     """Database connections checked out of the pool right now (sessions holding one)."""
     pool = runtime.engine.pool
     assert isinstance(pool, QueuePool)

@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from app.delivery.compose import compose
 from app.delivery.grouping import Batch
 from app.delivery.stored import StoredMessage
-from app.deps import Runtime
 from app.dkim import keys
 from app.dkim.signer import RELAXED, Signer, canonical_body
 from app.servers import service as servers
 from app.transports.base import OutgoingMessage
 from app.transports.registry import TRANSPORTS, build
+from app.wiring import Core
 from tests.delivery.test_compose import bodies, names, one_line
 from tests.dkim.conftest import add_key, signed_headers
 from tests.servers.helpers import body
@@ -131,7 +131,7 @@ def test_whatever_compose_writes_signs_and_verifies(
 
 
 async def test_the_signer_is_built_once_per_key_version(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     assert (await admin.post("/api/v1/servers", json=body("smtp", "relay"))).status_code == 201
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from app.config import Settings
-from app.deps import Runtime
 from app.servers import service as servers
+from app.wiring import Core
 from tests.conftest import raw_dump
 from tests.dkim.conftest import add_key, connections_in_use, publish
 from tests.dnsd import DnsServer
@@ -117,7 +117,7 @@ async def test_an_imported_key_is_used_and_never_shown(
     admin: httpx.AsyncClient,
     relay: dict[str, Any],
     settings: Settings,
-    runtime: Runtime,
+    runtime: Core,
     make: Any,
     format_: Any,
     algorithm: str,
@@ -151,7 +151,7 @@ async def test_an_imported_key_is_used_and_never_shown(
 
 
 async def refused(
-    admin: httpx.AsyncClient, runtime: Runtime, field: str, server: str = "relay", **body: Any
+    admin: httpx.AsyncClient, runtime: Core, field: str, server: str = "relay", **body: Any
 ) -> str:
     """The request answers 422 naming `field`, and the profile's keys are as they were."""
     async with runtime.sessions() as session:
@@ -170,7 +170,7 @@ async def refused(
 
 
 async def test_bad_keys_are_refused_naming_the_field(
-    admin: httpx.AsyncClient, relay: dict[str, Any], runtime: Runtime
+    admin: httpx.AsyncClient, relay: dict[str, Any], runtime: Core
 ) -> None:
     short = rsa.generate_private_key(65537, 1024)
     message = await refused(admin, runtime, "privateKey", privateKey=pem(short))
@@ -209,7 +209,7 @@ async def test_bad_keys_are_refused_naming_the_field(
     ],
 )
 async def test_a_wrong_domain_is_refused(
-    admin: httpx.AsyncClient, relay: dict[str, Any], runtime: Runtime, domain: str, says: str
+    admin: httpx.AsyncClient, relay: dict[str, Any], runtime: Core, domain: str, says: str
 ) -> None:
     assert says in await refused(admin, runtime, "domain", domain=domain)
 
@@ -229,7 +229,7 @@ async def test_aligned_domains_are_taken_in_a_labels(
 
 
 async def test_the_domain_is_needed_without_a_sender(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     bare = {**RELAY, "senderEmail": None}
     assert (await admin.post("/api/v1/servers", json=bare)).status_code == 201
@@ -239,7 +239,7 @@ async def test_the_domain_is_needed_without_a_sender(
 
 
 async def test_the_next_key_needs_its_own_selector(
-    admin: httpx.AsyncClient, relay: dict[str, Any], runtime: Runtime
+    admin: httpx.AsyncClient, relay: dict[str, Any], runtime: Core
 ) -> None:
     await add_key(admin, selector="s1", algorithm="ed25519-sha256")
     assert "active key" in await refused(admin, runtime, "selector", selector="s1")
@@ -250,7 +250,7 @@ async def test_the_next_key_needs_its_own_selector(
 
 
 async def test_providers_that_rebuild_the_message_cannot_sign(
-    admin: httpx.AsyncClient, relay: dict[str, Any], runtime: Runtime
+    admin: httpx.AsyncClient, relay: dict[str, Any], runtime: Core
 ) -> None:
     created = await admin.post("/api/v1/servers", json=body("sendgrid", "sg"))
     assert created.status_code == 201
@@ -270,7 +270,7 @@ async def test_providers_that_rebuild_the_message_cannot_sign(
 
 
 async def test_every_transport_type_says_what_becomes_of_a_signature() -> None:
-    from app.dkim.carriage import CARRIAGE
+    from app.servers.carriage import CARRIAGE
     from app.transports.registry import TRANSPORTS
 
     assert set(CARRIAGE) == set(TRANSPORTS)
@@ -311,7 +311,7 @@ async def test_rotation_wants_the_next_record_published(
 
 
 async def test_no_session_is_held_while_rotation_looks_up_dns(
-    admin: httpx.AsyncClient, relay: dict[str, Any], dns_server: DnsServer, runtime: Runtime
+    admin: httpx.AsyncClient, relay: dict[str, Any], dns_server: DnsServer, runtime: Core
 ) -> None:
 
     await add_key(admin, selector="s1", algorithm="ed25519-sha256")

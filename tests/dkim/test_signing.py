@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, make_due, record, send
 from tests.dkim.conftest import add_key, publish, signed_headers, tags, verified
 from tests.dnsd import DnsServer
@@ -138,7 +138,7 @@ async def test_rotation_switches_the_signing_key_and_old_mail_still_verifies(
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     dns_server: DnsServer,
-    runtime: Runtime,
+    runtime: Core,
 ) -> None:
     server = smtp_server_factory()
     await add_smtp_profile(admin, server)
@@ -172,7 +172,7 @@ async def test_retries_and_removed_keys(
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     dns_server: DnsServer,
-    runtime: Runtime,
+    runtime: Core,
 ) -> None:
     """A retry is signed again (a new signature over the same bytes); once the keys are deleted,
     mail goes out unsigned."""

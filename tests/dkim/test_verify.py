@@ -15,12 +15,11 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import Settings
 from app.db import transaction
-from app.deps import Runtime
 from app.dkim import keys
 from app.dkim import service as dkim
 from app.dkim.schemas import DkimKeyIn
-from app.main import open_runtime
 from app.servers import service as servers
+from app.wiring import Core, open_core
 from tests.delivery.conftest import add_smtp_profile
 from tests.dkim.conftest import add_key, connections_in_use, publish
 from tests.dnsd import DnsServer
@@ -120,7 +119,7 @@ async def test_a_failing_lookup_is_an_error_not_a_verdict(
 
 
 async def test_no_session_is_held_while_verify_looks_up_dns(
-    admin: httpx.AsyncClient, relay: SmtpServer, dns_server: DnsServer, runtime: Runtime
+    admin: httpx.AsyncClient, relay: SmtpServer, dns_server: DnsServer, runtime: Core
 ) -> None:
     await add_key(admin, selector="s1", algorithm="ed25519-sha256")
     dns_server.delay = 0.5
@@ -147,7 +146,7 @@ def test_the_command_line_verify_and_rotate_keys(
     monkeypatch.setenv("POSTROOM_SECRET_KEYS", old)
 
     async def add_profile() -> dict[str, Any]:
-        async with open_runtime(Settings()) as runtime, transaction(runtime.sessions) as session:
+        async with open_core(Settings()) as runtime, transaction(runtime.sessions) as session:
             body = servers.PROFILE_BODY.validate_python(
                 {
                     "name": "relay",
@@ -177,7 +176,7 @@ def test_the_command_line_verify_and_rotate_keys(
     assert rotated.exit_code == 0, rotated.output
 
     async def signer_with_new_key_alone() -> bool:
-        async with open_runtime(Settings(secret_keys=new)) as runtime:
+        async with open_core(Settings(secret_keys=new)) as runtime:
             async with runtime.sessions() as session:
                 profile = await servers.get_profile(session, "relay")
             return dkim.signer_of(profile, runtime.box) is not None

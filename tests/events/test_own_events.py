@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, make_due, record, send
 from tests.smtpd import StartServer
 
@@ -28,14 +28,14 @@ async def search(client: httpx.AsyncClient, **query: str) -> httpx.Response:
     return await client.get("/api/v1/messages", params=query)
 
 
-def counted(runtime: Runtime, type_: str, profile: str = "relay") -> float:
+def counted(runtime: Core, type_: str, profile: str = "relay") -> float:
     return runtime.metrics.value("postroom_delivery_events_total", type=type_, profile=profile)
 
 
 async def test_a_life_queued_deferred_sent_in_order(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -83,7 +83,7 @@ async def test_a_life_queued_deferred_sent_in_order(
 async def test_a_rejected_recipient_among_sent_companions(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -124,7 +124,7 @@ async def test_the_event_filter_refuses_a_type_outside_the_vocabulary(
 
 
 async def test_queued_events_for_a_batch_and_the_builtin_server(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     items = [
         {"from": "me@example.com", "to": ["a@example.com", "b@example.com"], "text": "t"},
@@ -144,14 +144,16 @@ async def test_queued_events_for_a_batch_and_the_builtin_server(
 async def test_a_deferral_past_the_maximum_age_is_a_failed_event(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory(replies={"MAIL": "451 4.3.0 try again later"})
     await add_smtp_profile(admin, server)
     message_id = await send(sender, to=["ann@example.com"])
     settings = runtime.settings.model_copy(update={"max_message_age": 0.001})
-    dispatcher = Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await dispatcher.drain()
 
     saved = await record(sender, message_id)

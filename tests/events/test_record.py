@@ -11,15 +11,16 @@ from app.db import transaction
 from app.delivery import outbox
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message, Recipient
-from app.deps import Runtime
+from app.delivery.vocabulary import DeliveryEvent
 from app.events.models import EventRow
-from app.events.service import DeliveryEvent, events_of, record_events
+from app.events.service import events_of, record_events
+from app.wiring import Core
 from tests.delivery.conftest import send
 
 pytestmark = pytest.mark.anyio
 
 
-async def a_message(admin: httpx.AsyncClient, runtime: Runtime) -> tuple[str, int]:
+async def a_message(admin: httpx.AsyncClient, runtime: Core) -> tuple[str, int]:
     message_pk = await send(admin, **{"from": "me@example.com"}, to=["ann@example.com"])
     async with transaction(runtime.sessions) as session:
         recipient_pk = await session.scalar(
@@ -45,7 +46,7 @@ def bounce(message_pk: str, recipient_pk: int, event_id: str, source: str = "ses
 
 
 async def test_a_retried_provider_event_is_stored_once(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     message_pk, recipient_pk = await a_message(admin, runtime)
     first = bounce(message_pk, recipient_pk, "evt-1")
@@ -89,7 +90,7 @@ async def test_a_retried_provider_event_is_stored_once(
 
 
 async def test_an_event_about_the_whole_message_or_no_known_message(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     message_pk, _ = await a_message(admin, runtime)
     whole = DeliveryEvent(message_pk, "failed", source="mailgun", provider_event_id="m-1")
@@ -106,7 +107,7 @@ async def test_an_event_about_the_whole_message_or_no_known_message(
 
 
 async def test_an_attempt_that_lost_its_lease_writes_no_event(
-    admin: httpx.AsyncClient, runtime: Runtime, dispatcher: Dispatcher
+    admin: httpx.AsyncClient, runtime: Core, dispatcher: Dispatcher
 ) -> None:
     message_pk, _ = await a_message(admin, runtime)
     async with transaction(runtime.sessions) as session:

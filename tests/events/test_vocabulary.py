@@ -10,10 +10,10 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import transaction, utcnow
 from app.delivery.events import event_type
-from app.deps import Runtime
-from app.events.models import EVENT_TYPES, EVENTS
-from app.events.service import DeliveryEvent
+from app.delivery.vocabulary import EVENT_TYPES, DeliveryEvent
+from app.events.models import EVENTS
 from app.transports.result import RecipientStatus
+from app.wiring import Core
 
 EXPECTED = {
     "sent": "sent",
@@ -53,7 +53,7 @@ def test_an_event_outside_the_vocabulary_is_refused_where_it_is_made() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("column", ["type", "bounce_type"])
 async def test_the_database_refuses_a_type_outside_the_vocabulary(
-    runtime: Runtime, column: str
+    runtime: Core, column: str
 ) -> None:
     row = {
         "message_pk": None,

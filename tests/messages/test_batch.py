@@ -8,12 +8,12 @@ from sqlalchemy import func, select
 
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
-from app.deps import Runtime
+from app.wiring import Core
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_each_item_gets_its_own_result(sender: httpx.AsyncClient, runtime: Runtime) -> None:
+async def test_each_item_gets_its_own_result(sender: httpx.AsyncClient, runtime: Core) -> None:
     good = {"from": "me@example.com", "to": ["a@example.com"], "subject": "s", "text": "t"}
     response = await sender.post(
         "/api/v1/messages/batch",
@@ -41,7 +41,7 @@ async def test_each_item_gets_its_own_result(sender: httpx.AsyncClient, runtime:
     async with runtime.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Message)) == 2
     await Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     ).drain()
     for item in (first, last):
         record = (await sender.get(f"/api/v1/messages/{item['id']}")).json()

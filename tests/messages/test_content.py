@@ -13,7 +13,7 @@ from app.config import Settings
 from app.db import transaction, utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
-from app.deps import Runtime
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, send
 from tests.smtpd import StartServer, Transaction
 from tests.themes.conftest import BRAND, RESET, create
@@ -128,7 +128,7 @@ async def test_a_scheduled_message_shows_how_it_will_go(
 async def test_raw_and_rendered_are_for_admins_and_refuse_what_is_not_kept(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
 ) -> None:
     server = smtp_server_factory()

@@ -13,8 +13,9 @@ from sqlalchemy import func, select, update
 from app.db import transaction, utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message, Recipient
-from app.deps import Runtime
-from app.events.service import DeliveryEvent, record_events
+from app.delivery.vocabulary import DeliveryEvent
+from app.events.service import record_events
+from app.wiring import Core
 from tests.conftest import SENDER
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.smtpd import StartServer
@@ -35,7 +36,7 @@ async def resend(client: httpx.AsyncClient, message_id: str) -> httpx.Response:
     return await client.post(f"/api/v1/messages/{message_id}/resend")
 
 
-async def bounce(runtime: Runtime, message_id: str, email: str, kind: str = "soft") -> None:
+async def bounce(runtime: Core, message_id: str, email: str, kind: str = "soft") -> None:
     async with transaction(runtime.sessions) as session:
         recipient_pk = await session.scalar(
             select(Recipient.id).where(Recipient.message_pk == message_id, Recipient.email == email)
@@ -52,7 +53,7 @@ async def bounce(runtime: Runtime, message_id: str, email: str, kind: str = "sof
         await record_events(session, [event])
 
 
-async def messages(runtime: Runtime) -> int:
+async def messages(runtime: Core) -> int:
     async with runtime.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Message)) or 0)
 
@@ -122,7 +123,7 @@ async def test_a_failed_recipient_gets_the_same_mail_again_as_a_linked_message(
 async def test_a_bounced_recipient_of_a_sent_message_is_sent_to_again(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -144,7 +145,7 @@ async def test_a_bounced_recipient_of_a_sent_message_is_sent_to_again(
 async def test_a_hard_bounced_address_stays_suppressed(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -218,7 +219,7 @@ async def test_resend_goes_through_the_senders_bounds(
 async def test_resend_refuses_what_cannot_be_resent(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -257,7 +258,7 @@ async def test_a_cancelled_message_is_not_resent(
 async def test_two_resends_at_once_make_one_message(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:

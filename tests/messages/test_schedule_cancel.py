@@ -15,8 +15,8 @@ from app.db import transaction, utcnow
 from app.delivery import outbox
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
-from app.deps import Runtime
 from app.webhooks.models import WebhookDelivery
+from app.wiring import Core
 from tests.delivery import conftest as delivery
 from tests.delivery.conftest import add_smtp_profile, make_due, record
 from tests.smtpd import StartServer
@@ -28,7 +28,7 @@ def ahead(**delta: float) -> str:
     return (datetime.now(UTC) + timedelta(**delta)).isoformat()
 
 
-async def count(runtime: Runtime) -> int:
+async def count(runtime: Core) -> int:
     async with runtime.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Message)) or 0)
 
@@ -45,7 +45,7 @@ async def post(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
     return await client.post("/api/v1/messages", json=body)
 
 
-async def backdate(runtime: Runtime, message_id: str, **values: Any) -> None:
+async def backdate(runtime: Core, message_id: str, **values: Any) -> None:
     async with transaction(runtime.sessions) as session:
         await session.execute(update(Message).where(Message.id == message_id).values(**values))
 
@@ -91,7 +91,7 @@ async def test_a_scheduled_message_waits_for_its_time(
     ],
 )
 async def test_a_send_at_out_of_range_is_a_422_naming_it_and_stores_nothing(
-    sender: httpx.AsyncClient, runtime: Runtime, send_at: Any, expected: str
+    sender: httpx.AsyncClient, runtime: Core, send_at: Any, expected: str
 ) -> None:
     response = await post(sender, to=["ann@example.com"], sendAt=send_at())
     assert response.status_code == 422, response.text
@@ -146,7 +146,7 @@ async def test_an_idempotent_replay_of_a_scheduled_message_says_scheduled(
 async def test_a_message_s_age_counts_from_its_send_at(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -175,7 +175,7 @@ async def test_a_message_s_age_counts_from_its_send_at(
 async def test_cancel_a_scheduled_message_it_is_never_sent(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -217,7 +217,7 @@ async def test_cancel_a_scheduled_message_it_is_never_sent(
 async def test_cancel_a_deferred_message(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -260,7 +260,7 @@ async def test_cancel_refuses_a_finished_message_and_says_why(
 async def test_cancel_of_a_message_being_sent_lets_it_finish(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:

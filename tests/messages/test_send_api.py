@@ -12,7 +12,7 @@ from sqlalchemy import event, func, select
 
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
-from app.deps import Runtime
+from app.wiring import Core
 
 pytestmark = pytest.mark.anyio
 
@@ -25,24 +25,24 @@ async def branded(admin: httpx.AsyncClient) -> None:
     assert response.status_code == 200
 
 
-async def drain(runtime: Runtime) -> None:
+async def drain(runtime: Core) -> None:
     await Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     ).drain()
 
 
-async def count_messages(runtime: Runtime) -> int:
+async def count_messages(runtime: Core) -> int:
     async with runtime.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Message)) or 0)
 
 
-def outbox_files(runtime: Runtime) -> list[Path]:
+def outbox_files(runtime: Core) -> list[Path]:
     return sorted(runtime.settings.outbox_dir.glob("*.eml"))
 
 
 @pytest.mark.usefixtures("branded")
 async def test_accepted_message_is_stored_and_delivered_through_builtin_server(
-    sender: httpx.AsyncClient, runtime: Runtime
+    sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     response = await sender.post(
         "/api/v1/messages",
@@ -102,7 +102,7 @@ async def test_accepted_message_is_stored_and_delivered_through_builtin_server(
 
 @pytest.mark.usefixtures("branded")
 async def test_group_through_builtin_server_is_one_message_per_recipient(
-    sender: httpx.AsyncClient, runtime: Runtime
+    sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     response = await sender.post(
         "/api/v1/messages",
@@ -166,7 +166,7 @@ async def test_group_through_builtin_server_is_one_message_per_recipient(
 )
 @pytest.mark.usefixtures("branded")
 async def test_bad_messages_are_422_naming_the_field(
-    sender: httpx.AsyncClient, runtime: Runtime, body: dict[str, object], field: str
+    sender: httpx.AsyncClient, runtime: Core, body: dict[str, object], field: str
 ) -> None:
     response = await sender.post("/api/v1/messages", json=body)
     assert response.status_code == 422, response.text
@@ -176,7 +176,7 @@ async def test_bad_messages_are_422_naming_the_field(
 
 
 @pytest.mark.usefixtures("branded")
-async def test_recipient_limits(sender: httpx.AsyncClient, runtime: Runtime) -> None:
+async def test_recipient_limits(sender: httpx.AsyncClient, runtime: Core) -> None:
     many = [f"user{i}@example.com" for i in range(101)]
     response = await sender.post("/api/v1/messages", json={"to": many, "text": "t"})
     assert response.status_code == 422
@@ -190,7 +190,7 @@ async def test_recipient_limits(sender: httpx.AsyncClient, runtime: Runtime) -> 
 
 
 async def test_no_resolvable_sender_is_422_at_post_time(
-    sender: httpx.AsyncClient, runtime: Runtime
+    sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     response = await sender.post("/api/v1/messages", json={"to": ["a@example.com"], "text": "t"})
     assert response.status_code == 422
@@ -205,7 +205,7 @@ async def test_unknown_server_is_422(sender: httpx.AsyncClient) -> None:
     assert response.json()["error"]["details"][0]["field"] == "server"
 
 
-async def test_body_over_the_limit_is_413(sender: httpx.AsyncClient, runtime: Runtime) -> None:
+async def test_body_over_the_limit_is_413(sender: httpx.AsyncClient, runtime: Core) -> None:
     huge = "A" * (runtime.settings.max_message_bytes + 10)
     body = {"from": "me@example.com", "to": ["a@example.com"], "text": huge}
     response = await sender.post("/api/v1/messages", json=body)
@@ -216,7 +216,7 @@ async def test_body_over_the_limit_is_413(sender: httpx.AsyncClient, runtime: Ru
 
 @pytest.mark.usefixtures("branded")
 async def test_idempotent_replay_returns_the_same_answer(
-    sender: httpx.AsyncClient, runtime: Runtime
+    sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     body = {"to": ["a@example.com"], "subject": "once", "text": "t"}
     headers = {"Idempotency-Key": "order-1"}
@@ -242,7 +242,7 @@ async def test_idempotent_replay_returns_the_same_answer(
 
 @pytest.mark.usefixtures("branded")
 async def test_idempotency_keys_are_per_user(
-    sender: httpx.AsyncClient, admin: httpx.AsyncClient, runtime: Runtime
+    sender: httpx.AsyncClient, admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     body = {"to": ["a@example.com"], "text": "t"}
     first = await sender.post("/api/v1/messages", json=body, headers={"Idempotency-Key": "k1"})
@@ -253,7 +253,7 @@ async def test_idempotency_keys_are_per_user(
 
 @pytest.mark.usefixtures("branded")
 async def test_concurrent_requests_with_one_key_store_one_message(
-    sender: httpx.AsyncClient, runtime: Runtime
+    sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     body = {"to": ["a@example.com"], "text": "race"}
     answers = await asyncio.gather(
@@ -271,7 +271,7 @@ async def test_concurrent_requests_with_one_key_store_one_message(
 
 @pytest.mark.usefixtures("branded")
 async def test_requests_that_arrive_together_share_one_commit(
-    sender: httpx.AsyncClient, runtime: Runtime
+    sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     """Group commit: requests that come in one after the other while the loop is busy share a
     transaction; the first of them does not go alone into its own."""

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from app.deps import Runtime
 from app.security import RECHECK_SECONDS
 from app.users.models import User
+from app.wiring import Core
 from tests.conftest import basic
 from tests.servers.helpers import body, create
 
@@ -26,7 +26,7 @@ PASSWORD = "bounded-password-1"
 
 @pytest.fixture
 def add_sender(
-    admin: httpx.AsyncClient, app_runtime: tuple[Any, Runtime]
+    admin: httpx.AsyncClient, app_runtime: tuple[Any, Core]
 ) -> Callable[..., Awaitable[httpx.AsyncClient]]:
     """Makes a sender user with the given bounds, and a client that calls as it."""
 
@@ -272,7 +272,7 @@ async def test_admins_are_not_bounded(admin: httpx.AsyncClient) -> None:
 
 @pytest.mark.usefixtures("profiles")
 async def test_a_change_binds_at_once_here_and_within_a_second_elsewhere(
-    admin: httpx.AsyncClient, add_sender: AddSender, runtime: Runtime
+    admin: httpx.AsyncClient, add_sender: AddSender, runtime: Core
 ) -> None:
     """Through the API on this replica: the next request. Written by another replica (here:
     straight into the database, which this process's cache knows nothing of): within 1 s."""

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from app.db import utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Attempt, Message
-from app.deps import Runtime
+from app.wiring import Core
 
 FULL = os.environ.get("POSTROOM_RELIABILITY_FULL", "") not in ("", "0", "false")
 
@@ -78,7 +78,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 async def play(
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     seconds: float,
@@ -102,7 +102,7 @@ async def play(
         clock.set(min(due + timedelta(seconds=granularity), end))
 
 
-async def attempt_times(runtime: Runtime, message_pk: str) -> list[datetime]:
+async def attempt_times(runtime: Core, message_pk: str) -> list[datetime]:
     async with runtime.sessions() as session:
         rows = await session.scalars(
             select(Attempt.started_at).where(Attempt.message_pk == message_pk).order_by(Attempt.id)
@@ -111,5 +111,7 @@ async def attempt_times(runtime: Runtime, message_pk: str) -> list[datetime]:
 
 
 @pytest.fixture
-def dispatcher(runtime: Runtime) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+def dispatcher(runtime: Core) -> Dispatcher:
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )

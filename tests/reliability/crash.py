@@ -52,12 +52,12 @@ from app.audit.service import SYSTEM
 from app.config import Settings
 from app.db import transaction, utcnow
 from app.delivery.models import Attempt, Message
-from app.main import open_runtime
+from app.identity import Principal
 from app.messages import service as messages
 from app.messages.schemas import MessageIn
 from app.messages.service import Caller
-from app.security import Principal
 from app.servers import service as servers
+from app.wiring import open_core
 from tests.smtpd import SmtpServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -397,7 +397,7 @@ def prepare(loop: Loop, place: Place, sink: SmtpServer, count: int, **profile: A
 
     async def work() -> list[str]:
         ids: list[str] = []
-        async with open_runtime(place.settings) as runtime:
+        async with open_core(place.settings) as runtime:
             async with transaction(runtime.sessions) as session:
                 body = servers.PROFILE_BODY.validate_python(
                     {

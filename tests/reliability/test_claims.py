@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Attempt, Message
-from app.deps import Runtime
+from app.wiring import Core
 from tests.conftest import PG_URL
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.reliability import crash
@@ -181,7 +181,7 @@ def test_four_workers_and_posting_clients_on_sqlite(tmp_path: Path, report: Repo
 async def test_no_claim_transaction_spans_a_send(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     caplog: pytest.LogCaptureFixture,

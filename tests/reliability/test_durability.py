@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
-from app.deps import Runtime
+from app.wiring import Core
 from tests.conftest import PG_URL, SENDER, basic
 from tests.delivery.conftest import add_smtp_profile, send
 from tests.reliability.conftest import Report
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.anyio
-async def test_every_pooled_connection_is_durable(runtime: Runtime, report: Report) -> None:
+async def test_every_pooled_connection_is_durable(runtime: Core, report: Report) -> None:
     """Check 1: SQLite journal_mode=wal and synchronous=2 (FULL) on every pooled connection;
     PostgreSQL synchronous_commit=on and fsync=on."""
     engine = runtime.engine
@@ -152,9 +152,9 @@ def test_start_up_refuses_a_database_that_may_lose_commits(
 
 @pytest.mark.anyio
 async def test_a_failure_before_commit_leaves_no_message(
-    app_runtime: tuple[Any, Runtime],
+    app_runtime: tuple[Any, Core],
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
     report: Report,
 ) -> None:
@@ -208,7 +208,7 @@ async def test_a_failure_before_commit_leaves_no_message(
         ids = list(await session.scalars(select(Message.id)))
     assert ids == [control]
     await Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     ).drain()
     at_sink = [r for t in server.transactions for r in t.rcpt_tos]
     assert at_sink == ["control@example.com"]

@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Attempt, Message
-from app.deps import Runtime
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.reliability.conftest import FakeClock, Report, play
 from tests.smtpd import DROP, SmtpServer, StartServer
@@ -85,7 +85,7 @@ async def run_cases(
 async def test_reply_matrix_4xx_deferred_5xx_permanent(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     smtp_server_factory: StartServer,
@@ -198,7 +198,7 @@ async def test_resets_and_timeouts_at_any_stage_are_deferred(
 async def test_one_refused_recipient_and_one_deferred_recipient(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     smtp_server_factory: StartServer,
@@ -240,7 +240,7 @@ async def test_one_refused_recipient_and_one_deferred_recipient(
 async def test_refused_credentials_stay_deferred_for_the_whole_lifetime(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     smtp_server_factory: StartServer,
@@ -274,7 +274,7 @@ async def test_refused_credentials_stay_deferred_for_the_whole_lifetime(
     )
 
 
-async def p95_latency_ms(runtime: Runtime, ids: list[str]) -> float:
+async def p95_latency_ms(runtime: Core, ids: list[str]) -> float:
     """95th percentile of sent_at - created_at over these messages, once all are sent."""
     async with runtime.sessions() as session:
         rows = (
@@ -290,7 +290,7 @@ async def p95_latency_ms(runtime: Runtime, ids: list[str]) -> float:
 
 
 async def wait_for(
-    runtime: Runtime, *, sent: Sequence[str] = (), attempted: str = "", within: float = 30.0
+    runtime: Core, *, sent: Sequence[str] = (), attempted: str = "", within: float = 30.0
 ) -> None:
     """Wait until these messages are all sent, or until that one has an attempt recorded."""
     loop = asyncio.get_running_loop()
@@ -312,7 +312,7 @@ async def wait_for(
 async def test_a_stalled_greeting_does_not_hold_up_other_mail(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     report: Report,
@@ -324,7 +324,7 @@ async def test_a_stalled_greeting_does_not_hold_up_other_mail(
     stalled = smtp_server_factory(greeting_delay=3600)
     await add_smtp_profile(admin, healthy, name="healthy")
     await add_smtp_profile(admin, stalled, name="stalled", settings={"greetingTimeout": 2000})
-    runtime.wake = dispatcher.notify
+    dispatcher.wakeup = runtime.notifier  # the intake wakes this dispatcher
     stopping = asyncio.Event()
     running = asyncio.create_task(dispatcher.run(stopping))
     try:
@@ -360,7 +360,7 @@ async def test_a_stalled_greeting_does_not_hold_up_other_mail(
 async def test_a_drop_in_the_middle_of_the_content_is_retried_to_one_copy(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     smtp_server_factory: StartServer,
@@ -411,7 +411,7 @@ async def test_a_drop_in_the_middle_of_the_content_is_retried_to_one_copy(
 async def test_a_drop_after_the_final_dot_is_retried_and_counted_ambiguous(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     smtp_server_factory: StartServer,
@@ -493,7 +493,7 @@ def content_commands(server: SmtpServer) -> int:
 async def test_tls_is_verified_and_never_falls_back_to_plaintext(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     smtp_server_factory: StartServer,

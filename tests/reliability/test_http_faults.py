@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.wiring import Core
 from tests.conftest import allow_sender
 from tests.delivery.conftest import record, send
 from tests.reliability.conftest import FakeClock, Report, attempt_times, play
@@ -36,7 +36,7 @@ def sendgrid_url(name: str) -> str:
 async def test_provider_answers_map_to_retry_or_fail(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     respx_mock: respx.MockRouter,
@@ -112,7 +112,7 @@ async def test_provider_answers_map_to_retry_or_fail(
 async def test_refused_api_credentials_stay_deferred_for_the_whole_lifetime(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     respx_mock: respx.MockRouter,

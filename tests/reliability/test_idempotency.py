@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.delivery.models import Message
-from app.deps import Runtime
+from app.wiring import Core
 from tests.reliability.conftest import FakeClock, Report
 
 pytestmark = pytest.mark.anyio
@@ -18,13 +18,13 @@ pytestmark = pytest.mark.anyio
 BODY = {"from": "billing@example.com", "to": ["ann@example.com"], "subject": "Invoice 1042"}
 
 
-async def rows(runtime: Runtime) -> int:
+async def rows(runtime: Core) -> int:
     async with runtime.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Message)) or 0)
 
 
 async def test_sequential_replays_answer_the_same_bytes(
-    sender: httpx.AsyncClient, runtime: Runtime, report: Report
+    sender: httpx.AsyncClient, runtime: Core, report: Report
 ) -> None:
     """Check 5: the same key and body 5 times -> 1 outbox row, 5 identical answers."""
     headers = {"Idempotency-Key": "invoice-1042"}
@@ -42,7 +42,7 @@ async def test_sequential_replays_answer_the_same_bytes(
 
 
 async def test_concurrent_requests_with_one_key(
-    sender: httpx.AsyncClient, runtime: Runtime, report: Report
+    sender: httpx.AsyncClient, runtime: Core, report: Report
 ) -> None:
     """Check 6: 20 concurrent requests, one key and body -> exactly 1 row; every answer is the
     original 202 or a 409; none >= 500."""
@@ -63,7 +63,7 @@ async def test_concurrent_requests_with_one_key(
 
 
 async def test_misuse_and_the_24_hour_window(
-    sender: httpx.AsyncClient, runtime: Runtime, clock: FakeClock, report: Report
+    sender: httpx.AsyncClient, runtime: Core, clock: FakeClock, report: Report
 ) -> None:
     """Check 7: another body under the key -> 422, no row; a 256-character key -> 400; a replay at
     T+23 h 59 min (fake clock) answers the original; the key is kept until 24 h have passed."""

@@ -14,7 +14,7 @@ import pytest
 
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.reliability.conftest import FakeClock, Report, attempt_times, play
 from tests.smtpd import StartServer
@@ -40,7 +40,7 @@ def expected_bounds(base: float, cap: float, age: float) -> tuple[int, int]:
 async def run_schedule(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     clock: FakeClock,
     smtp_server_factory: StartServer,
 ) -> tuple[dict[str, object], list[float], float]:
@@ -51,7 +51,9 @@ async def run_schedule(
     await add_smtp_profile(admin, server)
     accepted = clock.now
     message_id = await send(sender, to=["ann@example.com"])
-    dispatcher = Dispatcher(runtime.sessions, settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await play(runtime, dispatcher, clock, settings.max_message_age + 2 * settings.retry_max)
     saved = await record(admin, message_id)
     times = await attempt_times(runtime, message_id)
@@ -78,7 +80,7 @@ def check_schedule(
 async def test_default_schedule(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     clock: FakeClock,
     smtp_server_factory: StartServer,
     report: Report,
@@ -102,7 +104,7 @@ async def test_default_schedule(
 async def test_configured_schedule(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     clock: FakeClock,
     smtp_server_factory: StartServer,
     monkeypatch: pytest.MonkeyPatch,
@@ -128,7 +130,7 @@ async def test_configured_schedule(
 async def test_a_message_that_crashes_every_attempt_is_given_up_at_the_max_age(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     clock: FakeClock,
     smtp_server_factory: StartServer,

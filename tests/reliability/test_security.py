@@ -15,6 +15,7 @@ import statistics
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,17 @@ from app.cli import cli
 from app.config import Settings
 from app.crypto import KEY_FILE, SecretBoxError
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
 from app.egress import EgressPolicy, parse_networks
 from app.main import create_app
+from app.messages.deps import SENDING
 from app.messages.schemas import LINE_BREAKS
+from app.servers.deps import PROFILES
 from app.servers.models import ServerProfile
 from app.throttle import Throttle
 from app.transports import smtp
 from app.transports.errors import ConfigError
 from app.users import passwords
+from app.wiring import CORE, Core
 from tests.conftest import ADMIN, SENDER, allow_sender, basic, raw_dump
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.reliability.conftest import FULL, Report
@@ -73,7 +76,7 @@ def operations() -> list[tuple[str, str]]:
 
 @pytest.mark.anyio
 async def test_every_operation_needs_credentials(
-    anon: httpx.AsyncClient, runtime: Runtime, report: Report
+    anon: httpx.AsyncClient, runtime: Core, report: Report
 ) -> None:
     """Check 20: every operation without, with malformed and with wrong Basic credentials -> 401
     with `WWW-Authenticate: Basic`."""
@@ -98,7 +101,7 @@ async def test_every_operation_needs_credentials(
 
 @pytest.mark.anyio
 async def test_unknown_user_and_wrong_password_take_as_long(
-    anon: httpx.AsyncClient, runtime: Runtime, report: Report
+    anon: httpx.AsyncClient, runtime: Core, report: Report
 ) -> None:
     """Check 20: the median latency of an unknown user and of a known user's wrong password
     differ by less than 10 % (500 samples each on demand, 60 in the default suite)."""
@@ -134,7 +137,7 @@ async def test_unknown_user_and_wrong_password_take_as_long(
 async def test_brute_force_is_throttled_per_client_and_per_account(
     anon: httpx.AsyncClient,
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     monkeypatch: pytest.MonkeyPatch,
     report: Report,
 ) -> None:
@@ -207,7 +210,7 @@ async def auth_status(auth: Any, headers: dict[str, str], client: str) -> int:
 
 @pytest.mark.anyio
 async def test_password_hashes(
-    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Runtime, report: Report
+    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Core, report: Report
 ) -> None:
     """Check 22: argon2id with m >= 19456 KiB, t >= 2, p >= 1."""
     from app.users.models import User
@@ -250,7 +253,7 @@ def seeded_profiles() -> tuple[list[dict[str, Any]], list[str]]:
 @pytest.mark.anyio
 async def test_no_secret_in_any_answer_or_log(
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     respx_mock: respx.MockRouter,
     caplog: pytest.LogCaptureFixture,
     report: Report,
@@ -312,7 +315,7 @@ def run_app(settings: Settings, work: Any) -> Any:
             async with httpx.AsyncClient(
                 transport=transport, base_url="http://postroom.test", headers=basic(ADMIN)
             ) as client:
-                return await work(client, app.state.runtime)
+                return await work(client, CORE.of(app))
 
     return asyncio.run(main())
 
@@ -325,7 +328,7 @@ def test_secrets_at_rest_and_key_rotation(
     decrypts none."""
     payloads, values = seeded_profiles()
 
-    async def seed(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    async def seed(client: httpx.AsyncClient, runtime: Core) -> None:
         for payload in payloads:
             assert (await client.post("/api/v1/servers", json=payload)).status_code == 201
 
@@ -350,7 +353,7 @@ def test_secrets_at_rest_and_key_rotation(
     assert rotated.exit_code == 0, rotated.output
 
     def decryptable(key: str) -> Any:
-        async def work(client: httpx.AsyncClient, runtime: Runtime) -> list[str]:
+        async def work(client: httpx.AsyncClient, runtime: Core) -> list[str]:
             found: list[str] = []
             async with runtime.sessions() as session:
                 for profile in await session.scalars(select(ServerProfile)):
@@ -382,7 +385,7 @@ def test_secrets_at_rest_and_key_rotation(
 # --- 25: mass assignment ----------------------------------------------------------------------
 
 
-async def snapshot(runtime: Runtime) -> dict[str, list[Any]]:
+async def snapshot(runtime: Core) -> dict[str, list[Any]]:
     """Every row of the tables an admin writes, as stored."""
     tables = ("server_profiles", "users", "templates", "themes", "branding", "messages")
     found = {}
@@ -395,7 +398,7 @@ async def snapshot(runtime: Runtime) -> dict[str, list[Any]]:
 
 @pytest.mark.anyio
 async def test_unknown_and_read_only_fields_are_refused(
-    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Runtime, report: Report
+    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Core, report: Report
 ) -> None:
     """Check 25: create and update bodies with an unknown field or a read-only one (id,
     createdAt, updatedAt, status, attempts, health, passSet, ...) -> 422, every stored row
@@ -485,7 +488,7 @@ async def save_smtp(admin: httpx.AsyncClient, name: str, host: str, port: int = 
 
 @pytest.mark.anyio
 async def test_hostile_hosts_are_refused_at_save(
-    admin: httpx.AsyncClient, runtime: Runtime, report: Report
+    admin: httpx.AsyncClient, app_runtime: tuple[Any, Core], report: Report
 ) -> None:
     """Check 26: with the deny list configured, the 13 hostile addresses and a name resolving to
     one are refused at save (422, 14/14). By default (DESIGN.md: LAN relays and localhost stay
@@ -495,7 +498,8 @@ async def test_hostile_hosts_are_refused_at_save(
     assert refused_by_default == sorted(["169.254.169.254", "fe80::1"])
     assert {code for h, code in default.items() if h not in refused_by_default} == {201}
 
-    runtime.egress = EgressPolicy(deny=parse_networks(HOSTILE_DENY))
+    egress = EgressPolicy(deny=parse_networks(HOSTILE_DENY))
+    PROFILES.set(app_runtime[0], replace(PROFILES.of(app_runtime[0]), egress=egress))
     configured = {
         host: await save_smtp(admin, f"h{i}", host) for i, host in enumerate(HOSTILE_HOSTS)
     }
@@ -535,7 +539,7 @@ class CountingListener:
 
 
 @pytest.fixture
-async def hostile(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+async def hostile(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Core]]:
     """The app with the deny list configured from the start (as POSTROOM_EGRESS_DENY would)."""
     settings.egress_deny = HOSTILE_DENY
     app = create_app(settings)
@@ -544,7 +548,7 @@ async def hostile(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, 
         async with httpx.AsyncClient(
             transport=transport, base_url="http://postroom.test", headers=basic(ADMIN)
         ) as client:
-            yield client, app.state.runtime
+            yield client, CORE.of(app)
 
 
 @pytest.fixture
@@ -556,7 +560,7 @@ def listener() -> Iterator[CountingListener]:
 
 @pytest.mark.anyio
 async def test_dns_rebinding_is_caught_at_connect_time(
-    hostile: tuple[httpx.AsyncClient, Runtime],
+    hostile: tuple[httpx.AsyncClient, Core],
     listener: CountingListener,
     monkeypatch: pytest.MonkeyPatch,
     report: Report,
@@ -595,7 +599,7 @@ async def test_dns_rebinding_is_caught_at_connect_time(
         await send(admin, to=["ann@example.com"], server="api"),
     ]
     await Dispatcher(
-        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
     ).drain()
     for message_id in ids:
         saved = await record(admin, message_id)
@@ -611,14 +615,19 @@ async def test_dns_rebinding_is_caught_at_connect_time(
 
 @pytest.mark.anyio
 async def test_the_port_allow_list(
-    admin: httpx.AsyncClient, runtime: Runtime, listener: CountingListener, report: Report
+    admin: httpx.AsyncClient,
+    app_runtime: tuple[Any, Core],
+    listener: CountingListener,
+    report: Report,
 ) -> None:
     """Check 26: with POSTROOM_EGRESS_PORTS=25,465,587,2525 a port outside it is refused at save
     (422 naming settings.port) and at connect (0 connections); by default (DESIGN.md: LAN relays
     use odd ports) any port is allowed."""
+    app, runtime = app_runtime
     assert runtime.settings.egress_ports == ""
     assert await save_smtp(admin, "odd_default", "127.0.0.1", 2526) == 201
-    runtime.egress = EgressPolicy(deny=(), ports=frozenset({25, 465, 587, 2525}))
+    egress = EgressPolicy(deny=(), ports=frozenset({25, 465, 587, 2525}))
+    PROFILES.set(app, replace(PROFILES.of(app), egress=egress))
     refused = await admin.post(
         "/api/v1/servers",
         json={"name": "odd", "type": "smtp", "settings": {"host": "mail.invalid", "port": 2526}},
@@ -630,7 +639,7 @@ async def test_the_port_allow_list(
 
     async with httpx.AsyncClient() as http:
         context = runtime.transport_context
-        context = type(context)(http, runtime.egress, context.logger)
+        context = type(context)(http, egress, context.logger)
         transport = smtp.create("t", smtp.SmtpConfig(host="127.0.0.1", port=listener.port), context)
         with pytest.raises(ConfigError) as caught:
             await transport.send(make_message())
@@ -647,7 +656,7 @@ async def test_the_port_allow_list(
 async def test_provider_calls_follow_no_redirect(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     respx_mock: respx.MockRouter,
     report: Report,
@@ -681,7 +690,7 @@ CONTROL = ["\r", "\n", "\0"]
 async def test_control_characters_are_refused_everywhere(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     report: Report,
@@ -923,11 +932,14 @@ async def test_debug_logs_hold_no_credential(
 
 
 @pytest.mark.anyio
-async def test_limits(sender: httpx.AsyncClient, runtime: Runtime, report: Report) -> None:
+async def test_limits(
+    sender: httpx.AsyncClient, app_runtime: tuple[Any, Core], report: Report
+) -> None:
     """Check 29: a body over 10,240,000 bytes -> 413; > 100 visible recipients -> 422; > 10,000
     in a group -> 422; > 100 attachments or attachments over the size -> 422; an Idempotency-Key
     over 255 characters -> 400; the per-user send rate (POSTROOM_SEND_RATE_PER_MINUTE) -> 429 with
     Retry-After."""
+    app, runtime = app_runtime
     limit = runtime.settings.max_message_bytes
     assert limit == 10_240_000
     base = {"from": "me@example.com", "to": ["a@example.com"], "text": "t"}
@@ -970,7 +982,8 @@ async def test_limits(sender: httpx.AsyncClient, runtime: Runtime, report: Repor
         await sender.post("/api/v1/messages", json=base, headers={"Idempotency-Key": "k" * 256})
     ).status_code
 
-    runtime.sends = Throttle(runtime.engine, name="send", limit=5, what="messages")
+    limit5 = Throttle(runtime.engine, name="send", limit=5, what="messages")
+    SENDING.set(app, replace(SENDING.of(app), throttle=limit5))
     rates = [(await sender.post("/api/v1/messages", json=base)) for _ in range(6)]
     found["6th send in a minute (limit 5)"] = rates[-1].status_code
     retry_after = int(rates[-1].headers["retry-after"])

@@ -21,8 +21,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
-from app.main import LEASE_MARGIN, StartupError, check_timeouts
+from app.wiring import LEASE_MARGIN, Core, StartupError, check_timeouts
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.reliability.conftest import Report
 from tests.smtpd import StartServer
@@ -54,7 +53,7 @@ class Port:
 async def test_each_phase_timeout_is_configured_per_profile(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     unresponsive_port: int,
@@ -89,7 +88,7 @@ async def test_each_phase_timeout_is_configured_per_profile(
 async def test_an_attempt_is_cut_at_the_attempt_timeout(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     smtp_server_factory: StartServer,
     report: Report,
 ) -> None:
@@ -100,7 +99,9 @@ async def test_an_attempt_is_cut_at_the_attempt_timeout(
     await add_smtp_profile(admin, server, settings={"socketTimeout": 600_000})
     message_id = await send(sender, to=["ann@example.com"])
     runtime.settings.attempt_timeout = 1.0
-    dispatcher = Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+    dispatcher = Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
     await dispatcher.drain()
     saved = await record(admin, message_id)
     [attempt] = saved["attemptLog"]

@@ -20,10 +20,10 @@ from app.config import Settings
 from app.db import transaction, utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Attempt, Heartbeat, Message, Recipient
-from app.deps import Runtime
 from app.events.models import EventRow
-from app.main import create_app
+from app.main import LOOPS, Loops, create_app
 from app.retention.purge import Purge
+from app.wiring import CORE, Core
 from tests.conftest import ADMIN, basic
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.smtpd import StartServer
@@ -35,11 +35,13 @@ DAY = timedelta(days=1)
 
 
 @pytest.fixture
-def dispatcher(runtime: Runtime) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+def dispatcher(runtime: Core) -> Dispatcher:
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
 
 
-async def age(runtime: Runtime, message_id: str, days: float, **values: Any) -> None:
+async def age(runtime: Core, message_id: str, days: float, **values: Any) -> None:
     """Make the message `days` old (and set any other column)."""
     async with transaction(runtime.sessions) as session:
         await session.execute(
@@ -49,7 +51,7 @@ async def age(runtime: Runtime, message_id: str, days: float, **values: Any) -> 
         )
 
 
-async def rows(runtime: Runtime, message_id: str) -> dict[str, int]:
+async def rows(runtime: Core, message_id: str) -> dict[str, int]:
     async with runtime.sessions() as session:
         found = {}
         for name, column in (
@@ -63,7 +65,7 @@ async def rows(runtime: Runtime, message_id: str) -> dict[str, int]:
         return found
 
 
-async def stored(runtime: Runtime, message_id: str) -> Message:
+async def stored(runtime: Core, message_id: str) -> Message:
     async with runtime.sessions() as session:
         message = await session.get(Message, message_id)
         assert message is not None
@@ -80,7 +82,7 @@ async def delivered(
 
 async def test_bodies_go_after_their_days_and_the_record_and_events_stay(
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -131,7 +133,7 @@ async def test_bodies_go_after_their_days_and_the_record_and_events_stay(
 
 async def test_records_go_whole_after_their_days(
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -150,7 +152,7 @@ async def test_records_go_whole_after_their_days(
 
 async def test_unfinished_messages_and_ages_from_send_at_are_left_alone(
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -168,7 +170,7 @@ async def test_unfinished_messages_and_ages_from_send_at_are_left_alone(
 
 async def test_the_purge_goes_in_batches_of_rows(
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -188,7 +190,7 @@ async def test_the_purge_goes_in_batches_of_rows(
         assert await session.scalar(select(func.count()).select_from(Message)) == 0
 
 
-async def test_other_logs_are_purged_with_the_records_cutoff(runtime: Runtime) -> None:
+async def test_other_logs_are_purged_with_the_records_cutoff(runtime: Core) -> None:
     calls: list[tuple[datetime, int]] = []
 
     async def audit(session: Any, before: datetime, limit: int) -> int:
@@ -202,7 +204,7 @@ async def test_other_logs_are_purged_with_the_records_cutoff(runtime: Runtime) -
     assert all(abs((before - cutoff).total_seconds()) < 5 for before, _ in calls)
 
 
-async def test_the_audit_log_goes_with_the_records_cutoff(runtime: Runtime) -> None:
+async def test_the_audit_log_goes_with_the_records_cutoff(runtime: Core) -> None:
     days = runtime.settings.retention_record_days
     async with transaction(runtime.sessions) as session:
         for age, name in ((days + 1, "old"), (days - 1, "young")):
@@ -227,7 +229,7 @@ async def test_the_audit_log_goes_with_the_records_cutoff(runtime: Runtime) -> N
 
 async def test_two_purges_at_once_share_the_work(
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -249,7 +251,7 @@ async def test_two_purges_at_once_share_the_work(
 
 
 @pytest.fixture
-async def live(settings: Settings) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
+async def live(settings: Settings) -> AsyncIterator[tuple[Core, httpx.AsyncClient, Loops]]:
     """The app with its dispatcher in-process, as `postroom serve` runs it, purging often."""
     settings = settings.model_copy(
         update={"dispatcher": True, "poll_interval": 0.2, "purge_interval": 0.1}
@@ -260,7 +262,7 @@ async def live(settings: Settings) -> AsyncIterator[tuple[Runtime, httpx.AsyncCl
         async with httpx.AsyncClient(
             transport=transport, base_url="http://postroom.test", headers=basic(ADMIN)
         ) as admin:
-            yield app.state.runtime, admin
+            yield CORE.of(app), admin, LOOPS.of(app)
 
 
 async def until(check: Any, within: float, what: str) -> None:
@@ -272,12 +274,12 @@ async def until(check: Any, within: float, what: str) -> None:
 
 
 async def test_the_purge_runs_supervised_beside_the_dispatcher(
-    live: tuple[Runtime, httpx.AsyncClient],
+    live: tuple[Core, httpx.AsyncClient, Loops],
     smtp_server_factory: StartServer,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    runtime, admin = live
+    runtime, admin, running = live
     real_bodies = Purge._bodies
     failures = 0
 
@@ -316,9 +318,9 @@ async def test_the_purge_runs_supervised_beside_the_dispatcher(
     await until(purged, 15, "the purge after two failed passes")
     assert (await admin.get("/readyz")).status_code == 200
 
-    assert runtime.purge is not None
-    runtime.purge.task.cancel()
-    await asyncio.gather(runtime.purge.task, return_exceptions=True)
+    assert running.purge is not None
+    running.purge.task.cancel()
+    await asyncio.gather(running.purge.task, return_exceptions=True)
     stopped = await admin.get("/readyz")
     assert stopped.status_code == 503
     assert "the retention purge is not running" in stopped.json()["reasons"]

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from app.deps import Runtime
 from app.servers import service
+from app.wiring import Core
 
 SECRETS: dict[str, list[str]] = {
     "smtp": ["pass"],
@@ -99,7 +99,7 @@ async def create(admin: httpx.AsyncClient, payload: dict[str, Any]) -> dict[str,
     return created
 
 
-async def stored_config(runtime: Runtime, name: str) -> BaseModel:
+async def stored_config(runtime: Core, name: str) -> BaseModel:
     """The profile's typed, decrypted settings, as the transport would get them."""
     async with runtime.sessions() as session:
         profile = await service.get_profile(session, name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.deps import Runtime
 from app.transports.smtp import SmtpConfig
+from app.wiring import Core
 from tests.servers.helpers import body, create, secret, stored_config
 
 pytestmark = pytest.mark.anyio
@@ -19,7 +19,7 @@ def details(response: httpx.Response) -> list[str]:
 
 
 async def test_duplicate_copies_everything_but_secrets(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     await create(admin, body("sendgrid", "backup"))
     payload = body("smtp", "relay", fallback="backup", isDefault=True)

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.deps import Runtime
 from app.servers import service
 from app.transports.smtp import SmtpConfig
+from app.wiring import Core
 from tests.servers.helpers import BODIES, SECRETS, body, create, secret, stored_config
 
 pytestmark = pytest.mark.anyio
@@ -32,7 +32,7 @@ def assert_422(response: httpx.Response, *expected: str) -> None:
 
 
 @pytest.mark.parametrize("type_", TYPES)
-async def test_crud_for_every_type(admin: httpx.AsyncClient, runtime: Runtime, type_: str) -> None:
+async def test_crud_for_every_type(admin: httpx.AsyncClient, runtime: Core, type_: str) -> None:
     payload = body(type_, f"main_{type_}")
     created = await create(admin, payload)
 
@@ -147,7 +147,7 @@ SECURITY_MODES = [
 
 
 async def test_sage_x3_security_modes_map_onto_the_flags(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     for mode, *flags, port in SECURITY_MODES:
         created = await create(
@@ -270,7 +270,7 @@ async def test_refused_create_bodies(admin: httpx.AsyncClient) -> None:
 
 
 async def test_read_only_and_unknown_fields_leave_the_row_unchanged(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     created = await create(admin, body("smtp", "relay"))
     extras: list[dict[str, Any]] = [
@@ -303,7 +303,7 @@ async def test_a_get_answer_is_not_a_valid_put_body(admin: httpx.AsyncClient) ->
 
 
 async def test_omitted_secret_is_kept_and_null_clears_it(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     await create(admin, body("smtp", "relay"))
     patched = await admin.patch("/api/v1/servers/relay", json={"settings": {"port": 2525}})
@@ -338,9 +338,7 @@ async def test_omitted_secret_is_kept_and_null_clears_it(
     assert secret(await stored_config(runtime, "relay"), "pass") is None
 
 
-async def test_nested_secrets_are_kept_and_cleared(
-    admin: httpx.AsyncClient, runtime: Runtime
-) -> None:
+async def test_nested_secrets_are_kept_and_cleared(admin: httpx.AsyncClient, runtime: Core) -> None:
     oauth2 = {
         "tokenUrl": "https://login.example.com/oauth2/v2.0/token",
         "clientId": "client-1",
@@ -372,7 +370,7 @@ async def test_nested_secrets_are_kept_and_cleared(
     assert cleared.json()["settings"]["oauth2"]["clientSecretSet"] is True
 
 
-async def test_patch_can_change_the_type(admin: httpx.AsyncClient, runtime: Runtime) -> None:
+async def test_patch_can_change_the_type(admin: httpx.AsyncClient, runtime: Core) -> None:
     await create(admin, body("smtp", "relay"))
     missing = await admin.patch("/api/v1/servers/relay", json={"type": "sendgrid"})
     assert_422(missing, "settings.apiKey")
@@ -397,7 +395,7 @@ async def test_patch_can_change_the_type(admin: httpx.AsyncClient, runtime: Runt
 
 
 async def test_put_can_change_the_type_without_carrying_secrets(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     await create(admin, body("mandrill", "api"))
     response = await admin.put("/api/v1/servers/api", json=body("sendgrid", "api"))
@@ -472,7 +470,7 @@ async def test_unknown_profile_is_404(admin: httpx.AsyncClient) -> None:
 PROXY = "http://proxy%20user:Pr0xy-S3cret%21@proxy.example:3128"
 
 
-async def test_the_smtp_proxy_is_a_secret(admin: httpx.AsyncClient, runtime: Runtime) -> None:
+async def test_the_smtp_proxy_is_a_secret(admin: httpx.AsyncClient, runtime: Core) -> None:
     """The proxy URL may carry user:pass: encrypted at rest, never answered, `proxySet`."""
     payload = body("smtp", "relay")
     payload["settings"]["proxy"] = PROXY
@@ -508,7 +506,7 @@ async def test_the_smtp_proxy_is_a_secret(admin: httpx.AsyncClient, runtime: Run
 
 
 async def test_a_proxy_stored_in_clear_reads_as_the_secret(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     """Rows from before the proxy became a secret hold it in the public settings: it reads as
     set (never shown), sends use it, an update that omits it keeps it, and the next save

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.deps import Runtime
 from app.transports.smtp import SmtpConfig
+from app.wiring import Core
 from tests.servers.helpers import body, create, defaults, secret, stored_config
 
 pytestmark = pytest.mark.anyio
@@ -114,7 +114,7 @@ def fields(response: httpx.Response) -> list[str]:
 
 
 async def test_seed_body_is_accepted_verbatim_and_read_back(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     posted = await admin.post(URL, json=SEED_BODY)
     assert posted.status_code == 200, posted.text
@@ -150,7 +150,7 @@ async def test_get_before_any_post_shows_the_defaults(admin: httpx.AsyncClient) 
 
 
 async def test_partial_bodies_change_only_what_they_name(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     await admin.post(URL, json=SEED_BODY)
     for partial in (
@@ -292,7 +292,7 @@ async def test_enable_false_routes_to_the_builtin_server_whatever_the_default(
 
 
 async def test_the_custom_profile_is_an_ordinary_profile(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     await admin.post(URL, json=SEED_BODY)
     profile = (await admin.get("/api/v1/servers/custom")).json()

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
-from app.deps import Runtime
+from app.wiring import Core
 from tests.conftest import SENDER
 from tests.delivery.conftest import add_smtp_profile, record
 from tests.smtpd import StartServer
@@ -29,7 +29,7 @@ from tests.submission.conftest import Certificate, client_context, connected, ma
 pytestmark = pytest.mark.anyio
 
 
-async def messages(runtime: Runtime) -> int:
+async def messages(runtime: Core) -> int:
     async with runtime.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Message)) or 0)
 
@@ -46,7 +46,7 @@ async def test_a_message_goes_from_smtplib_through_the_outbox_to_the_relay(
     caplog: pytest.LogCaptureFixture,
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     settings: Settings,
     certificate: Certificate,
     dispatcher: Dispatcher,
@@ -111,7 +111,7 @@ async def test_a_message_goes_from_smtplib_through_the_outbox_to_the_relay(
 
 
 async def test_mail_before_auth_is_530_and_auth_waits_for_starttls(
-    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Runtime
+    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Core
 ) -> None:
     def converse() -> dict[str, Any]:
         seen: dict[str, Any] = {}
@@ -146,7 +146,7 @@ async def test_mail_before_auth_is_530_and_auth_waits_for_starttls(
 
 @pytest.mark.parametrize("overrides", [{"login_failures_per_minute": 3}])
 async def test_a_wrong_password_is_535_and_counts_toward_the_login_throttle(
-    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Runtime
+    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Core
 ) -> None:
     wrong = (SENDER[0], "not-the-password")
 
@@ -177,7 +177,7 @@ async def test_the_senders_bounds_refuse_with_550_naming_the_rule(
     sender: httpx.AsyncClient,
     settings: Settings,
     certificate: Certificate,
-    runtime: Runtime,
+    runtime: Core,
 ) -> None:
     def submit(sender_address: str) -> tuple[int, str]:
         with connected(settings, certificate) as smtp:
@@ -198,7 +198,7 @@ async def test_an_api_token_logs_in_as_its_user(
     sender: httpx.AsyncClient,
     settings: Settings,
     certificate: Certificate,
-    runtime: Runtime,
+    runtime: Core,
 ) -> None:
     issued = await admin.post(f"/api/v1/users/{SENDER[0]}/tokens", json={"name": "smtp"})
     assert issued.status_code == 201, issued.text
@@ -223,7 +223,7 @@ async def test_an_open_connection_sees_a_bounds_change_at_its_next_message(
     sender: httpx.AsyncClient,
     settings: Settings,
     certificate: Certificate,
-    runtime: Runtime,
+    runtime: Core,
 ) -> None:
     loop = asyncio.get_running_loop()
 
@@ -245,7 +245,7 @@ async def test_an_open_connection_sees_a_bounds_change_at_its_next_message(
 
 
 async def test_nothing_is_answered_250_before_the_commit(
-    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Runtime
+    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Core
 ) -> None:
     """A failure between the INSERT and the COMMIT is a 451 (the client keeps the message and
     tries again) with no row left; the retry's 250 comes with its row stored."""
@@ -290,7 +290,7 @@ async def test_what_the_intake_refuses_is_answered_with_its_reason(
     sender: httpx.AsyncClient,
     settings: Settings,
     certificate: Certificate,
-    runtime: Runtime,
+    runtime: Core,
 ) -> None:
     """The same checks as POST /messages: suppressions, the per-user rate (each message counts,
     refused or not, as on the API), the size limits."""
@@ -322,7 +322,7 @@ async def test_what_the_intake_refuses_is_answered_with_its_reason(
 
 @pytest.mark.parametrize("overrides", [{"max_visible_recipients": 2}])
 async def test_recipients_are_checked_as_they_come(
-    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Runtime
+    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Core
 ) -> None:
 
     def submit() -> list[tuple[int, bytes]]:
@@ -347,7 +347,7 @@ async def test_a_login_that_cannot_be_checked_is_a_temporary_failure(
     sender: httpx.AsyncClient,
     settings: Settings,
     certificate: Certificate,
-    runtime: Runtime,
+    runtime: Core,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The database away: 454 (RFC 4954's temporary failure), the client tries again. Anything
@@ -412,7 +412,7 @@ async def test_a_failed_tls_handshake_closes_only_that_connection(
 
 
 async def test_a_message_postroom_cannot_carry_is_refused_not_cut(
-    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Runtime
+    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Core
 ) -> None:
     related = mail()
     related.add_alternative('<p><img src="cid:logo"></p>', subtype="html")
@@ -432,7 +432,7 @@ async def test_a_message_postroom_cannot_carry_is_refused_not_cut(
 
 @pytest.mark.parametrize("overrides", [{"submission_max_message_bytes": 1000}])
 async def test_data_over_the_size_limit_is_552(
-    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Runtime
+    sender: httpx.AsyncClient, settings: Settings, certificate: Certificate, runtime: Core
 ) -> None:
 
     def submit() -> tuple[dict[str, str], tuple[int, str]]:

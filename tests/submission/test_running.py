@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import Settings
 from app.delivery.models import Heartbeat
-from app.deps import Runtime
-from app.main import create_app
+from app.main import LOOPS, create_app
 from app.submission.listener import SubmissionListener
+from app.wiring import Core
 from tests.events.bounces.test_listener import free_port
 from tests.submission.conftest import Certificate, connected, logged_in, mail, transact
 
@@ -39,8 +39,12 @@ def taken(settings: Settings) -> socket.socket:
 
 
 async def test_a_port_it_cannot_take_shows_in_readyz_until_it_can(
-    taken: socket.socket, anon: httpx.AsyncClient, runtime: Runtime, settings: Settings
+    taken: socket.socket,
+    anon: httpx.AsyncClient,
+    app_runtime: tuple[Any, Core],
+    settings: Settings,
 ) -> None:
+    app, runtime = app_runtime
     where = f"127.0.0.1:{settings.submission_port}"
     try:
         ready = await anon.get("/readyz")
@@ -67,7 +71,7 @@ async def test_a_port_it_cannot_take_shows_in_readyz_until_it_can(
         assert time.monotonic() < deadline, loops
         await asyncio.sleep(0.05)
 
-    listener = runtime.submission
+    listener = LOOPS.of(app).submission
     assert isinstance(listener, SubmissionListener)
     assert listener.task is not None
     listener.task.cancel()  # as if the loop itself had died

@@ -11,8 +11,9 @@ import pytest
 
 from app.db import transaction
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
-from app.events.service import DeliveryEvent, record_events
+from app.delivery.vocabulary import DeliveryEvent
+from app.events.service import record_events
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.smtpd import StartServer
 
@@ -33,7 +34,7 @@ def recipient(saved: dict[str, Any], email: str) -> dict[str, Any]:
 async def test_a_suppressed_recipient_is_not_sent_to_and_its_companion_is(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:
@@ -137,7 +138,7 @@ async def test_every_recipient_suppressed_says_so_and_sends_nothing(
 async def test_recorded_hard_bounces_and_complaints_suppress_the_next_message(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
 ) -> None:

@@ -10,14 +10,15 @@ import httpx
 import pytest
 
 from app.db import transaction, utcnow
-from app.deps import Runtime
-from app.events.service import DeliveryEvent, record_events
+from app.delivery.vocabulary import DeliveryEvent
+from app.events.service import record_events
 from app.suppressions import service as suppressions
+from app.wiring import Core
 
 pytestmark = pytest.mark.anyio
 
 
-async def record(runtime: Runtime, *events: DeliveryEvent) -> list[DeliveryEvent]:
+async def record(runtime: Core, *events: DeliveryEvent) -> list[DeliveryEvent]:
     async with transaction(runtime.sessions) as session:
         return await record_events(session, list(events))
 
@@ -41,7 +42,7 @@ def bounce(email: str, kind: str, event_id: str, **fields: object) -> DeliveryEv
 
 
 async def test_hard_bounces_complaints_and_unsubscribes(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     await record(
         runtime,
@@ -84,9 +85,7 @@ async def test_hard_bounces_complaints_and_unsubscribes(
     assert len(await entries(admin)) == 3
 
 
-async def test_a_failed_transaction_adds_nothing(
-    admin: httpx.AsyncClient, runtime: Runtime
-) -> None:
+async def test_a_failed_transaction_adds_nothing(admin: httpx.AsyncClient, runtime: Core) -> None:
     class Boom(Exception):
         pass
 
@@ -101,7 +100,7 @@ async def test_a_failed_transaction_adds_nothing(
 
 
 async def test_soft_bounces_past_the_limit_within_the_window(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     assert runtime.settings.soft_bounce_limit == 3
     old = utcnow() - timedelta(days=runtime.settings.soft_bounce_days + 1)
@@ -119,7 +118,7 @@ async def test_soft_bounces_past_the_limit_within_the_window(
 
 
 async def test_soft_bounces_never_suppress_with_limit_0(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     suppressions.configure(
         runtime.sessions, runtime.settings.model_copy(update={"soft_bounce_limit": 0})

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.wiring import Core
 
 RESET = {
     "name": "password_reset",
@@ -31,8 +31,10 @@ BRAND = {
 
 
 @pytest.fixture
-def dispatcher(runtime: Runtime) -> Dispatcher:
-    return Dispatcher(runtime.sessions, runtime.settings, runtime.transports, runtime.metrics)
+def dispatcher(runtime: Core) -> Dispatcher:
+    return Dispatcher(
+        runtime.sessions, runtime.settings, runtime.transports, runtime.metrics, runtime.ledger
+    )
 
 
 async def create(admin: httpx.AsyncClient, kind: str, body: dict[str, Any]) -> dict[str, Any]:

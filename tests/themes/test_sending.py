@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
-from app.deps import Runtime
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, record
 from tests.smtpd import SmtpServer, StartServer
 from tests.themes.conftest import BRAND, RESET, create
@@ -40,7 +40,7 @@ def parts(mail: EmailMessage) -> tuple[str | None, str | None]:
     return text, html
 
 
-async def count_messages(runtime: Runtime) -> int:
+async def count_messages(runtime: Core) -> int:
     async with runtime.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Message)) or 0)
 
@@ -99,7 +99,7 @@ async def test_a_templated_message_arrives_rendered_themed_and_signed(
 
 
 async def test_a_missing_variable_is_a_422_at_post_naming_it(
-    sender: httpx.AsyncClient, runtime: Runtime, relay: tuple[SmtpServer, dict[str, Any]]
+    sender: httpx.AsyncClient, runtime: Core, relay: tuple[SmtpServer, dict[str, Any]]
 ) -> None:
     response = await post(
         sender, template="password_reset", data={"name": "Ann"}, to=["ann@example.com"]
@@ -184,7 +184,7 @@ async def test_per_recipient_data_renders_a_message_each(
 
 
 async def test_a_recipient_missing_a_variable_is_named(
-    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     await create(admin, "templates", RESET)
     await admin.post("/api/branding", json={"emails": {"senderEmail": "noreply@example.com"}})

@@ -18,9 +18,9 @@ from sqlalchemy import event, func, select
 
 import app.users.passwords
 from app.db import utcnow
-from app.deps import Runtime
 from app.errors import Unauthorized
 from app.users.models import ApiToken
+from app.wiring import Core
 from tests.conftest import ADMIN, SENDER, basic, raw_dump
 from tests.console.helpers import csrf_of
 from tests.test_auth import assert_challenge, client_of, replica, until_status
@@ -56,7 +56,7 @@ def argon2_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def test_issue_list_and_revoke(
-    admin: httpx.AsyncClient, anon: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, anon: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     expires = (utcnow() + timedelta(days=30)).replace(microsecond=0)
     created = await issue(admin, "sender", name="billing service", expiresAt=expires.isoformat())
@@ -127,7 +127,7 @@ __all__ = ["replica"]  # a fixture
 
 
 async def test_bad_input_is_422_naming_the_field_and_stores_nothing(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     past = (utcnow() - timedelta(minutes=1)).isoformat()
     for body, field in [
@@ -190,7 +190,7 @@ async def test_bearer_acts_as_the_user_with_its_role_and_bounds(
 async def test_no_argon2_on_the_bearer_path(
     admin: httpx.AsyncClient,
     anon: httpx.AsyncClient,
-    app_runtime: tuple[Any, Runtime],
+    app_runtime: tuple[Any, Core],
     argon2_calls: list[str],
 ) -> None:
     """Not on first use, not on the next requests, not from a new address, not through
@@ -218,7 +218,7 @@ async def test_no_argon2_on_the_bearer_path(
 
 
 async def test_verify_takes_a_token_as_the_users_password(
-    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     """What an SMTP submission's AUTH PLAIN/LOGIN calls: the user's name and one of its tokens
     log in; another user's token, a revoked one, do not."""
@@ -240,7 +240,7 @@ async def test_verify_takes_a_token_as_the_users_password(
 
 
 async def test_the_console_login_takes_passwords_only(
-    admin: httpx.AsyncClient, app_runtime: tuple[Any, Runtime]
+    admin: httpx.AsyncClient, app_runtime: tuple[Any, Core]
 ) -> None:
     """A console session outlives nothing it was opened with but the password: a token, which
     can be revoked alone, does not open one."""
@@ -295,7 +295,7 @@ async def test_a_revoked_token_is_logged_as_revoked(
 
 
 async def test_a_deleted_or_demoted_users_tokens_stop_on_the_other_replica_within_a_second(
-    admin: httpx.AsyncClient, sender: httpx.AsyncClient, replica: Any, runtime: Runtime
+    admin: httpx.AsyncClient, sender: httpx.AsyncClient, replica: Any, runtime: Core
 ) -> None:
     """Two apps on one database (the real processes: test_token_replicas.py). The token is
     cached on B; the change is made through A."""
@@ -350,7 +350,7 @@ async def test_malformed_bearer_headers_are_401(anon: httpx.AsyncClient) -> None
 
 
 async def test_last_use_is_recorded_at_most_once_a_minute_after_the_request(
-    admin: httpx.AsyncClient, anon: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, anon: httpx.AsyncClient, runtime: Core
 ) -> None:
     created = await issue(admin, ADMIN[0])
     writes: list[str] = []

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from app.deps import Runtime
 from app.webhooks.sender import Sender
+from app.wiring import Core
 from tests.delivery.conftest import dispatcher
 
 __all__ = ["dispatcher"]
@@ -124,7 +124,7 @@ async def add_endpoint(
     return created
 
 
-def fast(runtime: Runtime, **overrides: Any) -> Any:
+def fast(runtime: Core, **overrides: Any) -> Any:
     """The runtime's settings with a short retry schedule and poll."""
     return runtime.settings.model_copy(
         update={
@@ -136,14 +136,14 @@ def fast(runtime: Runtime, **overrides: Any) -> Any:
     )
 
 
-def make_sender(runtime: Runtime, **options: Any) -> Sender:
+def make_sender(runtime: Core, **options: Any) -> Sender:
     settings = options.pop("settings", None) or fast(runtime)
     http = options.pop("http", None) or runtime.http
     return Sender(runtime.sessions, settings, runtime.box, http, runtime.metrics, **options)
 
 
 @asynccontextmanager
-async def sender_loop(runtime: Runtime, **options: Any) -> AsyncIterator[Sender]:
+async def sender_loop(runtime: Core, **options: Any) -> AsyncIterator[Sender]:
     """The real supervised loop, running in the background for the block."""
     sender = make_sender(runtime, **options)
     stopping = asyncio.Event()

@@ -18,10 +18,10 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from app.config import Settings
 from app.db import utcnow
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
-from app.main import create_app
+from app.main import LOOPS, create_app
 from app.webhooks.models import WebhookDelivery
 from app.webhooks.schemas import WebhookEvent
+from app.wiring import Core
 from tests.conftest import ADMIN, basic
 from tests.delivery.conftest import add_smtp_profile, make_due, send
 from tests.smtpd import StartServer
@@ -39,7 +39,7 @@ async def log_of(admin: httpx.AsyncClient, endpoint: dict[str, Any], **query: An
 async def test_events_of_a_real_send_arrive_signed_and_verify(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     receiver: Receiver,
@@ -108,7 +108,7 @@ async def test_events_of_a_real_send_arrive_signed_and_verify(
 async def test_a_500_is_retried_with_backoff_and_a_message_s_events_stay_in_order(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     receiver: Receiver,
@@ -147,7 +147,7 @@ async def test_a_500_is_retried_with_backoff_and_a_message_s_events_stay_in_orde
 
 
 async def test_the_log_shows_a_failing_delivery_waiting_for_its_retry(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     endpoint = await add_endpoint(admin, receiver)
     receiver.default = 503
@@ -166,7 +166,7 @@ async def test_the_log_shows_a_failing_delivery_waiting_for_its_retry(
 
 
 async def test_at_least_once_across_a_restart_of_the_sender(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     """The first sender dies after the receiver got the event and before recording it: once the
     lease expires, the next sender delivers it again with the same webhook-id."""
@@ -194,7 +194,7 @@ async def test_at_least_once_across_a_restart_of_the_sender(
 
 
 async def test_a_test_event_goes_out_even_to_a_disabled_endpoint(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     endpoint = await add_endpoint(admin, receiver, enabled=False)
     queued = await admin.post(f"/api/v1/webhooks/{endpoint['id']}/test")
@@ -213,7 +213,7 @@ async def test_a_test_event_goes_out_even_to_a_disabled_endpoint(
 
 
 async def test_the_delivery_log_pages_newest_first(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     endpoint = await add_endpoint(admin, receiver)
     ids = [
@@ -233,7 +233,7 @@ async def test_the_delivery_log_pages_newest_first(
 
 
 async def test_outgoing_calls_obey_the_egress_policy_at_connect_time(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     """A name that resolved to an allowed address at save may not reach a denied one later."""
     from app.egress import EgressPolicy, http_client, parse_networks
@@ -251,7 +251,7 @@ async def test_outgoing_calls_obey_the_egress_policy_at_connect_time(
 
 
 async def test_a_receiver_slower_than_the_timeout_is_a_failed_attempt(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     endpoint = await add_endpoint(admin, receiver)
     receiver.delay = 1.0
@@ -266,7 +266,7 @@ async def test_a_receiver_slower_than_the_timeout_is_a_failed_attempt(
 async def test_no_delivery_is_queued_for_a_disabled_endpoint(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     receiver: Receiver,
@@ -286,7 +286,7 @@ async def test_no_delivery_is_queued_for_a_disabled_endpoint(
 
 
 async def test_an_endpoint_failing_for_the_whole_window_is_disabled_with_the_reason(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     endpoint = await add_endpoint(admin, receiver)
     path = f"/api/v1/webhooks/{endpoint['id']}"
@@ -325,7 +325,7 @@ async def test_an_endpoint_failing_for_the_whole_window_is_disabled_with_the_rea
 
 
 async def test_410_gone_disables_the_endpoint_at_once(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     endpoint = await add_endpoint(admin, receiver)
     receiver.default = 410
@@ -368,10 +368,10 @@ async def test_the_service_runs_the_sender_beside_its_dispatcher(
                 await asyncio.sleep(0.05)
             assert 'postroom_loops_live{loop="webhooks"} 1.0' in metrics
             assert delivered in metrics
-            runtime: Runtime = app.state.runtime
-            assert runtime.sender is not None
-            assert runtime.sender.task is not None
-            runtime.sender.task.cancel()
+            running = LOOPS.of(app).sender
+            assert running is not None
+            assert running.task is not None
+            running.task.cancel()
             await asyncio.sleep(0.05)
             ready = await admin.get("/readyz")
             assert ready.status_code == 503

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import func, select
 
 from app.config import Settings
-from app.deps import Runtime
-from app.events.models import EVENT_TYPES
+from app.delivery.vocabulary import EVENT_TYPES
 from app.main import create_app
 from app.webhooks.models import WebhookSubscription
+from app.wiring import Core
 from tests.conftest import ADMIN, basic, raw_dump
 from tests.webhooks.conftest import Receiver, add_endpoint
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_the_secret_is_shown_once_and_kept_encrypted(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     created = await add_endpoint(
         admin, receiver, description="billing", eventTypes=["bounced", "complained", "bounced"]
@@ -54,7 +54,7 @@ async def test_the_secret_is_shown_once_and_kept_encrypted(
 
 
 async def test_every_event_type_by_default_and_patch_changes_what_is_given(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     created = await add_endpoint(admin, receiver)
     assert created["eventTypes"] == list(EVENT_TYPES)

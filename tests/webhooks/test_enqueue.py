@@ -13,10 +13,11 @@ import pytest
 from sqlalchemy import insert, select
 
 from app.db import new_id, transaction, utcnow
-from app.deps import Runtime
-from app.events.service import DeliveryEvent, record_events
+from app.delivery.vocabulary import DeliveryEvent
+from app.events.service import record_events
 from app.webhooks import enqueue
 from app.webhooks.models import ENDPOINTS, SUBSCRIPTIONS, WebhookDelivery
+from app.wiring import Core
 from tests.webhooks.conftest import Receiver, add_endpoint
 
 pytestmark = pytest.mark.anyio
@@ -34,18 +35,18 @@ def bounce(n: int, source: str = "dsn") -> DeliveryEvent:
     )
 
 
-async def deliveries(runtime: Runtime) -> list[WebhookDelivery]:
+async def deliveries(runtime: Core) -> list[WebhookDelivery]:
     async with runtime.sessions() as session:
         return list(await session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)))
 
 
-async def record(runtime: Runtime, events: list[DeliveryEvent]) -> list[DeliveryEvent]:
+async def record(runtime: Core, events: list[DeliveryEvent]) -> list[DeliveryEvent]:
     async with transaction(runtime.sessions) as session:
         return await record_events(session, events)
 
 
 async def test_one_delivery_per_stored_event_and_subscribed_endpoint_in_order(
-    admin: httpx.AsyncClient, runtime: Runtime, receiver: Receiver
+    admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     one = await add_endpoint(admin, receiver, eventTypes=["bounced"])
     two = await add_endpoint(admin, receiver, eventTypes=["bounced", "complained"])
@@ -75,7 +76,7 @@ async def test_one_delivery_per_stored_event_and_subscribed_endpoint_in_order(
 
 
 async def test_a_change_made_on_another_replica_holds_within_a_second(
-    runtime: Runtime,
+    runtime: Core,
 ) -> None:
     primed = time.monotonic()
     assert await record(runtime, [bounce(1)])  # this process now knows: no endpoint

@@ -15,7 +15,7 @@ from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Literal
 
-from app.events.models import BounceType, EventType
+from app.delivery.vocabulary import BounceType, EventType
 
 MAX_REPORT_BYTES = 1024 * 1024
 """A report bigger than this is refused, wherever it comes in (1 MiB: a DSN quoting a whole

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.deps import AdminUser, RuntimeDep, SessionDep
+from app.delivery.vocabulary import tally
+from app.deps import AdminUser, SessionDep
 from app.errors import Invalid, PayloadTooLarge
+from app.events.bounces.deps import BouncesDep
 from app.events.bounces.dsn import MAX_REPORT_BYTES, NotAReport, parse
 from app.events.bounces.schemas import IngestedOut
 from app.events.bounces.service import record_report
-from app.events.service import tally
 
 router = APIRouter(prefix="/api/v1/hooks", tags=["events"])
 
@@ -25,7 +26,7 @@ RAW_MESSAGE = {
 
 @router.post("/dsn", openapi_extra=RAW_MESSAGE)
 async def post_dsn(
-    request: Request, _: AdminUser, session: SessionDep, runtime: RuntimeDep
+    request: Request, _: AdminUser, session: SessionDep, bounces: BouncesDep
 ) -> IngestedOut:
     """Record an RFC 3464 delivery status notification or an RFC 5965 complaint (at most 1 MiB).
     A report Postroom cannot match to a message is stored as `unknown`; posting the same report
@@ -39,6 +40,6 @@ async def post_dsn(
         report = parse(bytes(raw))
     except NotAReport as err:
         raise Invalid(str(err), field="body") from err
-    done = await record_report(session, runtime.transports.verp, report)
-    runtime.metrics.count_events(tally(done.events))
+    done = await record_report(session, bounces.verp, report)
+    bounces.metrics.count_events(tally(done.events))
     return IngestedOut.of(done)

@@ -7,8 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import httpx
+
+from app.config import Settings
+from app.crypto import SecretBox
 from app.delivery.liveness import HEARTBEAT_EVERY
-from app.deps import Runtime
 from app.events.bounces.graph import GraphPoller
 from app.events.bounces.imap import ImapPoller, ImapSettings
 from app.events.bounces.listener import BounceListener
@@ -17,10 +20,10 @@ from app.events.bounces.service import Bounces
 
 
 @asynccontextmanager
-async def running_bounce_loops(runtime: Runtime) -> AsyncIterator[list[Supervised]]:
+async def running_bounce_loops(
+    settings: Settings, bounces: Bounces, box: SecretBox, http: httpx.AsyncClient
+) -> AsyncIterator[list[Supervised]]:
     """Yields the loops started (none when nothing is configured)."""
-    settings = runtime.settings
-    bounces = Bounces(runtime.sessions, runtime.transports.verp, runtime.metrics)
     loops: list[Supervised] = []
     async with AsyncExitStack() as stack:
         if settings.bounce_port:
@@ -30,8 +33,8 @@ async def running_bounce_loops(runtime: Runtime) -> AsyncIterator[list[Supervise
             stack.push_async_callback(listener.aclose)
             loops.append(
                 Supervised(
-                    runtime.sessions,
-                    runtime.metrics,
+                    bounces.sessions,
+                    bounces.metrics,
                     "bounce-listener",
                     listener.ensure,
                     HEARTBEAT_EVERY,
@@ -42,19 +45,19 @@ async def running_bounce_loops(runtime: Runtime) -> AsyncIterator[list[Supervise
             poller = ImapPoller(bounces, imap)
             loops.append(
                 Supervised(
-                    runtime.sessions,
-                    runtime.metrics,
+                    bounces.sessions,
+                    bounces.metrics,
                     "bounce-imap",
                     poller.poll,
                     settings.bounce_poll_interval,
                 )
             )
         if settings.bounce_graph_poll:
-            graph = GraphPoller(runtime.sessions, runtime.box, runtime.http, bounces)
+            graph = GraphPoller(bounces.sessions, box, http, bounces)
             loops.append(
                 Supervised(
-                    runtime.sessions,
-                    runtime.metrics,
+                    bounces.sessions,
+                    bounces.metrics,
                     "bounce-graph",
                     graph.poll,
                     settings.bounce_poll_interval,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from app.delivery.vocabulary import BounceType, EventType
 from app.events.bounces.service import Ingested
-from app.events.models import BounceType, EventType
 from app.schemas import CamelModel
 
 

@@ -17,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import transaction, utcnow
 from app.delivery.models import Message, Recipient
+from app.delivery.verp import Verp, VerpToken
+from app.delivery.vocabulary import DeliveryEvent, tally
 from app.events.bounces.dsn import RecipientStatus, Report, parse
-from app.events.bounces.verp import Verp, VerpToken
-from app.events.service import DeliveryEvent, record_events, tally
+from app.events.service import record_events
 from app.metrics import Metrics
 
 

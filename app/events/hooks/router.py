@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app.errors import ErrorBody
-from app.events.hooks.service import EventHooks
+from app.events.hooks.deps import HOOKS
 from app.schemas import CamelModel
 
 router = APIRouter(prefix="/api/v1/hooks", tags=["events"])
@@ -39,11 +39,6 @@ class HookOut(CamelModel):
     """What a request without events did (an SNS subscription confirmed, say)."""
 
 
-def _hooks(request: Request) -> EventHooks:
-    hooks: EventHooks = request.app.state.hooks
-    return hooks
-
-
 @router.post(
     "/{profile}/events",
     openapi_extra=ANY_BODY,
@@ -56,7 +51,7 @@ async def receive_events(profile: str, request: Request) -> HookOut:
     Mandrill), authenticated by the provider's signature with the keys in the profile's settings.
     Events are matched to messages by the provider's message id, else by Message-ID; an event
     about no known message is stored as `unknown`."""
-    outcome = await _hooks(request).receive(profile, request.stream(), request.headers)
+    outcome = await HOOKS.of(request.app).receive(profile, request.stream(), request.headers)
     return HookOut(
         received=outcome.received,
         recorded=outcome.recorded,
@@ -69,5 +64,5 @@ async def receive_events(profile: str, request: Request) -> HookOut:
 async def check_events_url(profile: str, request: Request) -> Response:
     """Mandrill checks a new webhook URL with an unsigned HEAD before it issues the key: 200 when
     the profile receives events, 404 otherwise."""
-    await _hooks(request).receiver_of(profile)
+    await HOOKS.of(request.app).receiver_of(profile)
     return Response(status_code=200)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.crypto import SecretBox
 from app.db import among, transaction, utcnow
 from app.delivery.models import Attempt, Message, Recipient
+from app.delivery.vocabulary import DeliveryEvent, tally
 from app.errors import AppError, NotFound, PayloadTooLarge
 from app.events.hooks.guard import first_use
 from app.events.providers import receiver
@@ -28,7 +29,7 @@ from app.events.providers.base import (
     Reported,
 )
 from app.events.providers.sns import Sns, SnsUnavailable
-from app.events.service import DeliveryEvent, record_events, tally
+from app.events.service import record_events
 from app.metrics import Metrics
 from app.servers.service import config_of, get_profile
 

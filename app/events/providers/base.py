@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from app.delivery.vocabulary import EVENT_ID_LENGTH, BounceType, EventType
 from app.errors import AppError
-from app.events.models import EVENT_ID_LENGTH, BounceType, EventType
 
 ADDRESS_LENGTH = 320
 TOLERANCE = timedelta(minutes=5)

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from app.events.models import BounceType, EventType
+from app.delivery.vocabulary import BounceType, EventType
 from app.events.providers.base import (
     TOLERANCE,
     Incoming,

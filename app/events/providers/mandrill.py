@@ -14,7 +14,7 @@ import hmac
 from typing import Any
 from urllib.parse import parse_qsl
 
-from app.events.models import BounceType, EventType
+from app.delivery.vocabulary import BounceType, EventType
 from app.events.providers.base import (
     Incoming,
     Malformed,

@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from app.events.models import BounceType, EventType
+from app.delivery.vocabulary import BounceType, EventType
 from app.events.providers.base import (
     TOLERANCE,
     Incoming,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.events.models import BounceType, EventType
+from app.delivery.vocabulary import BounceType, EventType
 from app.events.providers.base import (
     Incoming,
     Malformed,

@@ -4,7 +4,7 @@ process by URL: what a URL serves never changes), and the GET that confirms a su
 
 The seam for tests: `Sns` takes the httpx client it fetches with. The app gives it the shared
 client (egress policy checked on every connection); a test gives it a client whose transport
-serves a certificate the test made (`app.state.hooks.sns = Sns(client)`).
+serves a certificate the test made (`HOOKS.of(app).sns = Sns(client)`).
 Rules: ../shared/reference/provider-specs/events/ses/signature.md.
 """
 

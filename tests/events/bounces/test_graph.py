@@ -20,11 +20,11 @@ from sqlalchemy import select
 
 from app.config import Settings
 from app.delivery.models import Heartbeat, Message
-from app.deps import Runtime
 from app.events.bounces.graph import GraphPoller
 from app.events.bounces.models import BounceCursor
 from app.events.bounces.service import Bounces
 from app.transports.errors import TemporaryError
+from app.wiring import Core
 from tests.conftest import allow_sender
 from tests.delivery.conftest import record, send
 from tests.events.bounces.conftest import sample
@@ -148,7 +148,7 @@ async def add_graph_profile(admin: httpx.AsyncClient, graph: FakeGraph) -> None:
     await allow_sender(admin, "m365")
 
 
-def poller(runtime: Runtime) -> GraphPoller:
+def poller(runtime: Core) -> GraphPoller:
     bounces = Bounces(runtime.sessions, runtime.transports.verp, runtime.metrics)
     return GraphPoller(runtime.sessions, runtime.box, runtime.http, bounces)
 
@@ -156,7 +156,7 @@ def poller(runtime: Runtime) -> GraphPoller:
 async def test_a_non_delivery_report_in_the_sending_mailbox_bounces_the_recipient(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     graph: FakeGraph,
 ) -> None:
     await add_graph_profile(admin, graph)
@@ -193,7 +193,7 @@ async def test_a_non_delivery_report_in_the_sending_mailbox_bounces_the_recipien
 
 
 async def test_a_failing_graph_is_raised_for_the_loop_and_moves_no_cursor(
-    admin: httpx.AsyncClient, runtime: Runtime, graph: FakeGraph
+    admin: httpx.AsyncClient, runtime: Core, graph: FakeGraph
 ) -> None:
     await add_graph_profile(admin, graph)
     graph.fail_listing = True
@@ -210,7 +210,7 @@ class TestInTheApp:
         return settings.model_copy(update={"bounce_graph_poll": True, "bounce_poll_interval": 0.2})
 
     async def test_the_app_polls_in_a_supervised_loop(
-        self, admin: httpx.AsyncClient, runtime: Runtime, graph: FakeGraph
+        self, admin: httpx.AsyncClient, runtime: Core, graph: FakeGraph
     ) -> None:
         graph.messages = [("AAMkndr=", datetime.now(UTC), sample("postfix.eml"))]
         await add_graph_profile(admin, graph)

@@ -14,9 +14,9 @@ from sqlalchemy import select, text
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Heartbeat
-from app.deps import Runtime
 from app.events.bounces.imap import ImapPoller, ImapSettings
 from app.events.bounces.service import Bounces
+from app.wiring import Core
 from tests.delivery.conftest import record
 from tests.events.bounces.conftest import sample
 from tests.events.bounces.test_ingest import dsn_events, sent_with_verp, stored_events
@@ -53,7 +53,7 @@ def unseen(server: ImapServer, folder: str = "INBOX") -> tuple[int, int]:
         imap.logout()
 
 
-def poller(runtime: Runtime, server: ImapServer, done_folder: str = "") -> ImapPoller:
+def poller(runtime: Core, server: ImapServer, done_folder: str = "") -> ImapPoller:
     settings = runtime.settings.model_copy(
         update={
             "bounce_imap_host": server.host,
@@ -73,7 +73,7 @@ def poller(runtime: Runtime, server: ImapServer, done_folder: str = "") -> ImapP
 async def test_a_bounce_in_the_mailbox_is_recorded_then_marked_seen(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
     imap_server: ImapServer,
@@ -94,7 +94,7 @@ async def test_a_bounce_in_the_mailbox_is_recorded_then_marked_seen(
 
 
 async def test_a_report_not_recorded_stays_unseen_for_the_next_poll(
-    runtime: Runtime, imap_server: ImapServer
+    runtime: Core, imap_server: ImapServer
 ) -> None:
     deliver(imap_server, sample("gmail.eml"))
     async with runtime.engine.begin() as conn:
@@ -112,7 +112,7 @@ async def test_a_report_not_recorded_stays_unseen_for_the_next_poll(
 
 
 async def test_processed_mail_moves_to_the_done_folder(
-    runtime: Runtime, imap_server: ImapServer
+    runtime: Core, imap_server: ImapServer
 ) -> None:
     imap = mailbox(imap_server)
     assert imap.create("Processed")[0] == "OK"
@@ -140,7 +140,7 @@ class TestInTheApp:
         )
 
     async def test_the_app_polls_the_mailbox_in_a_supervised_loop(
-        self, runtime: Runtime, imap_server: ImapServer
+        self, runtime: Core, imap_server: ImapServer
     ) -> None:
         deliver(imap_server, sample("arf-abuse.eml"))
         deadline = time.monotonic() + 15

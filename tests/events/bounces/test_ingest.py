@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
 from app.events.models import EventRow
+from app.wiring import Core
 from tests.delivery.conftest import add_smtp_profile, record, send
 from tests.events.bounces.conftest import sample
 from tests.smtpd import StartServer
@@ -42,7 +42,7 @@ def dsn_events(saved: dict[str, Any], email: str) -> list[dict[str, Any]]:
     return [e for e in recipient["events"] if e["source"] in ("dsn", "arf")]
 
 
-async def stored_events(runtime: Runtime) -> int:
+async def stored_events(runtime: Core) -> int:
     async with runtime.sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(EventRow)) or 0)
 
@@ -66,7 +66,7 @@ async def sent_with_verp(
 async def test_a_postfix_dsn_piped_to_ingest_bounces_the_right_recipient(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     settings: Settings,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
@@ -182,7 +182,7 @@ async def test_each_relays_report_through_the_hook(
 
 
 async def test_a_report_about_no_known_message_is_stored_as_unknown_and_counted(
-    admin: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, runtime: Core
 ) -> None:
     response = await admin.post("/api/v1/hooks/dsn", content=sample("postfix.eml"))
     assert response.status_code == 200, response.text
@@ -219,7 +219,7 @@ async def test_a_forged_token_matches_nothing(
 
 
 async def test_bad_input_is_a_4xx_and_changes_nothing(
-    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Runtime
+    admin: httpx.AsyncClient, sender: httpx.AsyncClient, runtime: Core
 ) -> None:
     before = await stored_events(runtime)
     plain = await admin.post("/api/v1/hooks/dsn", content=b"Subject: hi\r\n\r\nhello\r\n")
@@ -281,7 +281,7 @@ def killed_while_reading(settings: Settings, raw: bytes) -> int:
 
 
 async def test_ingest_killed_while_reading_stores_nothing_and_the_retry_does(
-    settings: Settings, runtime: Runtime
+    settings: Settings, runtime: Core
 ) -> None:
     raw = sample("postfix.eml")
     # Killed, it never exits 0: the MTA's pipe keeps the report and tries again.

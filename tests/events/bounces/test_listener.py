@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Heartbeat
-from app.deps import Runtime
+from app.wiring import Core
 from tests.delivery.conftest import record
 from tests.events.bounces.conftest import sample
 from tests.events.bounces.test_ingest import dsn_events, sent_with_verp, stored_events
@@ -55,7 +55,7 @@ async def hand_in(settings: Settings, raw: bytes, rcpt: str) -> tuple[int, str]:
 async def test_a_report_over_smtp_is_recorded_before_the_250(
     admin: httpx.AsyncClient,
     sender: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     settings: Settings,
     dispatcher: Dispatcher,
     smtp_server_factory: StartServer,
@@ -75,7 +75,7 @@ async def test_a_report_over_smtp_is_recorded_before_the_250(
 
 
 async def test_what_is_not_a_report_is_a_550_and_a_failure_a_451(
-    runtime: Runtime, settings: Settings
+    runtime: Core, settings: Settings
 ) -> None:
     code, reply = await hand_in(settings, b"Subject: away\r\n\r\nback Monday\r\n", "x@b.example")
     assert code == 550

@@ -7,7 +7,7 @@ import os
 from cryptography.fernet import Fernet
 
 from app.crypto import SecretBox
-from app.events.bounces.verp import PURPOSE, Verp, VerpToken
+from app.delivery.verp import PURPOSE, Verp, VerpToken
 
 VERP = Verp(SecretBox([Fernet.generate_key().decode()]).derive(PURPOSE))
 MESSAGE = os.urandom(16).hex()

@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import select
 
 from app.delivery.dispatcher import Dispatcher
-from app.deps import Runtime
+from app.events.hooks.deps import HOOKS
 from app.events.models import EventRow
 from app.events.providers.sns import Sns
 from app.transports.base import OutgoingMessage
 from app.transports.memory import MemoryTransport
 from app.transports.result import SendResult
+from app.wiring import Core
 from tests.delivery.conftest import dispatcher, send
 from tests.events.hooks.signing import SendgridKey, SnsKey
 from tests.servers.helpers import body, create
@@ -36,7 +37,7 @@ class Hooks:
 
     client: httpx.AsyncClient
     admin: httpx.AsyncClient
-    runtime: Runtime
+    runtime: Core
     dispatcher: Dispatcher
     monkeypatch: pytest.MonkeyPatch
     sendgrid: SendgridKey = field(default_factory=SendgridKey)
@@ -90,7 +91,7 @@ class Hooks:
 
 @pytest.fixture
 async def hooks(
-    app_runtime: tuple[Any, Runtime],
+    app_runtime: tuple[Any, Core],
     admin: httpx.AsyncClient,
     dispatcher: Dispatcher,
     monkeypatch: pytest.MonkeyPatch,
@@ -121,9 +122,9 @@ class SnsHost:
 
 
 @pytest.fixture
-async def sns(app_runtime: tuple[Any, Runtime]) -> AsyncIterator[SnsHost]:
+async def sns(app_runtime: tuple[Any, Core]) -> AsyncIterator[SnsHost]:
     """SNS's certificate host, at the seam: the hooks' `Sns` fetches through this transport."""
     host = SnsHost(SnsKey())
     async with httpx.AsyncClient(transport=httpx.MockTransport(host.handle)) as client:
-        app_runtime[0].state.hooks.sns = Sns(client)
+        HOOKS.of(app_runtime[0]).sns = Sns(client)
         yield host

@@ -13,7 +13,6 @@ import json
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from app.events.providers.sns import string_to_sign
+from tests.transports._provider_specs import SPECS
 
-SPECS = Path(__file__).resolve().parents[3] / ".." / "shared" / "reference" / "provider-specs"
 EVENTS = SPECS / "events"
 
 

@@ -1,5 +1,5 @@
-"""One-click unsubscribe (RFC 8058): the signed link a message carries in `List-Unsubscribe`, and
-what a POST to it does.
+"""One-click unsubscribe (RFC 8058): the signed link a message carries in `List-Unsubscribe`
+(app/events/unsubscribe.py is what a POST to it does).
 
 The token holds the address, the profile the mail went through and the message, signed with an
 HMAC keyed from the secret keys (`SecretBox.derive`): it needs no row to check, so a link keeps
@@ -14,14 +14,9 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app.config import Settings
 from app.crypto import SecretBox
-from app.delivery.models import Recipient
 from app.errors import NotFound
-from app.events.service import DeliveryEvent, record_events
 
 PURPOSE = "postroom list-unsubscribe links"
 MAC_BYTES = 16
@@ -85,25 +80,3 @@ def _unknown() -> NotFound:
     return NotFound(
         "this unsubscribe link is not valid", details=[{"field": "token", "message": "invalid"}]
     )
-
-
-async def unsubscribe(session: AsyncSession, link: Unsubscribe) -> bool:
-    """Record the `unsubscribed` event of `link`; recording it suppresses the address for the
-    profile (events.service -> suppressions). False when it was already recorded: a second POST
-    (a mail client retrying, a person clicking twice) changes nothing."""
-    recipient = await session.scalar(
-        select(Recipient.id).where(
-            Recipient.message_pk == link.message_pk, Recipient.email == link.address
-        )
-    )
-    event = DeliveryEvent(
-        message_pk=link.message_pk if recipient is not None else None,
-        type="unsubscribed",
-        recipient_pk=recipient,
-        email=link.address,
-        source="unsubscribe",
-        profile=link.profile,
-        provider_event_id=f"{link.message_pk}:{link.address}"[:255],
-        reason="one-click unsubscribe (RFC 8058)",
-    )
-    return bool(await record_events(session, [event]))
