@@ -18,15 +18,10 @@ import asyncio
 import json
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import uvloop
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from harness import AiosmtpdSink, PostfixSink, Sink
 
 from app.egress import EgressPolicy
