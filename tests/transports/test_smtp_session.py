@@ -151,6 +151,14 @@ async def test_multi_line_and_split_replies_are_read_whole(smtp_context):
     assert len(server.messages) == 3
 
 
+async def test_the_old_auth_equals_form_is_read_as_auth(smtp_context):
+    async with ScriptedServer(extensions=("AUTH=LOGIN PLAIN", "PIPELINING")) as server:
+        report = await build(server, smtp_context).verify()
+
+    [ehlo] = [step for step in report.steps if step.name == "ehlo"]
+    assert ehlo.data["capabilities"] == ["AUTH LOGIN PLAIN", "PIPELINING"]
+
+
 @pytest.mark.parametrize(
     ("stage", "extensions", "before_data", "ambiguous"),
     [

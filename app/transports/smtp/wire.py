@@ -17,7 +17,7 @@ from typing import NamedTuple, cast
 
 _MAX_LINE_BYTES = 8192
 """The longest reply line taken (RFC 5321 4.5.3.1.5 allows 512)."""
-_MAX_REPLY_LINES = 1000
+_MAX_REPLY_LINES = 200
 
 
 class Reply(NamedTuple):
