@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(BIN)/postroom serve
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests migrations bench

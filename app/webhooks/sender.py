@@ -241,10 +241,22 @@ class Sender:
 
     async def _finish(self, jobs: list[Job]) -> None:
         """Record every outcome in one transaction, each fenced on its attempt number, and keep
-        the endpoints' failure clocks (disabling those that failed for `disable_after`)."""
+        the endpoints' failure clocks (disabling those that failed for `disable_after`).
+
+        The endpoints' rows are locked before their deliveries', in the order a DELETE of an
+        endpoint takes them (its row, then by ON DELETE CASCADE its deliveries): the other order
+        deadlocks with a concurrent delete on PostgreSQL."""
         now = utcnow()
         outcomes: list[str] = []
         async with transaction(self.sessions) as session:
+            endpoints = {
+                endpoint.id: endpoint
+                for endpoint in await session.scalars(
+                    select(WebhookEndpoint)
+                    .where(among(session, WebhookEndpoint.id, {job.endpoint_id for job in jobs}))
+                    .with_for_update()
+                )
+            }
             ids = [job.lease.id for job in jobs]
             current = {
                 (row.id, row.attempts)
@@ -257,14 +269,6 @@ class Sender:
             }
             live = [job for job in jobs if (job.lease.id, job.lease.attempt) in current]
             outcomes += ["lost"] * (len(jobs) - len(live))
-            endpoints = {
-                endpoint.id: endpoint
-                for endpoint in await session.scalars(
-                    select(WebhookEndpoint)
-                    .where(among(session, WebhookEndpoint.id, {job.endpoint_id for job in live}))
-                    .with_for_update()
-                )
-            }
             rows = []
             for job in live:
                 row, outcome = self._outcome(job, endpoints.get(job.endpoint_id), now)
