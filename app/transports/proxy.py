@@ -5,8 +5,8 @@ An SMTP server speaks first: its 220 greeting may reach us in the same segment a
 the proxy's answer with one `recv` and drops whatever followed the header block, so the greeting
 was lost and the session waited for it until greetingTimeout. Here the answer is only *peeked*
 at (MSG_PEEK) and then exactly the header block is consumed: every byte after it stays in the
-kernel's buffer, and aiosmtplib, given the socket, reads the greeting as on a direct connection.
-No private part of aiosmtplib is involved.
+kernel's buffer, and the SMTP session, given the socket, reads the greeting as on a direct
+connection.
 
 SOCKS proxies stay with python-socks: the SOCKS replies have a fixed length, nothing is lost.
 """

@@ -12,7 +12,7 @@ from app.transports import smtp
 from app.transports.base import TransportContext
 from app.transports.errors import PermanentError, TemporaryError
 from app.transports.smtp import SmtpTransport
-from app.transports.smtp.client import PipeliningProtocol
+from app.transports.smtp.wire import Wire
 from tests.smtpd import SmtpServer, StartServer, make_message
 
 pytestmark = pytest.mark.anyio
@@ -176,18 +176,17 @@ async def test_a_421_to_a_rcpt_is_temporary_for_the_whole_message(
 
 async def test_replies_that_arrive_together_are_read_one_by_one_in_order() -> None:
     """Several replies in one read, and a reply arriving while the one before waits to be
-    picked up: aiosmtplib's own protocol would drop the later ones."""
-    loop = asyncio.get_running_loop()
-    protocol = PipeliningProtocol(loop=loop)
-    protocol.connection_made(_Transport())
+    picked up: each is kept and read in turn."""
+    wire = Wire()
+    wire.connection_made(_Transport())
 
-    protocol.data_received(b"250 2.1.0 sender ok\r\n250 2.1.5 rcpt ok\r\n")
-    protocol.data_received(b"354 go ahead\r\n")
-    replies = [await protocol.read_response(timeout=1) for _ in range(3)]
-    fourth = asyncio.ensure_future(protocol.read_response(timeout=1))
+    wire.data_received(b"250 2.1.0 sender ok\r\n250 2.1.5 rcpt ok\r\n")
+    wire.data_received(b"354 go ahead\r\n")
+    replies = [await wire.reply(1) for _ in range(3)]
+    fourth = asyncio.ensure_future(wire.reply(1))
     await asyncio.sleep(0)
-    protocol.data_received(b"250-multi\r\n")
-    protocol.data_received(b"250 line\r\n")
+    wire.data_received(b"250-multi\r\n")
+    wire.data_received(b"250 line\r\n")
 
     assert [(r.code, r.message) for r in replies] == [
         (250, "2.1.0 sender ok"),

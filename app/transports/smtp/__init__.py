@@ -1,11 +1,13 @@
-"""SMTP through aiosmtplib, with nodemailer's options and meaning.
+"""SMTP with nodemailer's options and meaning, on a small client of Postroom's own.
 
 A connection is opened by hand (connect.py): the host is resolved through the egress policy, the
-TCP socket (or the proxy's) is connected to a checked address under `connectionTimeout`, and
-aiosmtplib gets that socket (client.py) for the greeting (`greetingTimeout`), TLS, AUTH and the
-transaction (`socketTimeout` per command), run by session.py. Every library error becomes a
-TransportError in translate.py, the one place mapping them. config.py holds the settings,
-transport.py the profile's transport (one connection per send, or a pool).
+TCP socket (or the proxy's) is connected to a checked address under `connectionTimeout`, and the
+session (session.py) takes that socket for the greeting (`greetingTimeout`), TLS, EHLO and AUTH,
+then runs one transaction per message (transaction.py: pipelined, BDAT when offered), each reply
+within `socketTimeout`. wire.py holds the bytes (an asyncio protocol that keeps every reply, in
+order), client.py the commands and the debug transcript. Every error becomes a TransportError in
+translate.py, the one place mapping them. config.py holds the settings, transport.py the
+profile's transport (one connection per send, or a pool).
 """
 
 from app.transports.smtp.client import REDACTED

@@ -1,4 +1,4 @@
-"""Opening an SMTP connection up to the socket aiosmtplib is handed: the host resolved through the
+"""Opening an SMTP connection up to the socket the session takes: the host resolved through the
 egress policy, TCP (or a proxy's tunnel) to a checked address under `connectionTimeout`; the
 client TLS context; and the name to greet with when the profile sets none."""
 

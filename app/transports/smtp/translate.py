@@ -1,9 +1,9 @@
 """The phases of an SMTP session, and the one mapping of library errors to TransportError.
 
 Every step of a connection runs as a phase of a Tracker (`with tracker.phase("mail"):`): timed,
-recorded step by step when verifying, and its aiosmtplib, socket, ssl, proxy and egress errors
-mapped by `translate`, which knows in which phase they came and so whether a message could have
-been delivered already.
+recorded step by step when verifying, and its SMTP (wire.py), socket, ssl, proxy and egress
+errors mapped by `translate`, which knows in which phase they came and so whether a message could
+have been delivered already.
 """
 
 from __future__ import annotations
@@ -14,12 +14,6 @@ import ssl
 import time
 from typing import Literal
 
-from aiosmtplib import (
-    SMTPConnectError,
-    SMTPException,
-    SMTPResponseException,
-    SMTPServerDisconnected,
-)
 from python_socks import ProxyError
 
 from app.egress import EgressDenied
@@ -34,6 +28,7 @@ from app.transports.errors import (
     TransportError,
     unknown_host,
 )
+from app.transports.smtp.wire import Disconnected, ReplyError, SmtpError
 
 Phase = Literal[
     "dns",
@@ -66,11 +61,13 @@ _PHASE_TEXT: dict[Phase, str] = {
     "quit": "QUIT",
 }
 _AFTER_DATA: frozenset[Phase] = frozenset({"body", "end-of-data"})
-_PERMANENT_ON_5XX: frozenset[Phase] = frozenset({"mail", "data", "end-of-data"})
+_PERMANENT_ON_5XX: frozenset[Phase] = frozenset({"mail", "data", "body", "end-of-data"})
+"""A 5xx in `body` is a refused BDAT chunk (RFC 3030): the content's, as at the final "."."""
 _REPLY_ERROR_CODES: dict[Phase, str] = {
     "mail": "EENVELOPE",
     "rcpt": "EENVELOPE",
     "data": "EMESSAGE",
+    "body": "EMESSAGE",
     "end-of-data": "EMESSAGE",
 }
 
@@ -139,7 +136,7 @@ class _Phase:
             tracker.report.steps.append(step)
         if isinstance(err, TransportError):
             tracker._failed(step, err)
-        elif isinstance(err, SMTPException | OSError | ProxyError | EgressDenied | ValueError):
+        elif isinstance(err, SmtpError | OSError | ProxyError | EgressDenied | ValueError):
             mapped = translate(err, self._phase, tracker)
             if mapped is not None:
                 tracker._failed(step, mapped)
@@ -147,7 +144,7 @@ class _Phase:
 
 
 def translate(err: Exception, phase: Phase, tracker: Tracker) -> TransportError | None:
-    """The one mapping of aiosmtplib, socket, ssl, proxy and egress errors to TransportError.
+    """The one mapping of SMTP, socket, ssl, proxy and egress errors to TransportError.
 
     What an admin must fix (a host that does not exist, a certificate that fails verification,
     a TLS refusal of the client certificate, implicit TLS against a plain-text server) is a
@@ -158,8 +155,8 @@ def translate(err: Exception, phase: Phase, tracker: Tracker) -> TransportError 
     where = _PHASE_TEXT[phase]
     before_data = phase not in _AFTER_DATA
     ambiguous = phase == "end-of-data"
-    reply_code = err.code if isinstance(err, SMTPResponseException) and err.code > 0 else None
-    reply = err.message if isinstance(err, SMTPResponseException) else None
+    reply_code = err.code if isinstance(err, ReplyError) else None
+    reply = err.message if isinstance(err, ReplyError) else None
     if isinstance(err, EgressDenied):
         return ConfigError(err.message, field=field, code="EPOLICY")
     if isinstance(err, socket.gaierror):
@@ -199,7 +196,7 @@ def translate(err: Exception, phase: Phase, tracker: Tracker) -> TransportError 
             ambiguous=ambiguous,
             tls_version=tls_version,
         )
-    if phase == "auth" and isinstance(err, SMTPException) and not isinstance(err, OSError):
+    if phase == "auth" and isinstance(err, SmtpError) and not isinstance(err, OSError):
         return CredentialsError(
             f"{where}: the server refused the credentials",
             code="EAUTH",
@@ -208,32 +205,31 @@ def translate(err: Exception, phase: Phase, tracker: Tracker) -> TransportError 
             before_data=True,
             tls_version=tls_version,
         )
-    if isinstance(err, SMTPResponseException):
-        permanent = reply_code is not None and reply_code >= 500 and phase in _PERMANENT_ON_5XX
+    if isinstance(err, ReplyError):
+        permanent = err.code >= 500 and phase in _PERMANENT_ON_5XX
         kind = PermanentError if permanent else TemporaryError
         return (Throttled if throttling(reply_code, reply) else kind)(
-            f"{where}: refused" if reply_code is not None else f"{where}: {err.message}",
+            f"{where}: refused",
             code=_REPLY_ERROR_CODES.get(phase, "EPROTOCOL"),
             reply_code=reply_code,
             reply=reply,
             before_data=before_data,
-            ambiguous=ambiguous and reply_code is None,
             tls_version=tls_version,
         )
     if isinstance(err, OSError | ProxyError):
-        cause = err.__cause__ if isinstance(err, SMTPConnectError) else None
         return TemporaryError(
-            f"{where}: {cause or err}",
+            f"{where}: {err}",
             code="ECONNECTION",
             before_data=before_data,
             ambiguous=ambiguous,
             tls_version=tls_version,
         )
-    if isinstance(err, SMTPException):
+    if isinstance(err, SmtpError):  # not SMTP: whatever it answered, the content may be taken
         return TemporaryError(
             f"{where}: {err.message}",
             code="EPROTOCOL",
             before_data=before_data,
+            ambiguous=ambiguous,
             tls_version=tls_version,
         )
     if isinstance(err, ValueError) and phase in ("mail", "rcpt"):
@@ -305,10 +301,7 @@ def _lost_after_handshake(err: Exception, phase: Phase, tracker: Tracker) -> boo
     """The connection closed by the server just after TLS was set up and before it said a word:
     a TLS 1.3 server refusing a missing client certificate does that (its alert may be lost).
     Only said when no client certificate is configured."""
-    if tracker.client_certificate or not isinstance(err, SMTPServerDisconnected | SMTPConnectError):
-        return False
-    lost = err if isinstance(err, SMTPServerDisconnected) else err.__cause__
-    if not isinstance(lost, SMTPServerDisconnected):
+    if tracker.client_certificate or not isinstance(err, Disconnected):
         return False
     after_starttls = phase == "ehlo" and tracker.tls_version is not None and not tracker.secure
     return after_starttls or (phase == "greeting" and tracker.secure)

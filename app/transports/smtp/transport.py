@@ -15,7 +15,7 @@ from app.transports.errors import TemporaryError, TransportError
 from app.transports.oauth import TokenCache, TokenRequest
 from app.transports.pool import ConnectionPool, PoolClosed
 from app.transports.result import SendResult
-from app.transports.smtp.client import Client, Transcript
+from app.transports.smtp.client import Transcript
 from app.transports.smtp.config import SmtpConfig, secret
 from app.transports.smtp.connect import TlsContext, address_literal, machine_name, open_socket
 from app.transports.smtp.envelope import check_envelope
@@ -38,8 +38,8 @@ class SmtpTransport:
     min(30 s, socketTimeout) idle and on `aclose`.
 
     Timeouts: `connectionTimeout` bounds DNS and TCP (or the proxy's handshake); `greetingTimeout`
-    the 220, and with `secure` also the TLS handshake (aiosmtplib runs both under one timeout);
-    `socketTimeout` every later reply and each write of the content.
+    the 220, and with `secure` also the TLS handshake before it (both within one timeout);
+    `socketTimeout` every later reply, STARTTLS's handshake and each write of the content.
     """
 
     def __init__(self, name: str, config: SmtpConfig, context: TransportContext) -> None:
@@ -136,35 +136,20 @@ class SmtpTransport:
         if tracker is None:
             tracker = self._tracker()
         sock = await open_socket(config, self._context.egress, tracker)
-        connection: Connection | None = None
         try:
             ehlo_name = self._ehlo_name
             if ehlo_name is None:
                 if self._machine_name is None:
                     self._machine_name = await asyncio.to_thread(machine_name)
                 ehlo_name = self._machine_name or address_literal(sock.getsockname()[0])
-            client = Client(
-                hostname=config.host,
-                sock=sock,
-                use_tls=config.secure,
-                start_tls=False,
-                local_hostname=ehlo_name,
-                timeout=self._options.socket_timeout,
-            )
             self._sessions += 1
+            transcript = None
             if config.debug:
                 label = f"smtp {self.name} #{self._sessions}"
-                client.transcript = Transcript(self._context.logger, label)
-            connection = Connection(self._options, client, tracker)
-            await connection.handshake()
-        except Exception:
-            if connection is not None:
-                await connection.aclose()
-            sock.close()
-            raise
+                transcript = Transcript(self._context.logger, label)
+            return await Connection.open(
+                self._options, tracker, sock, ehlo_name=ehlo_name, transcript=transcript
+            )
         except BaseException:
-            if connection is not None:
-                connection.abort()
             sock.close()
             raise
-        return connection
