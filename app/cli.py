@@ -238,10 +238,10 @@ def send(
                 await asyncio.to_thread(migrations.upgrade, settings)
             async with transaction(sessionmaker(engine)) as session:
                 caller = Caller(Principal("cli", "admin"), None)
-                accepted, _ = await messages.enqueue(session, settings, caller, body)
+                taken = await messages.enqueue(session, settings, caller, body)
         finally:
             await engine.dispose()
-        return accepted.id
+        return taken.answer.id
 
     with user_errors(settings):
         typer.echo(run_loop(work()))

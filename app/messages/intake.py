@@ -19,8 +19,8 @@ from app.config import Settings
 from app.delivery.notify import Notifier
 from app.errors import AppError
 from app.messages import service
-from app.messages.schemas import Accepted, MessageIn
-from app.messages.service import Caller
+from app.messages.schemas import MessageIn
+from app.messages.service import Caller, Stored
 
 log = logging.getLogger("postroom.intake")
 
@@ -33,7 +33,7 @@ class _Request:
     caller: Caller
     body: MessageIn
     idempotency_key: str | None
-    answer: asyncio.Future[tuple[Accepted, bool]] = field(
+    answer: asyncio.Future[Stored] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -56,8 +56,8 @@ class Intake:
 
     async def submit(
         self, caller: Caller, body: MessageIn, idempotency_key: str | None = None
-    ) -> tuple[Accepted, bool]:
-        """Store one message: its answer and whether it replays an earlier request.
+    ) -> Stored:
+        """Store one message: its answer, whether it replays an earlier request, its events.
 
         Raises the AppError this message caused (a 4xx), or the database's error when the shared
         transaction failed (then none of its messages was stored)."""
@@ -103,7 +103,7 @@ class Intake:
             for request in batch:
                 request.answer.set_exception(err)
             return
-        if any(not isinstance(outcome, AppError) and not outcome[1] for outcome in outcomes):
+        if any(isinstance(outcome, Stored) and not outcome.replayed for outcome in outcomes):
             self._notifier.notify()  # something new is queued (not only replayed answers)
         for request, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, AppError):

@@ -30,7 +30,7 @@ from app.events.service import record_events
 from app.identity import Principal
 from app.messages import service
 from app.messages.schemas import MessageIn, Resent
-from app.messages.service import Caller
+from app.messages.service import Caller, EventCounts
 from app.messages.statuses import SCHEDULED, shown
 
 UNREACHED = frozenset({"failed", "rejected", "invalid"})
@@ -168,13 +168,13 @@ async def retry(
 
 async def resend(
     session: AsyncSession, settings: Settings, caller: Caller, message_id: str, notifier: Notifier
-) -> Resent:
+) -> tuple[Resent, EventCounts]:
     """Send a failed or bounced message again, as a new message, to the recipients it did not
     reach. It goes through the intake like any POST (limits, sender bounds, the suppression
     list) and then carries the old one's content as it was stored (its template rendered then,
     per-recipient parts included): the same mail, not a new rendering. A message is resent once;
     the two are linked both ways (resentFrom, resentAs). The notifier wakes the dispatcher once
-    the new message is committed."""
+    the new message is committed. Returns the answer and the new message's events."""
     old = await session.scalar(
         select(Message).where(Message.id == message_id).options(selectinload(Message.recipients))
     )
@@ -183,7 +183,8 @@ async def resend(
         raise NotFound(f"no message {message_id!r}")
     targets = await _unreached(session, old)
     body = _request(old, targets)
-    accepted, _ = await service.enqueue(session, settings, caller, body)
+    taken = await service.enqueue(session, settings, caller, body)
+    accepted = taken.answer
     await _carry_over(session, old, accepted.id, targets)
     notifier.after_commit(session)
     answer = Resent(
@@ -194,8 +195,7 @@ async def resend(
         resent_from=old.id,
         recipients=[r.email for r in targets],
     )
-    answer.events.update(accepted.events)
-    return answer
+    return answer, taken.events
 
 
 async def _unreached(session: AsyncSession, old: Message) -> list[Recipient]:

@@ -50,12 +50,12 @@ async def send_message(
         )
     await sending.hit(principal.name)
     caller = Caller(principal, client_address(request))
-    accepted, replayed = await sending.intake.submit(caller, body, idempotency_key)
-    if replayed:
+    taken = await sending.intake.submit(caller, body, idempotency_key)
+    if taken.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        sending.metrics.count_events(accepted.events)
-    return accepted
+        sending.metrics.count_events(taken.events)
+    return taken.answer
 
 
 @router.post("/batch", response_model=BatchOut)
@@ -71,11 +71,10 @@ async def send_batch(
     its result is 202 with the id, or the 4xx error it would have had when posted alone."""
     await sending.hit(principal.name, len(body.messages))  # all of the batch fits, or none
     caller = Caller(principal, client_address(request))
-    results = await service.enqueue_batch(session, settings, caller, body.messages)
+    results, events = await service.enqueue_batch(session, settings, caller, body.messages)
     if any(item.status == 202 for item in results):
         sending.notifier.after_commit(session)
-    for item in results:
-        sending.metrics.count_events(item.events)
+    sending.metrics.count_events(events)
     accepted = sum(item.status == 202 for item in results)
     return BatchOut(accepted=accepted, rejected=len(results) - accepted, results=results)
 
@@ -173,8 +172,8 @@ async def resend_message(
     through the same checks as POST /messages. Once per message."""
     await sending.hit(principal.name)
     caller = Caller(principal, client_address(request))
-    resent = await lifecycle.resend(session, settings, caller, message_id, sending.notifier)
-    sending.metrics.count_events(resent.events)
+    resent, events = await lifecycle.resend(session, settings, caller, message_id, sending.notifier)
+    sending.metrics.count_events(events)
     return resent
 
 

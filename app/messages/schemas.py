@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from app.delivery.vocabulary import BounceType, EventType
 from app.errors import FieldsError
@@ -165,22 +164,7 @@ class MessageIn(CamelModel):
         return self.recipients is not None
 
 
-class _CountsEvents(CamelModel):
-    """An answer that also carries, off the wire, the delivery events its request recorded: the
-    router counts them in the metrics once they are committed."""
-
-    _events: Counter[tuple[str, str]] = PrivateAttr(default_factory=Counter)
-
-    def queued(self, profile: str, recipients: int) -> None:
-        self._events["queued", profile] += recipients
-
-    @property
-    def events(self) -> Counter[tuple[str, str]]:
-        """How many events of each (type, profile)."""
-        return self._events
-
-
-class Accepted(_CountsEvents):
+class Accepted(CamelModel):
     """The answer to POST /messages: the message is stored and will be delivered."""
 
     id: str
@@ -211,7 +195,7 @@ class BatchIn(CamelModel):
     """Each item is a message as POST /api/v1/messages takes it."""
 
 
-class BatchItem(_CountsEvents):
+class BatchItem(CamelModel):
     """One message's outcome: 202 with its id, or the 4xx error it would have had alone."""
 
     status: int

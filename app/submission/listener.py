@@ -228,9 +228,9 @@ class SubmissionHandler:
         """As POST /messages does: the per-user send rate, then the intake (returns once
         committed, and has woken the dispatcher), then count the events."""
         await self.sending.hit(principal.name)
-        accepted, _ = await self.sending.intake.submit(Caller(principal, client), body)
-        self.sending.metrics.count_events(accepted.events)
-        return accepted
+        taken = await self.sending.intake.submit(Caller(principal, client), body)
+        self.sending.metrics.count_events(taken.events)
+        return taken.answer
 
     async def handle_exception(self, error: Exception) -> str:
         """A command that raised: logged here, and a reply that does not show the error (aiosmtpd

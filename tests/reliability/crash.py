@@ -421,10 +421,8 @@ def prepare(loop: Loop, place: Place, sink: SmtpServer, count: int, **profile: A
                         message = MessageIn.model_validate(
                             {"to": [f"u{n}@example.com"], "subject": f"#{n}", "text": "crash"}
                         )
-                        accepted, _ = await messages.enqueue(
-                            session, runtime.settings, caller, message
-                        )
-                        ids.append(accepted.id)
+                        taken = await messages.enqueue(session, runtime.settings, caller, message)
+                        ids.append(taken.answer.id)
         return ids
 
     return loop.run(work())
