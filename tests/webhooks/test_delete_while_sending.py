@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.deps import Runtime
+from app.wiring import Core
 from tests.conftest import PG_URL
 from tests.webhooks.conftest import Receiver, add_endpoint, sender_loop
 
@@ -23,7 +23,7 @@ pytestmark = [
 
 async def test_an_endpoint_deleted_while_its_delivery_is_recorded_does_not_deadlock(
     admin: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Core,
     receiver: Receiver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
