@@ -195,7 +195,12 @@ def install(app: FastAPI, core: Core) -> None:
     """Hand each package the parts it declared (its `deps` module), for its routers to read."""
     CORE.set(app, core)
     probing = Probing(
-        core.profiles, core.transport_context, core.resolver, core.test_sends, core.metrics
+        core.profiles,
+        core.transport_context,
+        core.resolver,
+        core.test_sends,
+        core.metrics,
+        core.ledger,
     )
     endpoints = Endpoints(core.box, core.egress)
     deps.SESSIONS.set(app, core.sessions)

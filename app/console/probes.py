@@ -63,7 +63,12 @@ async def _run(
             test = await probe.send_test(found, to, parts.probing.context)
             async with transaction(parts.sessions) as session:
                 events = await probe.record_test(
-                    session, found, test, by=admin.name, client_ip=client_address(request)
+                    session,
+                    parts.probing.ledger,
+                    found,
+                    test,
+                    by=admin.name,
+                    client_ip=client_address(request),
                 )
             parts.probing.metrics.count_events(tally(events))
         else:

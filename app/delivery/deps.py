@@ -10,6 +10,7 @@ from typing import Annotated
 import dns.asyncresolver
 from fastapi import Depends
 
+from app.delivery.events import Ledger
 from app.delivery.links import Links
 from app.deps import Part
 from app.metrics import Metrics
@@ -29,6 +30,8 @@ class Probing:
     throttle: Throttle
     """Test sends per profile per minute, shared by every replica."""
     metrics: Metrics
+    ledger: Ledger
+    """Where a test send's event is recorded (app.events.service's LEDGER)."""
 
 
 PROBING: Part[Probing] = Part("probing")

@@ -52,7 +52,12 @@ async def test_server(
     test = await probe.send_test(found, to, probing.context)
     async with transaction(sessions) as session:
         events = await probe.record_test(
-            session, found, test, by=admin.name, client_ip=client_address(request)
+            session,
+            probing.ledger,
+            found,
+            test,
+            by=admin.name,
+            client_ip=client_address(request),
         )
     probing.metrics.count_events(tally(events))
     return test

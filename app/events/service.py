@@ -12,7 +12,7 @@ from sqlalchemy import Insert, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import among, insert_ignoring, utcnow
-from app.delivery.vocabulary import DeliveryEvent as DeliveryEvent  # probe.py imports it here
+from app.delivery.vocabulary import DeliveryEvent
 from app.events.models import EVENTS, EventRow
 from app.suppressions import service as suppressions
 from app.suppressions.service import Listed, suppress_from_events

@@ -23,6 +23,8 @@ from tests.console.browser import LiveServer, check_accessibility, screenshot
 from tests.smtpd import SmtpServer
 
 pytestmark = pytest.mark.browser
+"""They share one live server and one page, in order: pytest-xdist runs a file on one worker
+(`--dist loadfile` in pyproject.toml)."""
 
 TIMEOUT = 15_000
 

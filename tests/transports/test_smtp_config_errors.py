@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trustme
 
-from app.delivery import probe
+from app.delivery import hints, probe
 from app.delivery.probe import Candidate
 from app.dkim import lookup
 from app.transports import smtp
@@ -89,7 +89,7 @@ async def test_plain_smtp_on_an_implicit_tls_port(smtp_server_factory, smtp_cont
 def test_port_465_without_secure_hint():
     err = TransportError("waiting for the greeting: timed out", code="ETIMEDOUT")
 
-    said = probe.hint(err, SmtpConfig(port=465))
+    said = hints.hint(err, SmtpConfig(port=465))
 
     assert said is not None
     assert said.startswith("port 465 expects implicit TLS: set secure to true")
