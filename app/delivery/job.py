@@ -19,11 +19,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from app.db import utcnow
-from app.delivery.compose import compose
 from app.delivery.events import Suppressed
-from app.delivery.grouping import Batch, plan
-from app.delivery.links import Links, Unsubscribe
+from app.delivery.links import Links
 from app.delivery.models import Message, Recipient
+from app.delivery.shape import Shape
 from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
 from app.delivery.verp import Verp
@@ -141,31 +140,12 @@ class Delivery:
             )
             self._fail_all(job, pending, error)
             return
-        batches = plan(
-            group=job.stored.group is not None,
-            group_size=len(job.recipients),
-            pending=pending,
-            personal=frozenset(r.email for r in job.recipients if r.data),
-            chunk=job.profile.max_recipients_per_message if job.profile else None,
-            builtin=job.profile is None,
-            each=self._unsubscribe(job),
-        )
+        shape = Shape(message, job.stored, job.recipients, job.profile, job.layout, self.links)
+        batches = shape.batches(pending)
         transport = self._transport(job.profile)
-        signature = job.profile.signature if job.profile is not None else None
-        names = job.stored.group_names()
         for index, batch in enumerate(batches):
             try:
-                outgoing = compose(
-                    job.stored,
-                    batch=batch,
-                    message_id=message.message_id,
-                    date=message.created_at,
-                    layout=job.layout,
-                    signature=signature,
-                    names=names,
-                    unsubscribe_url=self._unsubscribe_url(job, batch),
-                    dkim=self.transports.signer(job.profile),
-                )
+                outgoing = shape.compose(batch, self.transports.signer(job.profile))
             except (PermanentError, ValueError) as raised:
                 # ValueError: a header Python's email refuses (a line separator in a subject the
                 # API let through): it would fail on every retry, so it fails now, recorded.
@@ -202,22 +182,6 @@ class Delivery:
         """The envelope sender `profile` gets: a signed VERP address when it has a bounce domain
         (app/delivery/verp.py), so its bounces name the message and recipient."""
         return self.transports.verp.envelope(outgoing, profile, job.message.id, job.recipients)
-
-    def _unsubscribe(self, job: Job) -> bool:
-        """Whether the message carries one-click unsubscribe links: its own `listUnsubscribe`,
-        else its profile's (and the service knows its public URL)."""
-        wanted = job.stored.list_unsubscribe
-        if wanted is None:
-            wanted = job.profile is not None and job.profile.list_unsubscribe
-        return bool(wanted) and self.links.base_url is not None
-
-    def _unsubscribe_url(self, job: Job, batch: Batch) -> str | None:
-        """The batch's link: only a batch of one recipient can carry one (see `plan`'s `each`;
-        visible mail to several people goes without)."""
-        if len(batch.recipients) != 1 or not self._unsubscribe(job):
-            return None
-        profile = job.message.server or BUILTIN
-        return self.links.url(Unsubscribe(batch.recipients[0], profile, job.message.id))
 
     async def _transaction(self, job: Job, transport: Transport, outgoing: OutgoingMessage) -> None:
         """One SMTP transaction or API call; its outcome goes into the job."""

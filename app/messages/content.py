@@ -17,12 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from app.delivery.compose import compose
-from app.delivery.grouping import plan
-from app.delivery.links import Links, Unsubscribe
+from app.delivery.links import Links
 from app.delivery.models import Message, Recipient
+from app.delivery.shape import Shape
 from app.delivery.stored import StoredMessage
-from app.delivery.transports import BUILTIN
 from app.errors import Conflict, Gone, NotFound
 from app.messages.schemas import AttachmentInfo, Rendered
 from app.servers.models import ServerProfile
@@ -61,34 +59,12 @@ async def composed(
         profile = await session.scalar(
             select(ServerProfile).where(ServerProfile.name == message.server)
         )
-    wanted = stored.list_unsubscribe
-    if wanted is None:
-        wanted = profile is not None and profile.list_unsubscribe
-    each = bool(wanted) and links.base_url is not None
-    batches = plan(
-        group=stored.group is not None,
-        group_size=len(message.recipients),
-        pending=[r.email for r in message.recipients],
-        personal=frozenset(r.email for r in message.recipients if r.data),
-        chunk=profile.max_recipients_per_message if profile is not None else None,
-        builtin=profile is None,
-        each=each,
-    )
+    layout = await _layout(session, message, profile)
+    shape = Shape(message, stored, message.recipients, profile, layout, links)
+    batches = shape.batches([r.email for r in message.recipients])
     batch = next(b for b in batches if row.email in b.recipients)
-    url = None
-    if each and len(batch.recipients) == 1:
-        url = links.url(Unsubscribe(row.email, message.server or BUILTIN, message.id))
     try:
-        outgoing = compose(
-            stored,
-            batch=batch,
-            message_id=message.message_id,
-            date=message.created_at,
-            layout=await _layout(session, message, profile),
-            signature=profile.signature if profile is not None else None,
-            names=stored.group_names(),
-            unsubscribe_url=url,
-        )
+        outgoing = shape.compose(batch)
     except (PermanentError, ValueError) as err:
         raise Conflict(f"message {message.id} cannot be composed: {err}") from err
     return outgoing, row.email
