@@ -148,7 +148,7 @@ async def test_a_message_that_crashes_every_attempt_is_given_up_at_the_max_age(
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in composing")
 
-    monkeypatch.setattr("app.delivery.job.compose", crash)
+    monkeypatch.setattr("app.delivery.shape.compose", crash)
     settings = runtime.settings
     await dispatcher.drain()
     first = await record(admin, message_id)
