@@ -5,9 +5,9 @@ that admin's password or role (PATCH/DELETE /api/v1/users/admin) and spend the r
 401s. Those calls go to another user name instead: Postroom refusing to lose its last admin is
 tested in tests/users.
 
-`cursor` (GET /api/v1/messages, /api/v1/suppressions) is an opaque token only a previous page
+`cursor` (GET /api/v1/messages, /api/v1/suppressions, /api/v1/audit) is an opaque token only a previous page
 hands out: any string the fuzzer makes up is a 400 by design, so it is not sent (bad cursors are
-pinned in test_security and tests/suppressions).
+pinned in test_security, tests/suppressions and tests/audit).
 
 A bounce report (POST /api/v1/hooks/dsn) is raw bytes as `message/rfc822`: sent as the octet
 stream serializer sends bytes.
@@ -29,6 +29,11 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     parameters = case.path_parameters or {}
     if case.operation.path == "/api/v1/users/{name}" and parameters.get("name") == FUZZ_ADMIN:
         parameters["name"] = "someone_else"
-    paged = ("/api/v1/messages", "/api/v1/suppressions", "/api/v1/suppressions/export")
+    paged = (
+        "/api/v1/messages",
+        "/api/v1/suppressions",
+        "/api/v1/suppressions/export",
+        "/api/v1/audit",
+    )
     if case.operation.path in paged and isinstance(case.query, dict):
         case.query.pop("cursor", None)
