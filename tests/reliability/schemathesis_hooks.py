@@ -5,9 +5,9 @@ that admin's password or role (PATCH/DELETE /api/v1/users/admin) and spend the r
 401s. Those calls go to another user name instead: Postroom refusing to lose its last admin is
 tested in tests/users.
 
-`cursor` (GET /api/v1/messages, /api/v1/suppressions, /api/v1/audit) is an opaque token only a previous page
-hands out: any string the fuzzer makes up is a 400 by design, so it is not sent (bad cursors are
-pinned in test_security, tests/suppressions and tests/audit).
+`cursor` (GET /api/v1/messages, /api/v1/suppressions, /api/v1/audit) is an opaque token only
+a previous page hands out: any string the fuzzer makes up is a 400 by design, so it is not sent
+(bad cursors are pinned in test_security, tests/suppressions and tests/audit).
 
 A bounce report (POST /api/v1/hooks/dsn) is raw bytes as `message/rfc822`: sent as the octet
 stream serializer sends bytes.
