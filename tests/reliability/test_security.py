@@ -104,7 +104,11 @@ async def test_unknown_user_and_wrong_password_take_as_long(
     anon: httpx.AsyncClient, runtime: Core, report: Report
 ) -> None:
     """Check 20: the median latency of an unknown user and of a known user's wrong password
-    differ by less than 10 % (500 samples each on demand, 60 in the default suite)."""
+    differ by less than 10 % (500 samples each on demand, 60 in the default suite).
+
+    Timed in this process's CPU time (the argon2 thread's included): what would tell the two
+    apart is work one of them skips, and CPU time shows it without the noise other processes on
+    a loaded machine (the suite's other workers) add to the wall clock."""
     runtime.auth.throttle.limit = 10**6
     runtime.auth.lockout.limit = 10**6
     samples = 500 if FULL else 60
@@ -116,17 +120,17 @@ async def test_unknown_user_and_wrong_password_take_as_long(
         await anon.get("/api/v1/servers", headers=known)
     for i in range(samples * 2):
         kind, headers = ("unknown", unknown) if i % 2 else ("known", known)
-        started = time.perf_counter()
+        started = time.process_time()
         response = await anon.get("/api/v1/servers", headers=headers)
-        timings[kind].append(time.perf_counter() - started)
+        timings[kind].append(time.process_time() - started)
         assert response.status_code == 401
     medians = {kind: statistics.median(values) * 1000 for kind, values in timings.items()}
     difference = abs(medians["unknown"] - medians["known"]) / medians["known"]
     assert difference < 0.10, medians
     report(
         20,
-        f"median of {samples} samples each: unknown user {medians['unknown']:.1f} ms, wrong "
-        f"password {medians['known']:.1f} ms: {difference:.1%} apart",
+        f"median CPU of {samples} samples each: unknown user {medians['unknown']:.1f} ms, "
+        f"wrong password {medians['known']:.1f} ms: {difference:.1%} apart",
     )
 
 
