@@ -82,6 +82,8 @@ class Metrics:
             registry=r,
         )
         self._event_counters: dict[tuple[str, str], Counter] = {}
+        self._transaction_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._final_counters: dict[str, Counter] = {}
         self.webhook_deliveries = Counter(
             "postroom_webhook_deliveries",
             "Webhook delivery attempts finished in this process, by outcome: delivered, retry "
@@ -113,6 +115,27 @@ class Metrics:
                 child = self.delivery_events.labels(type=key[0], profile=key[1])
                 self._event_counters[key] = child
             child.inc(count)
+
+    def transaction(self, outcome: str, profile_type: str, seconds: float) -> None:
+        """Count one SMTP transaction or API call and time it (children kept, as above: twice
+        per delivered message)."""
+        children = self._transaction_children.get((outcome, profile_type))
+        if children is None:
+            children = (
+                self.transactions.labels(outcome=outcome),
+                self.attempt_duration.labels(type=profile_type),
+            )
+            self._transaction_children[outcome, profile_type] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def finished(self, status: str, seconds: float) -> None:
+        """Count a message that reached a final status, `seconds` after it was due to start."""
+        counter = self._final_counters.get(status)
+        if counter is None:
+            counter = self._final_counters[status] = self.messages.labels(status=status)
+        counter.inc()
+        self.delivery_latency.observe(seconds)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when it has none yet), by its exposed name."""

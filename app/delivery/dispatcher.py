@@ -241,6 +241,5 @@ class Dispatcher:
         self.metrics.count_events(tally(events))
         for job, values in live:
             if values["status"] != "queued":
-                self.metrics.messages.labels(status=values["status"]).inc()
                 age = (now - job.message.starts_at).total_seconds()
-                self.metrics.delivery_latency.observe(age)
+                self.metrics.finished(values["status"], age)

@@ -242,8 +242,7 @@ class Delivery:
             if isinstance(error, ConfigurationError):
                 job.config_error = str(error)
                 self.metrics.configuration_errors.labels(profile=server, code=error.code).inc()
-        self.metrics.transactions.labels(outcome=outcome).inc()
-        self.metrics.attempt_duration.labels(type=_type_of(job, server)).observe(duration)
+        self.metrics.transaction(outcome, _type_of(job, server), duration)
         job.attempts.append(
             {
                 "message_pk": job.message.id,

@@ -8,6 +8,7 @@ seconds without work, and discards it when the work done with it raised.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -61,7 +62,8 @@ class PoolClosed(RuntimeError):
 class _Entry(Generic[C]):
     connection: C
     uses: int = 0
-    timer: asyncio.TimerHandle | None = None
+    idle_since: float = 0.0
+    """The event loop's clock when it last came back to the pool."""
 
 
 class ConnectionPool(Generic[C]):
@@ -69,6 +71,10 @@ class ConnectionPool(Generic[C]):
 
     A lease waits while every connection is busy and the limit is reached. Counting includes
     connections being opened and being closed, so the peer never sees more than the limit.
+
+    Idle connections are kept most recent last and reused from there, so the oldest is first: one
+    timer, set for when that one's `idle_timeout` ends, closes whatever has been idle that long
+    (a timer per lease cost more than the lease's own bookkeeping).
     """
 
     def __init__(
@@ -88,7 +94,9 @@ class ConnectionPool(Generic[C]):
         self._idle: list[_Entry[C]] = []
         self._open = 0
         self._closed = False
-        self._changed = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        """Leases waiting for a connection or a free slot, first come first served."""
+        self._reaper: asyncio.TimerHandle | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
@@ -114,71 +122,96 @@ class ConnectionPool(Generic[C]):
             return
         if raised is not None:
             entry.connection.abort()
-            await self._release_slot()
+            self._release_slot()
             return
         entry.uses += 1
         if self._closed or entry.uses >= self._max_uses or not entry.connection.alive:
             await self._retire(entry)
-        else:
-            async with self._changed:
-                entry.timer = asyncio.get_running_loop().call_later(
-                    self._idle_timeout, self._expire, entry
-                )
-                self._idle.append(entry)
-                self._changed.notify()
+            return
+        entry.idle_since = asyncio.get_running_loop().time()
+        self._idle.append(entry)
+        self._reap_later()
+        self._wake_one()
 
     async def aclose(self) -> None:
         """Close the idle connections now and the busy ones when their lease ends."""
-        async with self._changed:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            self._changed.notify_all()
-        for entry in idle:
-            if entry.timer is not None:
-                entry.timer.cancel()
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        idle, self._idle = self._idle, []
+        while self._waiters:
+            self._wake_one()
         await asyncio.gather(*(self._retire(entry) for entry in idle))
         while self._closing:
             await asyncio.gather(*self._closing)
 
     async def _acquire(self) -> _Entry[C]:
-        async with self._changed:
-            while True:
-                if self._closed:
-                    raise PoolClosed("the connection pool is closed")
-                while self._idle:
-                    entry = self._idle.pop()
-                    if entry.timer is not None:
-                        entry.timer.cancel()
-                        entry.timer = None
-                    if entry.connection.alive:
-                        return entry
-                    entry.connection.abort()
-                    self._open -= 1
-                if self._open < self._max_connections:
-                    self._open += 1
-                    break
-                await self._changed.wait()
+        while True:
+            if self._closed:
+                raise PoolClosed("the connection pool is closed")
+            while self._idle:
+                entry = self._idle.pop()
+                if entry.connection.alive:
+                    return entry
+                entry.connection.abort()
+                self._open -= 1
+            if self._open < self._max_connections:
+                self._open += 1
+                break
+            await self._wait()
         try:
             return _Entry(await self._connect())
         except BaseException:
-            await self._release_slot()
+            self._release_slot()
             raise
 
-    def _expire(self, entry: _Entry[C]) -> None:
-        if entry in self._idle:
-            self._idle.remove(entry)
-            entry.timer = None
+    async def _wait(self) -> None:
+        """Until a connection comes back, a slot frees or the pool closes."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif not waiter.cancelled():
+                self._wake_one()  # woken, then cancelled: the next in line gets the turn
+            raise
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _reap_later(self) -> None:
+        if self._reaper is None and self._idle:
+            when = self._idle[0].idle_since + self._idle_timeout
+            self._reaper = asyncio.get_running_loop().call_at(when, self._reap)
+
+    def _reap(self) -> None:
+        """Close the connections idle for `idle_timeout` (the oldest first), and wait for the
+        next."""
+        self._reaper = None
+        deadline = asyncio.get_running_loop().time() - self._idle_timeout
+        expired = 0
+        while expired < len(self._idle) and self._idle[expired].idle_since <= deadline:
+            expired += 1
+        for entry in self._idle[:expired]:
             task = asyncio.get_running_loop().create_task(self._retire(entry))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+        del self._idle[:expired]
+        self._reap_later()
 
     async def _retire(self, entry: _Entry[C]) -> None:
         try:
             await entry.connection.aclose()
         finally:
-            await self._release_slot()
+            self._release_slot()
 
-    async def _release_slot(self) -> None:
-        async with self._changed:
-            self._open -= 1
-            self._changed.notify()
+    def _release_slot(self) -> None:
+        self._open -= 1
+        self._wake_one()

@@ -150,6 +150,56 @@ async def test_pool_closes_idle_connections():
     assert connections.open_connections == 0
 
 
+async def test_only_connections_idle_for_the_timeout_are_closed():
+    factory = Factory()
+    connections = pool(factory, idle_timeout=0.2)
+
+    async def hold() -> None:
+        async with connections.lease():
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(hold(), hold())  # two connections, both idle from now
+    await asyncio.sleep(0.12)
+    async with connections.lease() as used:  # the most recent one, idle again from now
+        pass
+    await asyncio.sleep(0.12)  # the other one's 0.2 s are up, not this one's
+
+    assert [c.closed for c in factory.made if c is not used] == [True]
+    assert not used.closed
+    assert connections.idle_connections == 1
+    await asyncio.sleep(0.15)
+    assert used.closed
+    assert connections.open_connections == 0
+
+
+async def test_a_waiter_cancelled_after_its_wake_up_passes_the_turn_on():
+    factory = Factory()
+    connections = pool(factory, max_connections=1)
+    release = asyncio.Event()
+    waiting: list[asyncio.Task[int]] = []
+
+    async def take() -> int:
+        async with connections.lease() as connection:
+            return connection.number
+
+    async def hold() -> None:
+        async with connections.lease():
+            await release.wait()
+        # giving the connection back woke the first waiter; it is cancelled before it runs
+        waiting[0].cancel()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0.01)
+    waiting += [asyncio.create_task(take()), asyncio.create_task(take())]
+    await asyncio.sleep(0.01)
+    release.set()
+    await holder
+
+    assert await asyncio.wait_for(waiting[1], 1.0) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await waiting[0]
+
+
 async def test_pool_frees_the_slot_when_connecting_fails():
     factory = Factory(fail=True)
     connections = pool(factory, max_connections=1)
