@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI
@@ -22,7 +22,8 @@ from app.console.router import install as install_console
 from app.delivery import liveness
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.router import router as probe_router
-from app.deps import SETTINGS, Part, SessionsDep, SettingsDep
+from app.delivery.supervised import Readiness, Supervised
+from app.deps import SETTINGS, Part, SessionsDep
 from app.dkim.router import router as dkim_router
 from app.errors import ERROR_RESPONSES
 from app.events.bounces.router import router as bounces_router
@@ -34,12 +35,11 @@ from app.limits import BodyLimit
 from app.messages.router import router as messages_router
 from app.metrics import Metrics
 from app.openapi import install as install_openapi
-from app.retention.purge import PurgeLoop
 from app.retention.running import running_purge
 from app.schemas import LocalDomains
 from app.servers.router import router as servers_router
 from app.servers.schemas import PROFILE_TYPES
-from app.submission.listener import running_submission
+from app.submission.listener import SubmissionListener, running_submission
 from app.suppressions.router import router as suppressions_router
 from app.themes.router import router as themes_router
 from app.users.router import router as users_router
@@ -60,9 +60,9 @@ log = logging.getLogger("postroom")
 
 
 class Reporting(Protocol):
-    """A loop that tells /readyz what keeps it from working (None: nothing)."""
+    """A running loop: it tells /readyz whether it does its work (app/delivery/supervised.py)."""
 
-    def problem(self) -> str | None: ...
+    async def readiness(self, session: AsyncSession) -> Readiness: ...
 
 
 @dataclass(slots=True)
@@ -71,11 +71,25 @@ class Loops:
 
     dispatcher: Dispatcher | None = None
     sender: Sender | None = None
-    purge: PurgeLoop | None = None
-    submission: Reporting | None = None
+    purge: Supervised | None = None
+    submission: SubmissionListener | None = None
+    bounces: list[Supervised] = field(default_factory=list)
+    closing: bool = False
+    """Set first thing at shutdown: /readyz fails from then on."""
+
+    def running(self) -> dict[str, Reporting]:
+        """Each loop by the name /readyz shows it under."""
+        named: dict[str, Reporting | None] = {
+            "dispatcher": self.dispatcher,
+            "webhooks": self.sender,
+            "purge": self.purge,
+            "submission": self.submission,
+        }
+        loops = {name: loop for name, loop in named.items() if loop is not None}
+        return loops | {loop.heartbeats.loop: loop for loop in self.bounces}
 
     def stopping(self) -> None:
-        self.dispatcher = self.sender = self.purge = self.submission = None
+        self.closing = True
 
 
 LOOPS: Part[Loops] = Part("loops")
@@ -100,7 +114,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             loops.purge = await stack.enter_async_context(
                 running_purge(core.sessions, settings, core.metrics)
             )
-        await stack.enter_async_context(
+        loops.bounces = await stack.enter_async_context(
             running_bounce_loops(settings, bounces(core), core.box, core.http)
         )
         loops.submission = await stack.enter_async_context(
@@ -117,47 +131,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-async def readiness(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, loops: Loops
-) -> dict[str, Any]:
-    """What /readyz answers: `ready`, or `unavailable` with the reasons."""
-    dispatcher = loops.dispatcher
-    reasons: list[str] = []
-    answer: dict[str, Any] = {}
+async def readiness(sessions: async_sessionmaker[AsyncSession], loops: Loops) -> dict[str, Any]:
+    """What /readyz answers: `ready`, or `unavailable` with the reasons; and what each loop
+    shows of itself (the dispatcher's heartbeat, a loop's last error)."""
+    if loops.closing:
+        return {"status": "unavailable", "reasons": ["the service is shutting down"]}
     try:
         async with sessions() as session:
             await session.execute(text("SELECT 1"))
-            age = None
-            if dispatcher is not None:
-                age = await liveness.heartbeat_age(session, dispatcher.heartbeats.id)
+            reports = {
+                name: await loop.readiness(session) for name, loop in loops.running().items()
+            }
     except (OSError, SQLAlchemyError) as err:
         return {"status": "unavailable", "reasons": [f"the database does not answer: {err}"]}
-    if settings.dispatcher:
-        if dispatcher is None or dispatcher.task is None or dispatcher.task.done():
-            reasons.append("the dispatcher is not running")
-        elif age is None or age > liveness.STALE_AFTER:
-            since = "its row is gone" if age is None else f"the last was {age:.0f} s ago"
-            reasons.append(
-                f"the dispatcher's heartbeat is stale ({since}; "
-                f"stale after {liveness.STALE_AFTER:g} s)"
-            )
-        if dispatcher is not None:
-            answer["dispatcher"] = {"id": dispatcher.heartbeats.id, "heartbeatAge": age}
-            if dispatcher.last_error:
-                answer["dispatcher"]["lastError"] = dispatcher.last_error
-    sender = loops.sender
-    if settings.dispatcher and (sender is None or sender.task is None or sender.task.done()):
-        reasons.append("the webhook sender is not running")
-    purge = loops.purge
-    if settings.dispatcher and (purge is None or purge.task.done()):
-        reasons.append("the retention purge is not running")
-    if purge is not None and purge.supervised.last_error:
-        answer["purge"] = {"lastError": purge.supervised.last_error}
-    if loops.submission is not None and (problem := loops.submission.problem()):
-        reasons.append(problem)
+    reasons = [report.problem for report in reports.values() if report.problem]
+    shown = {name: report.shown for name, report in reports.items() if report.shown}
     if reasons:
-        return {"status": "unavailable", "reasons": reasons} | answer
-    return {"status": "ready"} | answer
+        return {"status": "unavailable", "reasons": reasons} | shown
+    return {"status": "ready"} | shown
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -209,10 +200,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return PlainTextResponse("ok")
 
     @app.get("/readyz", tags=["health"])
-    async def readyz(sessions: SessionsDep, settings: SettingsDep, loops: LoopsDep) -> JSONResponse:
-        """Readiness: the database answers, and this process's dispatcher (when it runs one)
-        is running and has beaten within the last 30 s. A 503 says why."""
-        ready = await readiness(sessions, settings, loops)
+    async def readyz(sessions: SessionsDep, loops: LoopsDep) -> JSONResponse:
+        """Readiness: the database answers, this process's dispatcher (when it runs one) is
+        running and has beaten within the last 30 s, and every other loop it runs (the webhook
+        sender, the retention purge, the bounce and submission listeners) is running. A 503
+        says why."""
+        ready = await readiness(sessions, loops)
         return JSONResponse(ready, status_code=200 if ready["status"] == "ready" else 503)
 
     return app

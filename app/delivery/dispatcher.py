@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,9 +16,16 @@ from app.delivery import outbox
 from app.delivery.events import Ledger
 from app.delivery.job import Delivery, Job
 from app.delivery.links import Links
-from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats, survived
+from app.delivery.liveness import (
+    HEARTBEAT_EVERY,
+    STALE_AFTER,
+    Heartbeats,
+    heartbeat_age,
+    survived,
+)
 from app.delivery.notify import Notifier
 from app.delivery.outbox import Claim, RetryPolicy
+from app.delivery.supervised import Readiness
 from app.delivery.transports import TransportCache
 from app.delivery.vocabulary import tally
 from app.metrics import Metrics
@@ -94,7 +102,7 @@ class Dispatcher:
             self._closing = True
             self._done_changed.set()
             await writer
-            await self._say_goodbye()
+            await self.heartbeats.goodbye(log)
 
     async def _pass(self, stopping: asyncio.Event, sending: set[asyncio.Task[None]]) -> None:
         """Sweep and beat when due, claim what there is room for, and wait a little."""
@@ -132,11 +140,22 @@ class Dispatcher:
         self.last_error, delay = await survived(err, failures, self.heartbeats, self.metrics, log)
         await self._idle(stopping, delay)
 
-    async def _say_goodbye(self) -> None:
-        try:
-            await self.heartbeats.remove()
-        except Exception as err:
-            log.warning("the heartbeat row %s stays behind: %s", self.heartbeats.id, err)
+    async def readiness(self, session: AsyncSession) -> Readiness:
+        """Not ready when the loop is not running or its heartbeat is stale: messages would be
+        accepted and not sent. Shows its heartbeat row, its age and the last error survived."""
+        age = await heartbeat_age(session, self.heartbeats.id)
+        shown: dict[str, Any] = {"id": self.heartbeats.id, "heartbeatAge": age}
+        if self.last_error:
+            shown["lastError"] = self.last_error
+        problem = None
+        if self.task is None or self.task.done():
+            problem = "the dispatcher is not running"
+        elif age is None or age > STALE_AFTER:
+            since = "its row is gone" if age is None else f"the last was {age:.0f} s ago"
+            problem = (
+                f"the dispatcher's heartbeat is stale ({since}; stale after {STALE_AFTER:g} s)"
+            )
+        return Readiness(problem, shown)
 
     def _claim_at(self) -> int:
         """Free slots worth a claim: claiming for every slot freed would make many tiny claims."""

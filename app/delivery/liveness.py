@@ -28,8 +28,8 @@ FORGET_AFTER = timedelta(days=1)
 """Rows of loops that vanished without saying goodbye (kill -9) are removed after this."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
-"""Seconds a supervised loop waits after a failed pass: doubling from BACKOFF_BASE up to
-BACKOFF_MAX."""
+"""Seconds the dispatcher and the webhook sender wait after a failed pass: doubling from
+BACKOFF_BASE up to BACKOFF_MAX (app/delivery/supervised.py's loops back off longer)."""
 
 
 def new_loop_id() -> str:
@@ -82,14 +82,30 @@ class Heartbeats:
         async with transaction(self.sessions) as session:
             await session.execute(delete(Heartbeat).where(Heartbeat.id == self.id))
 
+    async def goodbye(self, log: logging.Logger) -> None:
+        """Remove the row as the loop ends; when the database is away, say so and leave it
+        (FORGET_AFTER removes it)."""
+        try:
+            await self.remove()
+        except Exception as err:
+            log.warning("the heartbeat row %s stays behind: %s", self.id, err)
+
 
 async def survived(
-    err: Exception, failures: int, heartbeats: Heartbeats, metrics: Metrics, log: logging.Logger
+    err: Exception,
+    failures: int,
+    heartbeats: Heartbeats,
+    metrics: Metrics,
+    log: logging.Logger,
+    *,
+    backoff: tuple[float, float] = (BACKOFF_BASE, BACKOFF_MAX),
 ) -> tuple[str, float]:
     """What every supervised loop does with a pass that raised (the database away, a bug): log it
     with its traceback, count it in postroom_loop_errors_total, keep it on the heartbeat row.
-    Returns the error as text and the seconds to back off before the next pass."""
-    delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+    Returns the error as text and the seconds to back off before the next pass (`backoff`: the
+    first delay, doubled per failure in a row up to the second)."""
+    base, cap = backoff
+    delay = min(cap, base * 2 ** (failures - 1))
     log.error(
         "%s pass failed (%d in a row); trying again in %.1f s",
         heartbeats.loop,

@@ -27,7 +27,6 @@ from app.audit import service as audit
 from app.config import Settings
 from app.db import Base, among, transaction, utcnow
 from app.delivery.models import FINISHED, Attempt, Message, Recipient
-from app.events.bounces.loop import Supervised
 from app.events.models import EventRow
 
 log = logging.getLogger("postroom.retention")
@@ -51,14 +50,6 @@ older than `before` in the session's transaction and returns how many it deleted
 
 OTHER_LOGS: tuple[Purger, ...] = (audit.purge,)
 """The other logs purged with the records' cutoff, each in batches of its own: the audit log."""
-
-
-@dataclass(frozen=True, slots=True)
-class PurgeLoop:
-    """A running purge loop: its supervision (heartbeat, last error) and its task, for /readyz."""
-
-    supervised: Supervised
-    task: asyncio.Task[None]
 
 
 @dataclass(slots=True)

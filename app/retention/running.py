@@ -13,23 +13,30 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.events.bounces.loop import Supervised
+from app.delivery.supervised import Supervised
 from app.metrics import Metrics
-from app.retention.purge import Purge, PurgeLoop
+from app.retention.purge import Purge
 
 
 @asynccontextmanager
 async def running_purge(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, metrics: Metrics
-) -> AsyncIterator[PurgeLoop]:
+) -> AsyncIterator[Supervised]:
     """Run the purge in the background for the duration of the block."""
     purge = Purge(sessions, settings)
-    supervised = Supervised(sessions, metrics, "purge", purge.step, settings.purge_interval)
+    supervised = Supervised(
+        sessions,
+        metrics,
+        "purge",
+        purge.step,
+        settings.purge_interval,
+        what="retention purge",
+    )
     stopping = asyncio.Event()
     await supervised.heartbeats.beat(time.monotonic())
-    running = PurgeLoop(supervised, asyncio.create_task(supervised.run(stopping)))
+    task = supervised.start(stopping)
     try:
-        yield running
+        yield supervised
     finally:
         stopping.set()
-        await asyncio.gather(running.task, return_exceptions=True)
+        await asyncio.gather(task, return_exceptions=True)

@@ -35,9 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.delivery.liveness import HEARTBEAT_EVERY
+from app.delivery.supervised import Readiness, Supervised
 from app.deps import Authenticating
 from app.errors import AppError, Forbidden, Invalid, TooManyRequests, Unauthorized
-from app.events.bounces.loop import Supervised
 from app.identity import Principal
 from app.messages.deps import Sending
 from app.messages.schemas import Accepted, MessageIn
@@ -312,9 +312,13 @@ class SubmissionListener:
         self.max_bytes = settings.submission_max_message_bytes
         self.server: asyncio.Server | None = None
         self.loop = Supervised(
-            sessions, sending.metrics, "submission-listener", self.ensure, HEARTBEAT_EVERY
+            sessions,
+            sending.metrics,
+            "submission-listener",
+            self.ensure,
+            HEARTBEAT_EVERY,
+            what="submission listener",
         )
-        self.task: asyncio.Task[None] | None = None
         self._connections: weakref.WeakSet[_Protocol] = weakref.WeakSet()
 
     def _protocol(self) -> SMTP:
@@ -343,14 +347,20 @@ class SubmissionListener:
             "STARTTLS" if self.tls is not None else "no TLS: AUTH in clear",
         )
 
-    def problem(self) -> str | None:
-        """Why the listener does not take mail now, for /readyz; None when it does."""
-        if self.task is None or self.task.done():
-            return "the submission listener is not running"
-        if self.server is None or not self.server.is_serving():
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The supervised loop that keeps the port open."""
+        return self.loop.task
+
+    async def readiness(self, session: AsyncSession) -> Readiness:
+        """Not ready while the listener does not take mail: its loop is not running, or the
+        port is not open (taken, say: the loop's last error says so)."""
+        running = await self.loop.readiness(session)
+        if running.problem is None and (self.server is None or not self.server.is_serving()):
             why = f" ({self.loop.last_error})" if self.loop.last_error else ""
-            return f"the submission listener is not listening on {self.host}:{self.port}{why}"
-        return None
+            problem = f"the submission listener is not listening on {self.host}:{self.port}{why}"
+            return Readiness(problem, running.shown)
+        return running
 
     async def aclose(self) -> None:
         """Stop listening and close the open connections (an app's idle pooled connection
@@ -372,7 +382,7 @@ async def running_submission(
     sending: Sending,
 ) -> AsyncIterator[SubmissionListener | None]:
     """The supervised listener when POSTROOM_SUBMISSION_PORT is set, for the block's duration;
-    /readyz asks it for its `problem()` meanwhile."""
+    /readyz asks it for its `readiness` meanwhile."""
     if settings.submission_port is None:
         yield None
         return
@@ -380,10 +390,10 @@ async def running_submission(
     with contextlib.suppress(OSError):  # the loop tries again, and says why
         await listener.ensure()
     stopping = asyncio.Event()
-    listener.task = asyncio.create_task(listener.loop.run(stopping))
+    task = listener.loop.start(stopping)
     try:
         yield listener
     finally:
         stopping.set()
-        await asyncio.gather(listener.task, return_exceptions=True)
+        await asyncio.gather(task, return_exceptions=True)
         await listener.aclose()

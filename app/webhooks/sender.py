@@ -31,6 +31,7 @@ from app.db import among, transaction, update_by_id, utcnow
 from app.delivery.liveness import HEARTBEAT_EVERY, Heartbeats, survived
 from app.delivery.outbox import RetryPolicy
 from app.delivery.queue import Lease, claim_due, release_expired
+from app.delivery.supervised import Readiness, task_readiness
 from app.metrics import Metrics
 from app.transports._http import Api, Refusal, request, text_of
 from app.transports.errors import TransportError
@@ -125,10 +126,11 @@ class Sender:
                     )
                     await _wait(stopping, delay)
         finally:
-            try:
-                await self.heartbeats.remove()
-            except Exception as err:
-                log.warning("the heartbeat row %s stays behind: %s", self.heartbeats.id, err)
+            await self.heartbeats.goodbye(log)
+
+    async def readiness(self, session: AsyncSession) -> Readiness:
+        """For /readyz: the loop runs (deliveries wait in the database while it does not)."""
+        return task_readiness("webhook sender", self.task, self.last_error)
 
     async def drain(self) -> None:
         """Send everything due now, then return (tests and `postroom worker --once`: no

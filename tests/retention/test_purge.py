@@ -291,7 +291,7 @@ async def test_the_purge_runs_supervised_beside_the_dispatcher(
         return await real_bodies(self, *args)
 
     monkeypatch.setattr(Purge, "_bodies", flaky_bodies)
-    caplog.set_level(logging.ERROR, logger="postroom.bounces")
+    caplog.set_level(logging.ERROR, logger="postroom.loops")
     await add_smtp_profile(admin, smtp_server_factory())
     message_id = await send(admin, to=["ann@example.com"])
 
@@ -318,7 +318,7 @@ async def test_the_purge_runs_supervised_beside_the_dispatcher(
     await until(purged, 15, "the purge after two failed passes")
     assert (await admin.get("/readyz")).status_code == 200
 
-    assert running.purge is not None
+    assert running.purge is not None and running.purge.task is not None
     running.purge.task.cancel()
     await asyncio.gather(running.purge.task, return_exceptions=True)
     stopped = await admin.get("/readyz")

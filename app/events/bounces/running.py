@@ -12,10 +12,10 @@ import httpx
 from app.config import Settings
 from app.crypto import SecretBox
 from app.delivery.liveness import HEARTBEAT_EVERY
+from app.delivery.supervised import Supervised
 from app.events.bounces.graph import GraphPoller
 from app.events.bounces.imap import ImapPoller, ImapSettings
 from app.events.bounces.listener import BounceListener
-from app.events.bounces.loop import Supervised
 from app.events.bounces.service import Bounces
 
 
@@ -38,6 +38,7 @@ async def running_bounce_loops(
                     "bounce-listener",
                     listener.ensure,
                     HEARTBEAT_EVERY,
+                    what="bounce listener",
                 )
             )
         imap = ImapSettings.of(settings)
@@ -50,6 +51,7 @@ async def running_bounce_loops(
                     "bounce-imap",
                     poller.poll,
                     settings.bounce_poll_interval,
+                    what="bounce mailbox poller",
                 )
             )
         if settings.bounce_graph_poll:
@@ -61,10 +63,11 @@ async def running_bounce_loops(
                     "bounce-graph",
                     graph.poll,
                     settings.bounce_poll_interval,
+                    what="Microsoft Graph bounce poller",
                 )
             )
         stopping = asyncio.Event()
-        tasks = [asyncio.create_task(loop.run(stopping)) for loop in loops]
+        tasks = [loop.start(stopping) for loop in loops]
         try:
             yield loops
         finally:

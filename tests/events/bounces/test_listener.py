@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import aiosmtplib
 import httpx
@@ -14,6 +15,7 @@ from sqlalchemy import select, text
 from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Heartbeat
+from app.main import LOOPS
 from app.wiring import Core
 from tests.delivery.conftest import record
 from tests.events.bounces.conftest import sample
@@ -97,3 +99,34 @@ async def test_what_is_not_a_report_is_a_550_and_a_failure_a_451(
     code, _ = await hand_in(settings, sample("postfix.eml"), "x@b.example")  # the MTA's retry
     assert code == 250
     assert await stored_events(runtime) == 1
+
+
+async def test_readyz_asks_the_bounce_listener_too(
+    anon: httpx.AsyncClient, app_runtime: tuple[Any, Core]
+) -> None:
+    """Each loop the process runs answers for itself in /readyz: a bounce listener whose loop
+    stopped takes the replica out, as a stopped dispatcher does, and its last error shows."""
+    app, _ = app_runtime
+    assert (await anon.get("/readyz")).status_code == 200
+    [listener] = LOOPS.of(app).bounces
+    assert listener.task is not None
+    listener.last_error = "OSError: [Errno 98] address already in use"
+    listener.task.cancel()
+    await asyncio.gather(listener.task, return_exceptions=True)
+
+    ready = await anon.get("/readyz")
+
+    assert ready.status_code == 503
+    assert ready.json()["reasons"] == ["the bounce listener is not running"]
+    assert ready.json()["bounce-listener"] == {"lastError": listener.last_error}
+
+
+async def test_readyz_fails_from_the_start_of_a_shutdown(
+    anon: httpx.AsyncClient, app_runtime: tuple[Any, Core]
+) -> None:
+    LOOPS.of(app_runtime[0]).stopping()
+
+    ready = await anon.get("/readyz")
+
+    assert ready.status_code == 503
+    assert ready.json()["reasons"] == ["the service is shutting down"]
