@@ -27,8 +27,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 
 from app.cli_process import freeze_start_up_objects, run_loop
 from app.config import Settings
@@ -104,12 +105,42 @@ async def _drain_once(core: Core) -> None:
     await core.transports.aclose()
 
 
+async def _fresh_database(server: str) -> str:
+    """An empty PostgreSQL database `postroom_drain` on `server` (host:port); its URL."""
+    conn = await asyncpg.connect(f"postgresql://postgres@{server}/postgres")
+    try:
+        await conn.execute("DROP DATABASE IF EXISTS postroom_drain WITH (FORCE)")
+        await conn.execute("CREATE DATABASE postroom_drain")
+    finally:
+        await conn.close()
+    return f"postgresql+asyncpg://postgres@{server}/postroom_drain"
+
+
+async def _wal_bytes(core: Core, *, checkpoint: bool = False) -> int | None:
+    """The cluster's WAL so far (PostgreSQL), for the drain's bytes per message. A checkpoint
+    first makes the full-page images that follow the same in every run (each page's first
+    change after it), rather than dependent on when the last one happened."""
+    if core.engine.dialect.name != "postgresql":
+        return None
+    async with core.engine.connect() as conn:
+        if checkpoint:
+            await conn.execute(text("CHECKPOINT"))
+        return int(await conn.scalar(text("SELECT wal_bytes FROM pg_stat_wal")))
+
+
 async def measure(
-    messages: int, sink: int, profile: Path | None, *, connections: int, once: bool
+    messages: int,
+    sink: int,
+    profile: Path | None,
+    *,
+    connections: int,
+    once: bool,
+    pg: str | None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(
             data_dir=Path(folder),
+            database_url=await _fresh_database(pg) if pg else None,
             admin_user=ADMIN[0],
             admin_password=ADMIN[1],
             dispatcher=False,
@@ -145,6 +176,7 @@ async def measure(
 
             gc.callbacks.append(timed)
             profiler = cProfile.Profile() if profile else None
+            wal = await _wal_bytes(core, checkpoint=True)
             began, wall = time.process_time(), time.monotonic()
             if profiler:
                 profiler.enable()
@@ -152,6 +184,7 @@ async def measure(
             if profiler:
                 profiler.disable()
             cpu, wall = time.process_time() - began, time.monotonic() - wall
+            wal_after = await _wal_bytes(core)
             gc.callbacks.remove(timed)
             if profiler and profile:
                 profiler.dump_stats(profile)
@@ -160,6 +193,9 @@ async def measure(
         "gc_ms_per_message": round(collected[0] / messages * 1000, 4),
         "messages_per_second": round(messages / wall),
         "statements_per_message": round(sum(statements.values()) / messages, 3),
+        "wal_bytes_per_message": (
+            None if wal is None or wal_after is None else round((wal_after - wal) / messages)
+        ),
         "statements": dict(statements),
     }
 
@@ -171,6 +207,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="smtp-sink's (default: a free one)")
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--once", action="store_true", help="drain() instead of run()")
+    parser.add_argument(
+        "--pg",
+        metavar="HOST:PORT",
+        help="on PostgreSQL (a fresh database postroom_drain there) instead of SQLite; reports "
+        "WAL bytes per message too (cluster-wide: give it a cluster nothing else writes to)",
+    )
     args = parser.parse_args()
     args.port = args.port or _free_port()
     os.environ.setdefault("POSTROOM_LOG_LEVEL", "WARNING")
@@ -187,6 +229,7 @@ def main() -> None:
                 args.profile,
                 connections=args.connections,
                 once=args.once,
+                pg=args.pg,
             )
         )
     finally:

@@ -207,3 +207,33 @@ async def test_durability_check_refuses_asynchronous_commit_on_postgresql() -> N
         PG_URL, connect_args={"server_settings": {"synchronous_commit": "off"}}
     )
     await _refused(engine)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("column", ["server", "template", "resource"])
+async def test_the_optional_search_columns_are_indexed_only_where_set(
+    runtime: Core, column: str
+) -> None:
+    """A message without a profile, template or resource is written to none of their indexes,
+    and the records search's `column = value` still uses them (both databases)."""
+    name = f"ix_messages_{column}"
+    query = f"SELECT id FROM messages WHERE {column} = 'x'"
+    async with runtime.engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            definition = await conn.scalar(
+                text("SELECT sql FROM sqlite_master WHERE name = :name"), {"name": name}
+            )
+            plan = " ".join(
+                str(row[-1]) for row in await conn.execute(text(f"EXPLAIN QUERY PLAN {query}"))
+            )
+        else:
+            definition = await conn.scalar(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"), {"name": name}
+            )
+            await conn.execute(text("SET LOCAL enable_seqscan = off"))  # an empty table
+            plan = " ".join(str(row[0]) for row in await conn.execute(text(f"EXPLAIN {query}")))
+        await conn.rollback()
+    assert definition is not None
+    bare = definition.replace("(", "").replace(")", "")  # PostgreSQL adds parentheses
+    assert f"WHERE {column} IS NOT NULL" in bare, definition
+    assert name in plan, plan

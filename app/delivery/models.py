@@ -18,6 +18,12 @@ cancelled it before it was sent (app/messages/lifecycle.py)."""
 FINISHED = ("sent", "partially_sent", "failed", "suppressed", "cancelled")
 """The statuses no delivery attempt changes any more (a late event may still arrive)."""
 BODY_KEPT = text("body_purged_at IS NULL")
+OPTIONAL_SEARCH = ("server", "template", "resource")
+"""Columns the records search filters on that many messages leave null (no template, no
+resource; no profile when the built-in server sends): indexed only where set. A message without a
+template or resource is written to two indexes fewer on its INSERT, and on PostgreSQL on each of
+its two non-HOT UPDATEs too (claim and finish); `column = value` still finds the index, on SQLite
+as on PostgreSQL."""
 
 
 class Message(Base):
@@ -38,6 +44,11 @@ class Message(Base):
             sqlite_where=BODY_KEPT,
             postgresql_where=BODY_KEPT,
         ),
+        *(
+            Index(f"ix_messages_{column}", column, sqlite_where=where, postgresql_where=where)
+            for column in OPTIONAL_SEARCH
+            for where in (text(f"{column} IS NOT NULL"),)
+        ),
         UniqueConstraint("created_by", "idempotency_key", name="uq_messages_idempotency"),
     )
 
@@ -48,11 +59,12 @@ class Message(Base):
     status: Mapped[str] = mapped_column(String(20), default="queued")
     sender: Mapped[str] = mapped_column(String(320), index=True)
     subject: Mapped[str] = mapped_column(String(1000), default="")
-    server: Mapped[str | None] = mapped_column(String(50), index=True)
-    """The profile the message asked for; null: the default at send time."""
-    template: Mapped[str | None] = mapped_column(String(50), index=True)
+    server: Mapped[str | None] = mapped_column(String(50))
+    """The profile it goes through, resolved at intake (the one it named, else the default);
+    null: the built-in server."""
+    template: Mapped[str | None] = mapped_column(String(50))
     theme: Mapped[str | None] = mapped_column(String(50))
-    resource: Mapped[str | None] = mapped_column(String(500), index=True)
+    resource: Mapped[str | None] = mapped_column(String(500))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_by: Mapped[str] = mapped_column(String(50))
     client_ip: Mapped[str | None] = mapped_column(String(64))
