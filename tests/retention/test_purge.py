@@ -318,7 +318,8 @@ async def test_the_purge_runs_supervised_beside_the_dispatcher(
     await until(purged, 15, "the purge after two failed passes")
     assert (await admin.get("/readyz")).status_code == 200
 
-    assert running.purge is not None and running.purge.task is not None
+    assert running.purge is not None
+    assert running.purge.task is not None
     running.purge.task.cancel()
     await asyncio.gather(running.purge.task, return_exceptions=True)
     stopped = await admin.get("/readyz")
