@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from app.db import utcnow
 from app.delivery.events import Suppressed
 from app.delivery.links import Links
-from app.delivery.models import Message, Recipient
+from app.delivery.rows import QueuedMessage, QueuedRecipient
 from app.delivery.shape import Shape
 from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
@@ -51,12 +51,12 @@ CONNECTION_LEVEL = frozenset({"ECONNECTION", "ETIMEDOUT", "EDNS", "ETLS", "EAUTH
 class Job:
     """What one attempt needs, read in a short transaction before any I/O."""
 
-    message: Message
+    message: QueuedMessage
     stored: StoredMessage
     """What the message is to send: its payload, parsed once when the job is loaded."""
     attempt: int
     """The attempt number the claim gave: the outbox's finish is fenced on it."""
-    recipients: list[Recipient]
+    recipients: list[QueuedRecipient]
     profile: ServerProfile | None
     fallback: ServerProfile | None
     layout: Layout | None = None

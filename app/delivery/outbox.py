@@ -26,6 +26,7 @@ from app.delivery.events import Ledger, attempt_event
 from app.delivery.job import Job, hold_back
 from app.delivery.models import ATTEMPTS, MESSAGES, RECIPIENTS, Message, Recipient
 from app.delivery.queue import Lease, Queue, claim_due, release_expired
+from app.delivery.rows import QueuedMessage, QueuedRecipient
 from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
 from app.delivery.vocabulary import DeliveryEvent
@@ -98,22 +99,25 @@ async def load(
     (its lease expired and it was claimed again) is left out."""
     attempts = {claim.id: claim for claim in claims}
     async with transaction(sessions) as session:
-        messages = [
-            message
-            for message in await session.scalars(
-                select(Message).where(among(session, Message.id, attempts))
+        rows = await session.execute(
+            select(*QueuedMessage.COLUMNS, Message.status, Message.attempts, Message.payload).where(
+                among(session, Message.id, attempts)
             )
-            if message.status == "sending" and message.attempts == attempts[message.id].attempt
+        )
+        current = [
+            (QueuedMessage.of(row), row.payload)
+            for row in rows
+            if row.status == "sending" and row.attempts == attempts[row.id].attempt
         ]
-        stored = _readable(messages)
-        messages = [message for message in messages if message.id in stored]
-        recipients: dict[str, list[Recipient]] = {message.id: [] for message in messages}
-        for row in await session.scalars(
-            select(Recipient)
+        stored = _readable(current)
+        messages = [message for message, _ in current if message.id in stored]
+        recipients: dict[str, list[QueuedRecipient]] = {message.id: [] for message in messages}
+        for row in await session.execute(
+            select(*QueuedRecipient.COLUMNS, Recipient.message_pk)
             .where(among(session, Recipient.message_pk, recipients))
             .order_by(Recipient.id)
         ):
-            recipients[row.message_pk].append(row)
+            recipients[row.message_pk].append(QueuedRecipient.of(row))
         listed = await ledger.listed(session, _unsent(messages, stored, recipients))
         profiles = await _profiles(session, {m.server for m in messages if m.server})
         layouts = await _layouts(
@@ -309,23 +313,23 @@ async def sweep(
     return await release_expired(session, MESSAGE_QUEUE, now)
 
 
-def _readable(messages: list[Message]) -> dict[str, StoredMessage]:
+def _readable(messages: list[tuple[QueuedMessage, dict[str, Any]]]) -> dict[str, StoredMessage]:
     """Each message's payload, parsed once. One that cannot be read (no version wrote such a
     row, but a hand edit could) is logged and left out, so it cannot fail its whole batch's load
     on every pass: its lease expires and the sweep gives up on it at POSTROOM_MAX_MESSAGE_AGE."""
     stored = {}
-    for message in messages:
+    for message, payload in messages:
         try:
-            stored[message.id] = StoredMessage.of(message.payload)
+            stored[message.id] = StoredMessage.of(payload)
         except ValidationError:
             log.exception("message %s: its stored payload cannot be read; not sent", message.id)
     return stored
 
 
 def _unsent(
-    messages: list[Message],
+    messages: list[QueuedMessage],
     stored: dict[str, StoredMessage],
-    recipients: dict[str, list[Recipient]],
+    recipients: dict[str, list[QueuedRecipient]],
 ) -> list[str]:
     """The addresses the suppression list is checked for: the recipients still to be sent to,
     of the messages that do not ignore the list."""
@@ -339,7 +343,7 @@ def _unsent(
 
 
 def _theme_name(
-    message: Message, stored: dict[str, StoredMessage], profiles: dict[str, ServerProfile]
+    message: QueuedMessage, stored: dict[str, StoredMessage], profiles: dict[str, ServerProfile]
 ) -> str | None:
     """A message naming a theme (or null) decides; otherwise its profile's theme applies."""
     if stored[message.id].theme_set:

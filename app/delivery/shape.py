@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from app.delivery.compose import compose
 from app.delivery.grouping import Batch, plan
 from app.delivery.links import Links, Unsubscribe
-from app.delivery.models import Message, Recipient
+from app.delivery.rows import MessageRow, RecipientRow
 from app.delivery.stored import StoredMessage
 from app.delivery.transports import BUILTIN
 from app.dkim.signer import Signer
@@ -27,9 +27,9 @@ class Shape:
 
     def __init__(
         self,
-        message: Message,
+        message: MessageRow,
         stored: StoredMessage,
-        recipients: Sequence[Recipient],
+        recipients: Sequence[RecipientRow],
         profile: ServerProfile | None,
         layout: Layout | None,
         links: Links,

@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from app.delivery.models import Recipient
+from app.delivery.rows import RecipientRow
 from app.servers.models import ServerProfile
 from app.transports.base import OutgoingMessage
 
@@ -83,7 +83,7 @@ class Verp:
         outgoing: OutgoingMessage,
         profile: ServerProfile | None,
         message_pk: str,
-        recipients: Sequence[Recipient],
+        recipients: Sequence[RecipientRow],
     ) -> OutgoingMessage:
         """`outgoing` with the VERP envelope sender when `profile` sets a bounce domain."""
         domain = bounce_domain(profile)

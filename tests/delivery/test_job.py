@@ -11,7 +11,7 @@ import pytest
 
 from app.delivery.job import Delivery, Job, hold_back
 from app.delivery.links import Links
-from app.delivery.models import Message, Recipient
+from app.delivery.rows import QueuedMessage, QueuedRecipient
 from app.delivery.stored import StoredMessage
 from app.delivery.verp import Verp
 from app.metrics import Metrics
@@ -94,21 +94,20 @@ def job(
         payload["group"] = [{"email": email, "name": ""} for email in emails]
     else:
         payload["to"] = [{"email": email} for email in emails]
-    message = Message(
+    message = QueuedMessage(
         id="0" * 31 + "1",
         message_id="<1@example.com>",
-        status="sending",
-        sender="app@example.com",
         server=server or (via.name if via is not None else None),
-        payload=payload,
+        theme=None,
         created_at=NOW,
+        send_at=None,
+        next_attempt_at=NOW,
+        sent_at=None,
     )
     recipients = [
-        Recipient(id=i, message_pk=message.id, email=email, kind="group" if group else "to")
+        QueuedRecipient(i, email, "group" if group else "to", "pending", None)
         for i, email in enumerate(emails, 1)
     ]
-    for recipient in recipients:
-        recipient.status = "pending"
     return Job(message, StoredMessage.of(payload), 3, recipients, via, fallback)
 
 
