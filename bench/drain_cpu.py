@@ -1,27 +1,26 @@
 """The dispatcher alone, in process: CPU and SQL statements per delivered message while it drains
-a queue filled beforehand, on the embedded database, to smtp-sink, on uvloop as the service runs.
+a queue filled beforehand, on the embedded database (or PostgreSQL), to smtp-sink, on uvloop as
+the service runs.
 
 The end-to-end scenarios of run.py carry the API, the clients and the sink in their figures; this
 times the dispatcher's own path from claim to the finished row, so an A/B of two trees run one
 after the other (alternating rounds) shows what a change to the outbox or the send path costs.
-It uses only create_app, the lifespan, the profile API and app.wiring's running_dispatcher.
+It uses bench/inprocess.py, the profile API and app.wiring's Core and running_dispatcher.
 
     .venv/bin/python bench/drain_cpu.py [--messages 3000] [--connections 4] [--once]
-        [--profile out.prof]
+        [--pg HOST:PORT] [--profile out.prof]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import cProfile
 import gc
 import json
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,16 +28,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+from inprocess import message, running_app
 from sqlalchemy import event, func, select, text
 
 from app.cli_process import freeze_start_up_objects, run_loop
-from app.config import Settings
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Message
-from app.main import create_app
 from app.wiring import CORE, Core, running_dispatcher
 
-ADMIN = ("admin", "bench-password-123")
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
 
@@ -46,15 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _message(i: int) -> dict[str, Any]:
-    return {
-        "from": {"email": "sender@example.com", "name": "Bench"},
-        "to": [{"email": f"rcpt{i}@example.com"}],
-        "subject": f"bench {i}",
-        "text": "Hello from the bench.",
-    }
 
 
 async def _fill(client: httpx.AsyncClient, messages: int, sink: int, connections: int) -> None:
@@ -75,7 +63,7 @@ async def _fill(client: httpx.AsyncClient, messages: int, sink: int, connections
     answer = await client.post("/api/v1/servers", json=profile)
     assert answer.status_code == 201, answer.text
     for start in range(0, messages, 500):
-        body = {"messages": [_message(i) for i in range(start, min(start + 500, messages))]}
+        body = {"messages": [message(i) for i in range(start, min(start + 500, messages))]}
         answer = await client.post("/api/v1/messages/batch", json=body)
         assert answer.status_code in (200, 202), answer.text
 
@@ -137,57 +125,40 @@ async def measure(
     once: bool,
     pg: str | None,
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as folder:
-        settings = Settings(
-            data_dir=Path(folder),
-            database_url=await _fresh_database(pg) if pg else None,
-            admin_user=ADMIN[0],
-            admin_password=ADMIN[1],
-            dispatcher=False,
-            _env_file=None,
-        )
-        app = create_app(settings)
-        token = base64.b64encode(f"{ADMIN[0]}:{ADMIN[1]}".encode()).decode()
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
-            async with httpx.AsyncClient(
-                transport=transport,
-                base_url="http://postroom.bench",
-                headers={"Authorization": f"Basic {token}"},
-            ) as client:
-                await _fill(client, messages, sink, connections)
-            core = CORE.of(app)
-            statements: Counter[str] = Counter()
+    async with running_app(await _fresh_database(pg) if pg else None) as (app, client):
+        await _fill(client, messages, sink, connections)
+        core = CORE.of(app)
+        statements: Counter[str] = Counter()
 
-            def count(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
-                if not sql.startswith("SELECT count(*)"):  # the bench's own polls
-                    statements[sql.split(None, 1)[0].upper()] += 1
+        def count(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+            if not sql.startswith("SELECT count(*)"):  # the bench's own polls
+                statements[sql.split(None, 1)[0].upper()] += 1
 
-            event.listen(core.engine.sync_engine, "before_cursor_execute", count)
-            freeze_start_up_objects()  # as `postroom serve` and `worker` do
-            collecting: list[float] = []
-            collected = [0.0]
+        event.listen(core.engine.sync_engine, "before_cursor_execute", count)
+        freeze_start_up_objects()  # as `postroom serve` and `worker` do
+        collecting: list[float] = []
+        collected = [0.0]
 
-            def timed(phase: str, _info: dict[str, Any]) -> None:
-                if phase == "start":
-                    collecting.append(time.process_time())
-                elif collecting:
-                    collected[0] += time.process_time() - collecting.pop()
+        def timed(phase: str, _info: dict[str, Any]) -> None:
+            if phase == "start":
+                collecting.append(time.process_time())
+            elif collecting:
+                collected[0] += time.process_time() - collecting.pop()
 
-            gc.callbacks.append(timed)
-            profiler = cProfile.Profile() if profile else None
-            wal = await _wal_bytes(core, checkpoint=True)
-            began, wall = time.process_time(), time.monotonic()
-            if profiler:
-                profiler.enable()
-            await (_drain_once(core) if once else _run_until_empty(core))
-            if profiler:
-                profiler.disable()
-            cpu, wall = time.process_time() - began, time.monotonic() - wall
-            wal_after = await _wal_bytes(core)
-            gc.callbacks.remove(timed)
-            if profiler and profile:
-                profiler.dump_stats(profile)
+        gc.callbacks.append(timed)
+        profiler = cProfile.Profile() if profile else None
+        wal = await _wal_bytes(core, checkpoint=True)
+        began, wall = time.process_time(), time.monotonic()
+        if profiler:
+            profiler.enable()
+        await (_drain_once(core) if once else _run_until_empty(core))
+        if profiler:
+            profiler.disable()
+        cpu, wall = time.process_time() - began, time.monotonic() - wall
+        wal_after = await _wal_bytes(core)
+        gc.callbacks.remove(timed)
+        if profiler and profile:
+            profiler.dump_stats(profile)
     return {
         "cpu_ms_per_message": round(cpu / messages * 1000, 4),
         "gc_ms_per_message": round(collected[0] / messages * 1000, 4),
