@@ -14,7 +14,9 @@ import httpx
 from pydantic import Field, SecretStr
 
 from app.schemas import CamelModel
-from app.transports._http import (
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
+from app.transports.errors import PermanentError
+from app.transports.http import (
     Api,
     HttpTransport,
     Refusal,
@@ -24,8 +26,6 @@ from app.transports._http import (
     text_of,
     unexpected_answer,
 )
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
-from app.transports.errors import PermanentError
 from app.transports.result import SendResult
 from app.transports.urls import HttpUrl
 

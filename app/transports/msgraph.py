@@ -21,9 +21,9 @@ import httpx
 from pydantic import Field, SecretStr
 
 from app.schemas import CamelModel, a_labels
-from app.transports._http import Api, HttpTransport, Refusal, Rule, json_body, probe, text_of
 from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
 from app.transports.errors import CredentialsError, PermanentError, UnsupportedFeature
+from app.transports.http import Api, HttpTransport, Refusal, Rule, json_body, probe, text_of
 from app.transports.oauth import TokenCache, TokenRequest
 from app.transports.result import SendResult
 from app.transports.urls import HttpUrl

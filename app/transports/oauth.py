@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.transports._http import Api, Refusal, Rule, Scrubber, json_body, request, text_of
 from app.transports.errors import TemporaryError, TransportError
+from app.transports.http import Api, Refusal, Rule, Scrubber, json_body, request, text_of
 
 EARLY_REFRESH_SECONDS = 300.0
 """A token is refreshed this long before it expires (or halfway through, if it lives shorter)."""

@@ -23,7 +23,6 @@ from pydantic import Field, SecretStr
 
 from app.schemas import CamelModel
 from app.transports._addresses import ascii_address
-from app.transports._http import Api, HttpTransport, Refusal, json_body, probe, text_of
 from app.transports.base import (
     Address,
     Content,
@@ -34,6 +33,7 @@ from app.transports.base import (
 )
 from app.transports.errors import CredentialsError, UnsupportedFeature
 from app.transports.hook_settings import EcPublicKey
+from app.transports.http import Api, HttpTransport, Refusal, json_body, probe, text_of
 from app.transports.result import SendResult
 from app.transports.urls import HttpUrl
 

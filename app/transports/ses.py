@@ -19,7 +19,10 @@ from pydantic import Field, SecretStr
 
 from app.schemas import CamelModel
 from app.transports._addresses import ascii_address
-from app.transports._http import (
+from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
+from app.transports.errors import PermanentError
+from app.transports.hook_settings import TopicArn
+from app.transports.http import (
     Api,
     HttpTransport,
     Refusal,
@@ -29,9 +32,6 @@ from app.transports._http import (
     text_of,
     unexpected_answer,
 )
-from app.transports.base import OutgoingMessage, TransportContext, VerifyReport, refuse_options
-from app.transports.errors import PermanentError
-from app.transports.hook_settings import TopicArn
 from app.transports.result import SendResult
 from app.transports.urls import HttpUrl
 

@@ -33,8 +33,8 @@ from app.delivery.outbox import RetryPolicy
 from app.delivery.queue import Lease, claim_due, release_expired
 from app.delivery.supervised import Readiness, task_readiness
 from app.metrics import Metrics
-from app.transports._http import Api, Refusal, request, text_of
 from app.transports.errors import TransportError
+from app.transports.http import Api, Refusal, request, text_of
 from app.webhooks import service
 from app.webhooks.models import DELIVERIES, DELIVERY_QUEUE, WebhookDelivery, WebhookEndpoint
 

@@ -14,7 +14,8 @@ import pytest
 import trustme
 
 from app.egress import EgressPolicy, http_client
-from app.transports import _http, mandrill
+from app.transports import http as provider_http
+from app.transports import mandrill
 from app.transports.errors import ConfigurationError, TemporaryError
 from tests.transports._messages import context, outgoing
 
@@ -65,7 +66,7 @@ async def test_a_certificate_that_fails_verification(http):
 
 async def test_a_host_name_idna_cannot_encode(http):
     with pytest.raises(ConfigurationError) as caught:
-        await _http.request(http, mandrill.API, "GET", "https://xn--zz.example/")
+        await provider_http.request(http, mandrill.API, "GET", "https://xn--zz.example/")
 
     assert (caught.value.code, caught.value.field) == ("EDNS", "baseUrl")
 

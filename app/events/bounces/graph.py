@@ -28,7 +28,7 @@ from app.events.bounces.service import Bounces
 from app.servers.models import ServerProfile
 from app.servers.service import config_of
 from app.throttle import upsert
-from app.transports._http import request, unexpected_answer
+from app.transports.http import request, unexpected_answer
 from app.transports.msgraph import API, MsgraphConfig, token_request
 from app.transports.oauth import TokenCache
 
