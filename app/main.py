@@ -67,7 +67,7 @@ class Reporting(Protocol):
 
 @dataclass(slots=True)
 class Loops:
-    """The loops this process runs, for /readyz; None while one does not run."""
+    """The loops this process runs, for /readyz (None: this process does not run it)."""
 
     dispatcher: Dispatcher | None = None
     sender: Sender | None = None
