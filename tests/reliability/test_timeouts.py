@@ -49,6 +49,11 @@ class Port:
         self.port = port
 
 
+STALL = 5
+"""Seconds each stalling server waits in its phase."""
+STALL_MS = STALL * 1000
+
+
 @pytest.mark.anyio
 async def test_each_phase_timeout_is_configured_per_profile(
     admin: httpx.AsyncClient,
@@ -64,9 +69,9 @@ async def test_each_phase_timeout_is_configured_per_profile(
     limit = 600
     phases = {
         "connect": (Port(unresponsive_port), {"connectionTimeout": limit}),
-        "greeting": (smtp_server_factory(greeting_delay=5), {"greetingTimeout": limit}),
-        "command": (smtp_server_factory(delays={"MAIL": 5}), {"socketTimeout": limit}),
-        "data_final": (smtp_server_factory(delays={"DATA_END": 5}), {"socketTimeout": limit}),
+        "greeting": (smtp_server_factory(greeting_delay=STALL), {"greetingTimeout": limit}),
+        "command": (smtp_server_factory(delays={"MAIL": STALL}), {"socketTimeout": limit}),
+        "data_final": (smtp_server_factory(delays={"DATA_END": STALL}), {"socketTimeout": limit}),
     }
     ids = {}
     for phase, (server, settings) in phases.items():
@@ -80,7 +85,9 @@ async def test_each_phase_timeout_is_configured_per_profile(
         assert saved["status"] == "queued", phase
         assert attempt["errorCode"] == "ETIMEDOUT", (phase, attempt)
         durations[phase] = round(attempt["durationMs"])
-        assert limit <= durations[phase] < limit + 900, (phase, durations[phase])
+        # ~605 ms on a quiet machine; the slack is for a loaded one (1,661 ms seen in CI) and
+        # still well under the 5 s stall, which is what an uncut phase would take
+        assert limit <= durations[phase] < STALL_MS - 2_000, (phase, durations[phase])
     report(14, f"phase timeouts of {limit} ms cut the stalls after {durations} ms")
 
 
