@@ -114,7 +114,7 @@ async def test_an_attempt_is_cut_at_the_attempt_timeout(
     [attempt] = saved["attemptLog"]
     assert saved["status"] == "queued"
     assert (attempt["errorCode"], attempt["ambiguous"]) == ("ETIMEDOUT", True)
-    assert 1000 <= attempt["durationMs"] < 2000
+    assert 1000 <= attempt["durationMs"] < 5000  # the stall is 10 s; slack for a loaded CI
     assert "POSTROOM_ATTEMPT_TIMEOUT" in attempt["error"]
     assert dispatcher.metrics.value("postroom_ambiguous_attempts_total") == 1
     report(

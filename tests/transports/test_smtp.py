@@ -258,7 +258,7 @@ async def test_greeting_slower_than_greeting_timeout(smtp_server_factory, smtp_c
 
     err = await send_failing(transport)
 
-    assert 0.25 < time.monotonic() - started < 1.5
+    assert 0.25 < time.monotonic() - started < 3.0  # the stall is 5 s; slack for a loaded CI
     assert (err.code, err.before_data) == ("ETIMEDOUT", True)
     assert type(err) is TemporaryError
 
@@ -274,7 +274,7 @@ async def test_a_reply_slower_than_socket_timeout(
 
     err = await send_failing(build(server, smtp_context, socket_timeout=300))
 
-    assert 0.25 < time.monotonic() - started < 1.5
+    assert 0.25 < time.monotonic() - started < 3.0  # the stall is 5 s; slack for a loaded CI
     assert (err.code, err.before_data, err.ambiguous) == ("ETIMEDOUT", before_data, ambiguous)
 
 
@@ -319,7 +319,7 @@ async def test_connection_timeout(smtp_context, unresponsive_port):
 
     err = await send_failing(smtp.create("test", config, smtp_context))
 
-    assert 0.25 < time.monotonic() - started < 1.5
+    assert 0.25 < time.monotonic() - started < 3.0  # unanswered, it never ends; slack for CI
     assert (err.code, err.before_data) == ("ETIMEDOUT", True)
 
 

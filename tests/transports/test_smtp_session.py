@@ -207,7 +207,7 @@ async def test_a_server_that_stops_answering(
         err = await send_failing(server, smtp_context, socketTimeout=300, greetingTimeout=300)
         elapsed = asyncio.get_running_loop().time() - started
 
-    assert 0.25 < elapsed < 1.5
+    assert 0.25 < elapsed < 3.0  # the stall is far longer; slack for a loaded CI
     assert (err.code, err.before_data, err.ambiguous) == ("ETIMEDOUT", before_data, ambiguous)
 
 
