@@ -288,6 +288,10 @@ async def test_a_role_change_reaches_the_other_replica_within_a_second(
         assert await until_status(sender_b, "/api/v1/users", 403) < 1.0
 
 
+WINDOW = 2.2
+"""Seconds test_cached_credentials_read_the_user_row_twice_a_second_at_most sends requests."""
+
+
 async def test_cached_credentials_read_the_user_row_twice_a_second_at_most(
     admin: httpx.AsyncClient, runtime: Core
 ) -> None:
@@ -302,14 +306,15 @@ async def test_cached_credentials_read_the_user_row_twice_a_second_at_most(
     event.listen(runtime.engine.sync_engine, "before_cursor_execute", saw)
     try:
         started, requests = time.monotonic(), 0
-        while time.monotonic() - started < 1.2:
+        while time.monotonic() - started < WINDOW:
             assert (await admin.get("/api/v1/servers")).status_code == 200
             requests += 1
     finally:
         event.remove(runtime.engine.sync_engine, "before_cursor_execute", saw)
     assert requests > 20
-    # re-read at 0.5 s and 1.0 s (with a slow machine's slack: not once per request)
-    assert 2 <= len(reads) <= 1.2 / RECHECK_SECONDS + 1, (len(reads), requests)
+    # re-read about every 0.5 s: 4 in 2.2 s on a quiet machine. At least 2 on a loaded one,
+    # where a re-read runs late and the next is due 0.5 s after it; never once per request.
+    assert 2 <= len(reads) <= WINDOW / RECHECK_SECONDS + 1, (len(reads), requests)
 
 
 async def test_concurrent_requests_on_a_due_credential_read_the_row_once(
