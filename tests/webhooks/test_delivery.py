@@ -254,13 +254,13 @@ async def test_a_receiver_slower_than_the_timeout_is_a_failed_attempt(
     admin: httpx.AsyncClient, runtime: Core, receiver: Receiver
 ) -> None:
     endpoint = await add_endpoint(admin, receiver)
-    receiver.delay = 1.0
+    receiver.delay = 3.0
     await admin.post(f"/api/v1/webhooks/{endpoint['id']}/test")
     await make_sender(runtime, timeout=0.3).drain()
     [logged] = (await log_of(admin, endpoint))["items"]
     assert logged["status"] == "queued"
     assert "timed out" in logged["error"] or "no answer" in logged["error"]
-    assert logged["durationMs"] < 900
+    assert logged["durationMs"] < 2000  # cut at 0.3 s, slack for a loaded CI; not the 3 s
 
 
 async def test_no_delivery_is_queued_for_a_disabled_endpoint(
