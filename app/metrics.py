@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,6 +18,8 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86_400)
 """Accept to final status: seconds for a healthy relay, hours when retries are at work."""
+
+M = TypeVar("M", Counter, Histogram)
 
 ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -81,9 +84,9 @@ class Metrics:
             ["type", "profile"],
             registry=r,
         )
-        self._event_counters: dict[tuple[str, str], Counter] = {}
-        self._transaction_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
-        self._final_counters: dict[str, Counter] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
+        """Labelled children by (metric, label values): `labels()` costs 2 us (a lock, a tuple of
+        validated strings), and the hot paths count several per message."""
         self.webhook_deliveries = Counter(
             "postroom_webhook_deliveries",
             "Webhook delivery attempts finished in this process, by outcome: delivered, retry "
@@ -106,35 +109,27 @@ class Metrics:
             registry=r,
         )
 
+    def _child(self, metric: M, *values: str) -> M:
+        """`metric.labels(*values)`, kept after the first call."""
+        key = (metric, *values)
+        child: M | None = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def count_events(self, counts: Mapping[tuple[str, str], int]) -> None:
-        """Add committed delivery events, counted by (type, profile). The labelled children are
-        kept here: `labels()` costs 2 us (a lock, a tuple of validated strings), once per POST."""
-        for key, count in counts.items():
-            child = self._event_counters.get(key)
-            if child is None:
-                child = self.delivery_events.labels(type=key[0], profile=key[1])
-                self._event_counters[key] = child
-            child.inc(count)
+        """Add committed delivery events, counted by (type, profile)."""
+        for (type_, profile), count in counts.items():
+            self._child(self.delivery_events, type_, profile).inc(count)
 
     def transaction(self, outcome: str, profile_type: str, seconds: float) -> None:
-        """Count one SMTP transaction or API call and time it (children kept, as above: twice
-        per delivered message)."""
-        children = self._transaction_children.get((outcome, profile_type))
-        if children is None:
-            children = (
-                self.transactions.labels(outcome=outcome),
-                self.attempt_duration.labels(type=profile_type),
-            )
-            self._transaction_children[outcome, profile_type] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Count one SMTP transaction or API call and time it."""
+        self._child(self.transactions, outcome).inc()
+        self._child(self.attempt_duration, profile_type).observe(seconds)
 
     def finished(self, status: str, seconds: float) -> None:
         """Count a message that reached a final status, `seconds` after it was due to start."""
-        counter = self._final_counters.get(status)
-        if counter is None:
-            counter = self._final_counters[status] = self.messages.labels(status=status)
-        counter.inc()
+        self._child(self.messages, status).inc()
         self.delivery_latency.observe(seconds)
 
     def value(self, name: str, **labels: str) -> float:

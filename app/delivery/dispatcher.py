@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,7 +24,7 @@ from app.delivery.liveness import (
 )
 from app.delivery.notify import Notifier
 from app.delivery.outbox import Claim, RetryPolicy
-from app.delivery.supervised import Readiness
+from app.delivery.supervised import Readiness, task_readiness
 from app.delivery.transports import TransportCache
 from app.delivery.vocabulary import tally
 from app.metrics import Metrics
@@ -144,13 +143,10 @@ class Dispatcher:
         """Not ready when the loop is not running or its heartbeat is stale: messages would be
         accepted and not sent. Shows its heartbeat row, its age and the last error survived."""
         age = await heartbeat_age(session, self.heartbeats.id)
-        shown: dict[str, Any] = {"id": self.heartbeats.id, "heartbeatAge": age}
-        if self.last_error:
-            shown["lastError"] = self.last_error
-        problem = None
-        if self.task is None or self.task.done():
-            problem = "the dispatcher is not running"
-        elif age is None or age > STALE_AFTER:
+        running = task_readiness("dispatcher", self.task, self.last_error)
+        shown = {"id": self.heartbeats.id, "heartbeatAge": age} | running.shown
+        problem = running.problem
+        if problem is None and (age is None or age > STALE_AFTER):
             since = "its row is gone" if age is None else f"the last was {age:.0f} s ago"
             problem = (
                 f"the dispatcher's heartbeat is stale ({since}; stale after {STALE_AFTER:g} s)"
