@@ -85,15 +85,7 @@ async def create_user(
             | _bounds(form)
         )
         async with transaction(parts.sessions) as session:
-            _user, generated = await service.create_user(
-                session,
-                body.name,
-                body.role,
-                body.password,
-                allowed_from=body.allowed_from,
-                allowed_servers=body.allowed_servers,
-                actor=actor,
-            )
+            _user, generated = await service.create_from(session, body, actor=actor)
     except (AppError, ValidationError) as err:
         summary, fields = problems(err)
         values = {k: v for k, v in form.data.items() if isinstance(v, str) and k != "password"}

@@ -28,28 +28,6 @@ from app.servers.carriage import CARRIAGE
 NAME = b"DKIM-Signature"
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 
-SIGNED = frozenset(
-    {
-        b"from",
-        b"sender",
-        b"reply-to",
-        b"subject",
-        b"date",
-        b"message-id",
-        b"to",
-        b"cc",
-        b"in-reply-to",
-        b"references",
-        b"mime-version",
-        b"content-type",
-        b"content-transfer-encoding",
-        b"list-id",
-        b"list-unsubscribe",
-        b"list-unsubscribe-post",
-    }
-)
-"""RFC 6376 5.4.1's list, less the Resent-* fields (Postroom writes none), plus
-List-Unsubscribe-Post, which RFC 8058 section 4 requires the signature to cover. Bcc never."""
 OVERSIGNED = frozenset(
     {
         b"from",
@@ -66,6 +44,17 @@ OVERSIGNED = frozenset(
 )
 """Fields named once more in h= than they occur (RFC 6376 8.15): a second From, Subject or
 List-Unsubscribe added on the way breaks the signature instead of being shown to the reader."""
+SIGNED = OVERSIGNED | {
+    b"in-reply-to",
+    b"references",
+    b"mime-version",
+    b"content-type",
+    b"content-transfer-encoding",
+    b"list-id",
+}
+"""RFC 6376 5.4.1's list, less the Resent-* fields (Postroom writes none), plus
+List-Unsubscribe-Post, which RFC 8058 section 4 requires the signature to cover: the oversigned
+fields and these. Bcc never."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.deps import AdminActor, AdminUser, SessionDep
+from app.identity import Actor
 from app.servers import service, sisense
 from app.servers.deps import ProfilesDep
+from app.servers.models import ServerProfile
 from app.servers.schemas import (
     PROFILE_MODELS,
     PROFILE_TYPES,
@@ -37,6 +41,35 @@ _WHOLE_PROFILE = {
 }
 """PUT reads its body as a dict (to keep the secrets it omits) but documents the profile union."""
 
+RawProfile = Annotated[dict[str, Any], Body()]
+"""PUT's and PATCH's body, a JSON object read as it is: what it leaves out matters."""
+
+_Change = Callable[
+    [AsyncSession, service.Profiles, str, dict[str, Any], Actor | None], Awaitable[ServerProfile]
+]
+"""service.replace_profile (PUT) or service.patch_profile (PATCH)."""
+
+
+async def _out(
+    session: AsyncSession, profiles: service.Profiles, profile: ServerProfile
+) -> ProfileOut:
+    """The profile as every endpoint answers it: with whether it is the default."""
+    return service.to_out(profile, await service.get_routing(session), profiles.box)
+
+
+async def _change(
+    change: _Change,
+    session: AsyncSession,
+    profiles: service.Profiles,
+    name: str,
+    body: dict[str, Any],
+    actor: Actor,
+) -> ProfileOut:
+    """PUT and PATCH: the host checked first, then the change, answered with the profile."""
+    await service.check_host(profiles, body.get("settings"))
+    profile = await change(session, profiles, name, body, actor)
+    return await _out(session, profiles, profile)
+
 
 @router.get("/api/v1/settings/email_server", response_model=EmailServerOut)
 async def get_email_server(
@@ -66,7 +99,7 @@ async def create_server(
 ) -> ProfileOut:
     await service.check_host(profiles, body.settings)
     profile = await service.create_profile(session, profiles, body, actor)
-    return service.to_out(profile, await service.get_routing(session), profiles.box)
+    return await _out(session, profiles, profile)
 
 
 @router.get("/api/v1/servers/{name}", response_model=ProfileOut)
@@ -74,35 +107,23 @@ async def get_server(
     name: str, _: AdminUser, session: SessionDep, profiles: ProfilesDep
 ) -> ProfileOut:
     profile = await service.get_profile(session, name)
-    return service.to_out(profile, await service.get_routing(session), profiles.box)
+    return await _out(session, profiles, profile)
 
 
 @router.put("/api/v1/servers/{name}", response_model=ProfileOut, openapi_extra=_WHOLE_PROFILE)
 async def replace_server(
-    name: str,
-    actor: AdminActor,
-    session: SessionDep,
-    profiles: ProfilesDep,
-    body: dict[str, Any] = Body(),
+    name: str, body: RawProfile, actor: AdminActor, session: SessionDep, profiles: ProfilesDep
 ) -> ProfileOut:
     """Replace the whole profile; secrets the body does not mention are kept, `null` clears one."""
-    await service.check_host(profiles, body.get("settings"))
-    profile = await service.replace_profile(session, profiles, name, body, actor)
-    return service.to_out(profile, await service.get_routing(session), profiles.box)
+    return await _change(service.replace_profile, session, profiles, name, body, actor)
 
 
 @router.patch("/api/v1/servers/{name}", response_model=ProfileOut)
 async def patch_server(
-    name: str,
-    actor: AdminActor,
-    session: SessionDep,
-    profiles: ProfilesDep,
-    body: dict[str, Any] = Body(),
+    name: str, body: RawProfile, actor: AdminActor, session: SessionDep, profiles: ProfilesDep
 ) -> ProfileOut:
     """A JSON merge patch: the fields given change, `null` resets one (and clears a secret)."""
-    await service.check_host(profiles, body.get("settings"))
-    profile = await service.patch_profile(session, profiles, name, body, actor)
-    return service.to_out(profile, await service.get_routing(session), profiles.box)
+    return await _change(service.patch_profile, session, profiles, name, body, actor)
 
 
 @router.delete("/api/v1/servers/{name}", status_code=status.HTTP_204_NO_CONTENT)
@@ -125,4 +146,4 @@ async def duplicate_server(
     profile = await service.duplicate_profile(
         session, profiles, name, body.name, body.settings, actor
     )
-    return service.to_out(profile, await service.get_routing(session), profiles.box)
+    return await _out(session, profiles, profile)

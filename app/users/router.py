@@ -28,15 +28,7 @@ async def list_users(_: AdminUser, session: SessionDep) -> UserList:
 @router.post("", response_model=UserCreated, status_code=status.HTTP_201_CREATED)
 async def create_user(body: UserCreate, actor: AdminActor, session: SessionDep) -> UserCreated:
     """Create a user; when no password is given one is generated and shown in this answer only."""
-    user, generated = await service.create_user(
-        session,
-        body.name,
-        body.role,
-        body.password,
-        allowed_from=body.allowed_from,
-        allowed_servers=body.allowed_servers,
-        actor=actor,
-    )
+    user, generated = await service.create_from(session, body, actor=actor)
     out = UserOut.model_validate(user, from_attributes=True)
     return UserCreated(**out.model_dump(), password=generated)
 

@@ -17,6 +17,7 @@ from app.identity import Actor
 from app.servers.models import ServerProfile
 from app.users.models import User
 from app.users.passwords import generate_password, hash_password
+from app.users.schemas import UserCreate
 
 KEEP = ...
 """An update's "leave this field as it is"."""
@@ -50,6 +51,21 @@ async def create_user(
         raise Conflict(f"user {name!r} already exists") from err
     await audit.record(session, actor, "user.create", name, audit.changes(None, _audited(user)))
     return user, generated
+
+
+async def create_from(
+    session: AsyncSession, body: UserCreate, *, actor: Actor
+) -> tuple[User, str | None]:
+    """create_user with a checked body: the API's and the console's."""
+    return await create_user(
+        session,
+        body.name,
+        body.role,
+        body.password,
+        allowed_from=body.allowed_from,
+        allowed_servers=body.allowed_servers,
+        actor=actor,
+    )
 
 
 def _audited(user: User) -> dict[str, Any]:
