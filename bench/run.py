@@ -53,7 +53,7 @@ from postroom import (
     post_open,
 )
 from profiling import Spy, summarize
-from sizing import DatabaseCost
+from sizing import DatabaseCost, PostgresCpu
 
 CONCURRENCY = 32
 BATCH_SIZE = 100
@@ -184,6 +184,7 @@ class Bench:
             await self._warm_up(postroom, sink, deliver=True)
             bodies = [message_body(i) for i in range(n)]
             cost = await DatabaseCost.start() if sizing else None
+            pg = cost.cpu if cost else await PostgresCpu.start() if database == "pg" else None
             async with postroom.sender(CONCURRENCY) as client:
                 base = await sink.counts()
                 cpu = postroom.cpu()
@@ -207,7 +208,7 @@ class Bench:
             await asyncio.sleep(0.3)
             delivered = (await sink.counts()).messages - base.messages
             elapsed = reached.last - load.started
-            pg_cpu = cost.cpu_so_far() if cost is not None else 0.0
+            pg_cpu = pg.so_far() if pg is not None else None
             result: Metrics = {
                 "elapsed": elapsed,
                 "rate": load.ok / elapsed,
@@ -217,16 +218,14 @@ class Bench:
                 "sink_messages": delivered,
                 "service_cpu_ms_per_message": 1000 * cpu / n,
                 "service_cpu_utilization": cpu / elapsed,
+                **({"pg_cpu_ms_per_message": 1000 * pg_cpu / n} if pg_cpu is not None else {}),
                 "api_rss_kib": postroom.peak_rss_kib(),
                 **({"suppressed": suppressed, "import_s": imported} if suppressed else {}),
             }
         finally:
             postroom.stop()
-        if cost is not None:
+        if cost is not None and pg_cpu is not None:
             result["database"] = await cost.per_message(n, pg_cpu)
-            result["total_cpu_ms_per_message"] = (
-                result["service_cpu_ms_per_message"] + result["database"]["pg_cpu_ms_per_message"]
-            )
         return result
 
     async def _queue_template(self, database: Database) -> Postroom:

@@ -32,12 +32,41 @@ def _children(parent: int) -> list[int]:
     return found
 
 
+async def _postmaster() -> int:
+    """The pid of the PostgreSQL server the bench uses."""
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+    try:
+        data = Path(await conn.fetchval("SHOW data_directory"))
+    finally:
+        await conn.close()
+    return int((data / "postmaster.pid").read_text().split()[0])
+
+
+@dataclass(slots=True)
+class PostgresCpu:
+    """The CPU of PostgreSQL's own processes (backends, WAL writer, checkpointer, ...) from
+    /proc, since `start`: what every PostgreSQL end-to-end run adds to the service's CPU per
+    message. Cluster-wide, like the statistics below."""
+
+    postmaster: int
+    cpu: dict[int, float]
+
+    @classmethod
+    async def start(cls) -> PostgresCpu:
+        postmaster = await _postmaster()
+        return cls(postmaster, {p: cpu_seconds(p) for p in _children(postmaster)})
+
+    def so_far(self) -> float:
+        """CPU seconds since `start`: read it before the service stops, as its backends'
+        counters leave /proc with them."""
+        return sum(cpu_seconds(p) - self.cpu.get(p, 0.0) for p in _children(self.postmaster))
+
+
 @dataclass(slots=True)
 class DatabaseCost:
     """Counters at the start of a run; `per_message` reads them again and divides."""
 
-    postmaster: int
-    cpu: dict[int, float]
+    cpu: PostgresCpu
     tables: dict[str, tuple[int, int, int, int]]
     xacts: int
 
@@ -48,18 +77,10 @@ class DatabaseCost:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             await conn.execute("SELECT pg_stat_statements_reset()")
             await conn.execute("SELECT pg_stat_reset_shared('wal')")
-            data = Path(await conn.fetchval("SHOW data_directory"))
-            postmaster = int((data / "postmaster.pid").read_text().split()[0])
         finally:
             await conn.close()
         tables, xacts = await _database_counters()
-        pids = _children(postmaster)
-        return cls(postmaster, {p: cpu_seconds(p) for p in pids}, tables, xacts)
-
-    def cpu_so_far(self) -> float:
-        """CPU seconds of PostgreSQL's processes since `start`: read it before the service
-        stops, as its backends' counters leave /proc with them."""
-        return sum(cpu_seconds(p) - self.cpu.get(p, 0.0) for p in _children(self.postmaster))
+        return cls(await PostgresCpu.start(), tables, xacts)
 
     async def per_message(self, messages: int, cpu: float) -> dict[str, Any]:
         """Call once the service has stopped: a backend's statistics reach the views when it
