@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from harness import VENV_BIN, WORK, cpu_seconds, rss_kib, spawn, stop, wait_port
+from harness import REPO, VENV_BIN, WORK, cpu_seconds, rss_kib, spawn, stop, wait_port
 from rawhttp import RawClient
 
 Database = Literal["sqlite", "pg"]
@@ -133,6 +133,9 @@ class Postroom:
             "POSTROOM_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "POSTROOM_SECRET_KEYS": base64.urlsafe_b64encode(os.urandom(32)).decode(),
             "POSTROOM_LOG_LEVEL": self.log_level,
+            # this checkout's app, even when the .venv is another checkout's (an A/B of two
+            # worktrees sharing one editable install would otherwise run one app twice)
+            "PYTHONPATH": str(REPO),
         }
         if self.database == "pg":
             env["POSTROOM_DATABASE_URL"] = PG_URL

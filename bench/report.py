@@ -356,7 +356,8 @@ def render(
     add("## Postroom end to end: POST → outbox → dispatcher → SMTP\n")
     add(
         "A fresh service per run (`postroom serve`, SQLite in a new data dir with the dispatcher "
-        "in-process; or PostgreSQL: `serve --no-dispatcher` plus W `postroom worker`), a default "
+        "in-process, or with W > 0 `serve --no-dispatcher` plus W `postroom worker` on the same "
+        "file; or PostgreSQL: `serve --no-dispatcher` plus W `postroom worker`), a default "
         "smtp profile to the sink with `pool: true, maxConnections: K, maxMessages: 100000, "
         "ignoreTLS: true`, a sender user, one warm-up message; then N POSTs from 32 concurrent "
         "keep-alive clients (bench/rawhttp.py), timed from the first POST until the sink has "
@@ -375,7 +376,7 @@ def render(
         p = entry["params"]
         rate = median(results, key, _rate)
         ref = f"{p['sink']}/k{p['k']}"
-        workers = "in-process" if p["database"] == "sqlite" else str(p["workers"])
+        workers = str(p["workers"]) if p["workers"] else "in-process"
         add(
             f"| {p['database']} | {workers} | {p['sink']} | {p['k']} | {num(rate)} | "
             f"{_spread(results, key, _rate)} | "
@@ -433,7 +434,7 @@ def render(
         if entry["family"] != "drain":
             continue
         p = entry["params"]
-        workers = "in-process" if p["database"] == "sqlite" else str(p["workers"])
+        workers = str(p["workers"]) if p["workers"] else "in-process"
         steady: Callable[[dict[str, Any]], Any] = lambda r: r.get("steady_rate")  # noqa: E731
         add(
             f"| {p['database']} | {workers} | {p['k']} | {num(median(results, key, _rate))} | "

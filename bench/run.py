@@ -176,7 +176,7 @@ class Bench:
             f"-suppressed{suppressed}" if suppressed else ""
         )
         postroom = await self._deployment(
-            name, database, dispatcher=database == "sqlite", sink=sink, k=k
+            name, database, dispatcher=database == "sqlite" and not workers, sink=sink, k=k
         )
         try:
             imported = await postroom.suppress(suppressed) if suppressed else None
@@ -614,6 +614,7 @@ class Bench:
             ("sqlite", 0, "smtp-sink", k) for k in c.postroom_ks
         ]
         e2e.append(("sqlite", 0, "aiosmtpd", c.k_main))
+        e2e.append(("sqlite", 1, "smtp-sink", c.k_main))  # the dispatcher in a process of its own
         if c.pg:
             e2e += [("pg", 1, "smtp-sink", c.k_main), ("pg", 2, "smtp-sink", c.k_main)]
         for db, workers, sink, k in e2e:

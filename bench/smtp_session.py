@@ -19,15 +19,30 @@ import json
 import logging
 import statistics
 import time
+from pathlib import Path
 
 import httpx
 import uvloop
 from harness import AiosmtpdSink, PostfixSink, Sink
 
+import app
 from app.egress import EgressPolicy
 from app.transports import smtp
 from app.transports.base import Address, Content, OutgoingMessage, TransportContext
 from app.transports.smtp import SmtpConfig
+
+
+def _own_tree() -> None:
+    """Refuse to measure another checkout's app: a .venv shared between worktrees (an editable
+    install) imports the tree it was installed from, and an A/B would compare one tree with
+    itself. Run from the tree's root as `PYTHONPATH=. .venv/bin/python bench/...`."""
+    tree = Path(__file__).resolve().parent.parent
+    imported = Path(app.__file__ or "").resolve()
+    if not imported.is_relative_to(tree):
+        raise SystemExit(f"bench in {tree} imports app from {imported}: set PYTHONPATH={tree}")
+
+
+_own_tree()
 
 SENDER = "bench@example.com"
 TEXT = "Hello,\r\n\r\nthis is benchmark message {i}.\r\nNothing to see here.\r\n"
