@@ -129,8 +129,12 @@ class Metrics:
 
     def finished(self, status: str, seconds: float) -> None:
         """Count a message that reached a final status, `seconds` after it was due to start."""
-        self._child(self.messages, status).inc()
+        self.ended(status)
         self.delivery_latency.observe(seconds)
+
+    def ended(self, status: str) -> None:
+        """Count a message that reached a final status without a delivery (a cancellation)."""
+        self._child(self.messages, status).inc()
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when it has none yet), by its exposed name."""

@@ -139,7 +139,7 @@ async def cancel_message(
     events = await lifecycle.cancel(session, message_id, principal)
     if events:
         sending.metrics.count_events(tally(events))
-        sending.metrics.messages.labels(status="cancelled").inc()
+        sending.metrics.ended("cancelled")
     return await records.detail(session, message_id, principal)
 
 
