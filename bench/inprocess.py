@@ -13,24 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from checkout import require_own_app
 from fastapi import FastAPI
 
-import app
 from app.config import Settings
 from app.main import create_app
 
-
-def _own_tree() -> None:
-    """Refuse to measure another checkout's app: a .venv shared between worktrees (an editable
-    install) imports the tree it was installed from, and an A/B would compare one tree with
-    itself. Run from the tree's root as `PYTHONPATH=. .venv/bin/python bench/...`."""
-    tree = Path(__file__).resolve().parent.parent
-    imported = Path(app.__file__ or "").resolve()
-    if not imported.is_relative_to(tree):
-        raise SystemExit(f"bench in {tree} imports app from {imported}: set PYTHONPATH={tree}")
-
-
-_own_tree()
+require_own_app()
 
 ADMIN = ("admin", "bench-password-123")
 

@@ -5,8 +5,8 @@ the service runs (without it, full collections walk every start-up object and sw
 The end-to-end and POST scenarios of run.py carry the HTTP server, the clients and (on a shared
 machine) other work in their figures; this times the service's own path from request to commit,
 so an A/B of two trees run one after the other (alternating rounds) shows what a change costs.
-It uses bench/inprocess.py (copy both), which needs only what every tree since issue 6 has:
-create_app, the lifespan, the admin user.
+It uses bench/inprocess.py and bench/checkout.py (copy all three), which need only what every
+tree since issue 6 has: create_app, the lifespan, the admin user.
 
     .venv/bin/python bench/intake_cpu.py [--batches 60] [--size 100] [--posts 2000] [--clients 32]
 """

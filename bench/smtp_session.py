@@ -3,7 +3,8 @@ connections to a sink in its own process; messages per second and this process's
 
 No database, no composing, no dispatcher: `transport.send` on messages built before the clock
 starts, K at a time (one per pooled connection), on uvloop as `postroom worker` runs. It uses only
-what every tree has (smtp.create, send, aclose), so copy it into an older checkout for an A/B.
+what every tree has (smtp.create, send, aclose), so copy it and bench/checkout.py into an older
+checkout for an A/B.
 
     .venv/bin/python bench/smtp_session.py [--n 5000] [-k 4] [--reps 3] [--sink smtp-sink]
 
@@ -19,30 +20,18 @@ import json
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import httpx
 import uvloop
+from checkout import require_own_app
 from harness import AiosmtpdSink, PostfixSink, Sink
 
-import app
 from app.egress import EgressPolicy
 from app.transports import smtp
 from app.transports.base import Address, Content, OutgoingMessage, TransportContext
 from app.transports.smtp import SmtpConfig
 
-
-def _own_tree() -> None:
-    """Refuse to measure another checkout's app: a .venv shared between worktrees (an editable
-    install) imports the tree it was installed from, and an A/B would compare one tree with
-    itself. Run from the tree's root as `PYTHONPATH=. .venv/bin/python bench/...`."""
-    tree = Path(__file__).resolve().parent.parent
-    imported = Path(app.__file__ or "").resolve()
-    if not imported.is_relative_to(tree):
-        raise SystemExit(f"bench in {tree} imports app from {imported}: set PYTHONPATH={tree}")
-
-
-_own_tree()
+require_own_app()
 
 SENDER = "bench@example.com"
 TEXT = "Hello,\r\n\r\nthis is benchmark message {i}.\r\nNothing to see here.\r\n"
